@@ -1,0 +1,191 @@
+"""Carry out a ``Plan``: one function per action, each idempotent and recorded.
+
+Why: the planner decides, this module does — and nothing else writes tenant files or
+the registry during a pass. Order matters: registry settings first, then per-tenant
+actions in plan order (create, adopt, restore, relocate, correct, archive, reports),
+then migrations in rollout waves, then domains (a domain needs its tenant's row).
+
+Invariants:
+* a tenant whose earlier action failed gets no later action in the same pass;
+* the registry is written only after the file operation it describes succeeded,
+  so a crash between the two is seen next pass as drift and corrected from the file;
+* ``ctx.stop()`` is honoured only between actions: an action in flight completes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reconciler import archive, relocate, rollout, tenantdb
+from reconciler.context import FAILED, OK, REPORTED, RETRY, SKIPPED, Context, Outcome, Timer, record
+from reconciler.errors import PermanentError, RetryableError
+from reconciler.plan import Action, Kind, Plan
+
+
+@dataclass(frozen=True)
+class Result:
+    plan: Plan
+    outcomes: tuple[Outcome, ...]
+    halted: bool = False
+    stopped: bool = False
+
+    @property
+    def failed(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if o.outcome in (FAILED,))
+
+    @property
+    def unfinished(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if o.outcome in (FAILED, RETRY, "pending"))
+
+    @property
+    def ok(self) -> bool:
+        return not self.unfinished and not self.plan.problems and not self.halted \
+            and not self.stopped
+
+
+def apply(plan: Plan, ctx: Context) -> Result:
+    outcomes: list[Outcome] = []
+    _sync_settings(plan, ctx)
+    blocked: set[str] = set()
+    migrations: list[Action] = []
+    stopped = False
+    for action in plan.actions:
+        if action.tenant in blocked:
+            outcomes.append(Outcome(action.tenant, action.kind.value, SKIPPED,
+                                    error="an earlier action for this tenant did not finish"))
+            continue
+        if action.kind is Kind.MIGRATE:
+            migrations.append(action)
+            continue
+        if action.is_change and ctx.stop():
+            stopped = True
+            break
+        outcome = _run(action, ctx)
+        outcomes.append(outcome)
+        if outcome.outcome in (FAILED, RETRY):
+            blocked.add(action.tenant)
+    halted = False
+    if not stopped:
+        migrations = [a for a in migrations if a.tenant not in blocked]
+        done, halted, stopped = rollout.run(migrations, plan.waves, ctx)
+        outcomes.extend(done)
+    _sync_domains(plan, ctx)
+    return Result(plan, tuple(outcomes), halted=halted, stopped=stopped)
+
+
+def _run(action: Action, ctx: Context) -> Outcome:
+    handler = HANDLERS.get(action.kind, report)
+    timer = Timer()
+    try:
+        return handler(action, ctx)
+    except RetryableError as exc:
+        outcome = Outcome(action.tenant, action.kind.value, RETRY, action.from_version,
+                          action.to_version, timer.ms, str(exc))
+    except (PermanentError, OSError, sqlite3.Error) as exc:
+        outcome = Outcome(action.tenant, action.kind.value, FAILED, action.from_version,
+                          action.to_version, timer.ms, f"{type(exc).__name__}: {exc}"
+                          if not isinstance(exc, PermanentError) else str(exc))
+    with ctx.registry.transaction():
+        record(ctx, action, action.tenant, outcome)
+    return outcome
+
+
+def create(action: Action, ctx: Context) -> Outcome:
+    assert action.path is not None and action.to_version is not None
+    timer = Timer()
+    result = tenantdb.create(action.path, ctx.catalog, action.to_version,
+                             ctx.desired.settings.busy_timeout)
+    if result.error is not None:
+        # nothing was registered and the temporary file is gone: the next pass retries
+        outcome = Outcome(action.tenant, "create", FAILED, 0, result.to_version, timer.ms,
+                          result.error)
+        with ctx.registry.transaction():
+            record(ctx, action, action.tenant, outcome)
+        return outcome
+    outcome = Outcome(action.tenant, "create", OK, 0, result.to_version, timer.ms,
+                      detail={"region": action.region, "path": str(action.path)})
+    with ctx.registry.transaction():
+        ctx.registry.upsert_tenant(action.tenant, action.region or "", action.path,
+                                   result.to_version, "active", action.protected)
+        rollout.record_applied(ctx, result.applied)
+        record(ctx, action, action.tenant, outcome)
+    return outcome
+
+
+def adopt(action: Action, ctx: Context) -> Outcome:
+    assert action.path is not None and action.from_version is not None
+    outcome = Outcome(action.tenant, "adopt", OK, action.from_version, action.from_version,
+                      detail={"region": action.region, "path": str(action.path)})
+    with ctx.registry.transaction():
+        ctx.registry.upsert_tenant(action.tenant, action.region or "", action.path,
+                                   action.from_version, "active", action.protected)
+        record(ctx, action, action.tenant, outcome)
+    return outcome
+
+
+def correct(action: Action, ctx: Context) -> Outcome:
+    fields: dict[str, object] = {"status": action.status or "active",
+                                 "protected": int(action.protected)}
+    if action.to_version is not None:
+        fields["schema_version"] = action.to_version
+    if fields["status"] == "active":
+        fields.update(failure=None, failed_key=None, failures=0, retry_at=None)
+    outcome = Outcome(action.tenant, "correct", OK, action.from_version, action.to_version,
+                      detail={"reason": action.detail})
+    with ctx.registry.transaction():
+        ctx.registry.update_tenant(action.tenant, **fields)
+        record(ctx, action, action.tenant, outcome, level="warning")
+    return outcome
+
+
+def report(action: Action, ctx: Context) -> Outcome:
+    """A problem or state the reconciler must not fix alone: set status, say so once."""
+    outcome = Outcome(action.tenant, action.kind.value, REPORTED, action.from_version,
+                      action.to_version, detail={"reason": action.detail})
+    row = ctx.registry.tenant(action.tenant)
+    if row is not None and action.status is not None and row.status != action.status:
+        with ctx.registry.transaction():
+            ctx.registry.update_tenant(action.tenant, status=action.status)
+            record(ctx, action, action.tenant, outcome, level="warning")
+    else:
+        level = "warning" if action.is_problem else "info"
+        getattr(ctx.log, "debug" if row is not None else level)(
+            action.kind.value, tenant=action.tenant, outcome=REPORTED, reason=action.detail,
+            revision=ctx.revision)
+    return outcome
+
+
+def _sync_settings(plan: Plan, ctx: Context) -> None:
+    changes = [c for c in plan.registry if c.table == "settings"]
+    if not changes:
+        return
+    with ctx.registry.transaction():
+        for c in changes:
+            ctx.registry.set_setting(c.key, c.new)
+            record(ctx, "setting", None, OK, key=c.key, old=c.old, new=c.new)
+
+
+def _sync_domains(plan: Plan, ctx: Context) -> None:
+    changes = [c for c in plan.registry if c.table == "domains"]
+    if not changes:
+        return
+    with ctx.registry.transaction():
+        for c in changes:
+            if c.new is not None and ctx.registry.tenant(c.new) is None:
+                continue  # its tenant is not registered yet (create failed or deferred)
+            ctx.registry.set_domain(c.key, c.new)
+            record(ctx, "domain", c.new or c.old, OK, domain=c.key, old=c.old, new=c.new)
+
+
+Handler = Callable[[Action, Context], Outcome]
+HANDLERS: dict[Kind, Handler] = {
+    Kind.CREATE: create,
+    Kind.ADOPT: adopt,
+    Kind.CORRECT: correct,
+    Kind.RELOCATE: relocate.run,
+    Kind.ARCHIVE: archive.archive,
+    Kind.RESTORE: archive.restore,
+}
+

@@ -1,0 +1,218 @@
+"""The ``reconcile`` command: argument parsing, output, exit codes — nothing else.
+
+Exit codes (DESIGN §8): apply 0 converged / 1 invalid or error / 3 failures or
+problems left; plan 0 nothing to do / 2 changes pending / 1 invalid; status 0 in
+sync / 2 drift; validate, history, route 0 / 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from reconciler import engine, log, render
+from reconciler import migrations as migrations_mod
+from reconciler import status as status_mod
+from reconciler.errors import InvalidInput, LockHeld, ReconcileError
+from reconciler.registry import Registry
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_PROBLEMS = 0, 1, 2, 3
+
+
+def _common(p: argparse.ArgumentParser, sub: bool) -> None:
+    d: dict[str, Any] = {"default": argparse.SUPPRESS} if sub else {}
+    p.add_argument("-c", "--config", help="desired state file (default ./tenants.yaml, "
+                   "env RECONCILE_CONFIG)", **({"default": None} | d))
+    p.add_argument("--json", action="store_true", help="machine-readable output",
+                   **({"default": False} | d))
+    p.add_argument("--log-format", choices=("console", "json"),
+                   help="default: console on a terminal, JSON lines otherwise",
+                   **({"default": None} | d))
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   **({"default": "info"} | d))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reconcile",
+        description="Converge a fleet of per-tenant SQLite databases to tenants.yaml.")
+    _common(p, sub=False)
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--no-wait", action="store_true",
+                   help="exit at once if another reconciler holds the lock")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retry failed tenants and halted rollouts now")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    a = sub.add_parser("apply", help="one pass: observe, plan, apply (default)")
+    _common(a, sub=True)
+    a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS)
+    a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
+    a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS)
+    _common(sub.add_parser("plan", help="print the plan, change nothing"), sub=True)
+    _common(sub.add_parser("status", help="desired vs actual, per tenant"), sub=True)
+    _common(sub.add_parser("validate", help="check tenants.yaml and migrations only"),
+            sub=True)
+    h = sub.add_parser("history", help="the events table, newest first")
+    _common(h, sub=True)
+    h.add_argument("tenant", nargs="?")
+    h.add_argument("-n", "--limit", type=int, default=50)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = args.command or ("plan" if args.dry_run else "apply")
+    if command == "apply" and getattr(args, "dry_run", False):
+        command = "plan"
+    logger = log.configure(args.log_format, args.log_level)
+    handler = COMMANDS[command]
+    try:
+        code: int = handler(args, logger)
+        return code
+    except InvalidInput as exc:
+        _err(f"invalid input — nothing was changed ({len(exc.problems)} problem"
+             f"{'s' if len(exc.problems) != 1 else ''}):")
+        for problem in exc.problems:
+            _err(f"  {problem}")
+        return EXIT_ERROR
+    except LockHeld as exc:
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    except ReconcileError as exc:
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _out(lines: Sequence[str] | str) -> None:
+    print(lines if isinstance(lines, str) else "\n".join(lines))
+
+
+def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
+    inputs = engine.load(engine.config_path(args.config))
+    result = engine.run_pass(inputs, logger, wait=not args.no_wait,
+                             retry_failed=args.retry_failed)
+    summary = engine.summary(result)
+    if args.json:
+        _out(render.dumps({"plan": render.plan_json(result.plan), "summary": summary,
+                           "halted": result.halted,
+                           "outcomes": [o.__dict__ for o in result.outcomes]}))
+    else:
+        _out(render.result_lines(result, summary))
+    return EXIT_OK if result.ok else EXIT_PROBLEMS
+
+
+def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
+    inputs = engine.load(engine.config_path(args.config))
+    the_plan, _ = engine.preview(inputs, retry_failed=getattr(args, "retry_failed", False))
+    if args.json:
+        _out(render.dumps(render.plan_json(the_plan)))
+    else:
+        _out(render.plan_lines(the_plan, inputs.config.name))
+    return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
+
+
+def cmd_status(args: argparse.Namespace, logger: Any) -> int:
+    inputs = engine.load(engine.config_path(args.config))
+    the_plan, observed = engine.preview(inputs)
+    rows = status_mod.rows(inputs.desired, observed, the_plan, inputs.catalog)
+    last = None
+    reg = Registry.open_readonly(inputs.desired.settings.central)
+    if reg is not None:
+        try:
+            last = reg.last_run()
+        finally:
+            reg.close()
+    in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
+    if args.json:
+        _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
+                           "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}))
+    else:
+        def ver(v: int | None) -> str:
+            return "-" if v is None else f"v{v}"
+        _out(render.table(
+            ("TENANT", "WANT", "REGION", "VERSION", "STATUS", "PENDING"),
+            ((r.tenant, f"{r.want_region} {ver(r.want_version)}", r.region, ver(r.version),
+              r.status, r.pending or "in sync") for r in rows)))
+        if last is not None:
+            _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
+        else:
+            _out("last pass: none recorded")
+        _out(f"desired state: {inputs.config.name} @ {inputs.revision}"
+             f" — {'in sync' if in_sync else 'drift'}")
+    return EXIT_OK if in_sync else EXIT_CHANGES
+
+
+def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
+    inputs = engine.load(engine.config_path(args.config))
+    problems = migrations_mod.dry_run(inputs.catalog)
+    reg = Registry.open_readonly(inputs.desired.settings.central)
+    if reg is not None:
+        try:
+            engine.verify_catalog(inputs, reg.snapshot())
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
+        finally:
+            reg.close()
+    if problems:
+        raise InvalidInput(problems)
+    d = inputs.desired
+    _out(f"{inputs.config}: ok — {len(d.tenants)} tenants in {len(d.regions)} regions; "
+         f"{inputs.catalog.latest} migrations (latest v{inputs.catalog.latest}), "
+         f"{len(inputs.catalog.checks)} health checks")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, logger: Any) -> int:
+    inputs = engine.load(engine.config_path(args.config))
+    reg = Registry.open_readonly(inputs.desired.settings.central)
+    events = []
+    if reg is not None:
+        try:
+            events = reg.events(args.tenant, args.limit)
+        finally:
+            reg.close()
+    if args.json:
+        _out(render.dumps(events))
+        return EXIT_OK
+    if not events:
+        _out("no events recorded" + (f" for {args.tenant}" if args.tenant else ""))
+        return EXIT_OK
+
+    def describe(e: dict[str, Any]) -> str:
+        d = e["detail"]
+        parts = []
+        if "from_version" in d or "to_version" in d:
+            parts.append(f"v{d.get('from_version', '?')} → v{d.get('to_version', '?')}")
+        for key in ("error", "reason", "domain", "key"):
+            if key in d:
+                parts.append(f"{key}: {d[key]}")
+        return "; ".join(parts)
+
+    _out(render.table(
+        ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "DETAIL"),
+        ((e["id"], e["at"], (e["revision"] or "")[:12], e["tenant"] or "-", e["action"],
+          e["outcome"], e["duration_ms"] if e["duration_ms"] is not None else "",
+          describe(e)) for e in events)))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+    "apply": cmd_apply,
+    "plan": cmd_plan,
+    "status": cmd_status,
+    "validate": cmd_validate,
+    "history": cmd_history,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""One reconciliation pass: load → (lock) → observe → plan → apply → record.
+
+Why: the one-shot CLI and the daemon must do exactly the same thing, so the sequence
+lives here once. ``load`` validates everything before any file is touched; ``preview``
+plans without writing anything (not even creating ``central.db``); ``run_pass`` holds
+the fleet lock for the whole observe-plan-apply cycle, so what it observed is still
+true when it acts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler import desired as desired_mod
+from reconciler import migrations as migrations_mod
+from reconciler.apply import Result, apply
+from reconciler.context import Context, Logger
+from reconciler.desired import Desired
+from reconciler.errors import InvalidInput, Problem
+from reconciler.lock import FleetLock
+from reconciler.migrations import Catalog
+from reconciler.observe import Observed, observe
+from reconciler.plan import Plan, plan
+from reconciler.registry import Registry, Snapshot, utcnow
+from reconciler.revision import revision as revision_of
+from reconciler.revision import short
+
+DEFAULT_CONFIG = "tenants.yaml"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    config: Path
+    desired: Desired
+    catalog: Catalog
+    revision: str
+
+
+def config_path(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("RECONCILE_CONFIG") or DEFAULT_CONFIG)
+
+
+def load(config: Path) -> Inputs:
+    """Validate ``tenants.yaml`` and the migrations together. Raises ``InvalidInput``
+    listing every problem in both."""
+    found: dict[str, Catalog] = {}
+    catalog_problems: list[Problem] = []
+
+    def latest_for(directory: Path) -> int | None:
+        try:
+            found["catalog"] = migrations_mod.load(directory)
+        except InvalidInput as exc:
+            catalog_problems.extend(exc.problems)
+            return None
+        return found["catalog"].latest
+
+    try:
+        desired = desired_mod.load(config, latest_for)
+    except InvalidInput as exc:
+        raise InvalidInput([*exc.problems, *catalog_problems]) from None
+    if catalog_problems or "catalog" not in found:
+        raise InvalidInput(catalog_problems)
+    catalog = found["catalog"]
+    return Inputs(config, desired, catalog,
+                  revision_of(config, desired.settings.migrations_dir))
+
+
+def verify_catalog(inputs: Inputs, snapshot: Snapshot) -> None:
+    """Refuse the run when an applied migration was edited or removed since."""
+    def count(version: int) -> int:
+        return sum(1 for t in snapshot.tenants.values() if t.schema_version >= version)
+
+    problems = migrations_mod.verify_recorded(inputs.catalog, snapshot.migrations, count)
+    if problems:
+        raise InvalidInput(problems)
+
+
+def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]:
+    """Plan without changing anything on disk."""
+    reg = Registry.open_readonly(inputs.desired.settings.central)
+    try:
+        snapshot = reg.snapshot() if reg is not None else Snapshot.empty()
+    finally:
+        if reg is not None:
+            reg.close()
+    verify_catalog(inputs, snapshot)
+    observed = observe(inputs.desired, snapshot)
+    return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
+                retry_failed=retry_failed), observed
+
+
+def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bool = False,
+             stop: Callable[[], bool] | None = None,
+             progress: Callable[[str, int, int, int], None] | None = None) -> Result:
+    """Observe, plan and apply under the fleet lock; record the pass in ``runs``."""
+    settings = inputs.desired.settings
+    lock = FleetLock(settings.central)
+    lock.acquire(wait, on_wait=lambda holder: log.warning(
+        "waiting for lock", holder=holder, lock=str(lock.path)))
+    try:
+        started = utcnow()
+        registry = Registry.open(settings.central)
+        try:
+            snapshot = registry.snapshot()
+            verify_catalog(inputs, snapshot)
+            observed = observe(inputs.desired, snapshot)
+            the_plan = plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
+                            retry_failed=retry_failed)
+            ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
+                          log.bind(revision=short(inputs.revision)), stop or (lambda: False),
+                          retry_failed, progress)
+            result = apply(the_plan, ctx)
+            registry.record_run(started, inputs.revision, summary(result),
+                                {"failed": [o.tenant for o in result.failed],
+                                 "problems": [a.tenant for a in the_plan.problems],
+                                 "halted": result.halted})
+            return result
+        finally:
+            registry.close()
+    finally:
+        lock.release()
+
+
+def summary(result: Result) -> str:
+    """One line, e.g. ``42 in sync, 1 failed, 2 problems, rev 3f2a9c1``."""
+    plan_ = result.plan
+    failed = {o.tenant for o in result.unfinished}
+    problems = {a.tenant for a in plan_.problems} - failed
+    in_sync = len(set(plan_.declared) - failed - problems)
+    parts = [f"{in_sync} in sync"]
+    if failed:
+        parts.append(f"{len(failed)} failed")
+    if problems:
+        parts.append(f"{len(problems)} problems")
+    if result.halted:
+        parts.append("rollout halted")
+    parts.append(f"rev {short(plan_.revision)}")
+    return ", ".join(parts)

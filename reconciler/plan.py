@@ -1,0 +1,353 @@
+"""The planner: a pure function from (desired, observed, catalog) to a ``Plan``.
+
+Why a pure function: every decision the reconciler makes about customers' data is
+made here, so it must be testable exhaustively and fast, with no files, clocks or
+processes involved. ``apply`` only carries a plan out.
+
+Rules that protect data (DESIGN §5), enforced here:
+* a registered tenant whose file is gone is reported ``missing``, never recreated;
+* an undeclared tenant is ``orphaned`` and left alone unless ``prune: archive``,
+  and even then never when protected, never beyond ``prune_limit`` per pass, and
+  never when the desired state declares no tenants at all;
+* a target below a file's version is refused (``downgrade``), never "repaired";
+* a declared tenant with an archived copy is restored from it, never created empty;
+* a tenant that failed with the same desired state and migrations is retried only
+  after its backoff or when asked to (``retry_failed``), so a broken migration is
+  not hammered in a loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from reconciler.desired import Desired, TenantSpec
+from reconciler.migrations import Catalog
+from reconciler.observe import Observed
+from reconciler.registry import TenantRow
+
+
+class Kind(StrEnum):
+    CREATE = "create"
+    ADOPT = "adopt"
+    RESTORE = "restore"
+    RELOCATE = "relocate"
+    MIGRATE = "migrate"
+    ARCHIVE = "archive"
+    CORRECT = "correct"
+    # reports: nothing is done to the tenant's file
+    MISSING = "missing"
+    ORPHANED = "orphaned"
+    DOWNGRADE = "downgrade"
+    SUSPENDED = "suspended"
+    FAILED = "failed"
+    INVALID = "invalid"
+
+
+CHANGES = (Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.MIGRATE, Kind.ARCHIVE,
+           Kind.CORRECT)
+PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Kind
+    tenant: str
+    region: str | None = None
+    from_region: str | None = None
+    from_version: int | None = None
+    to_version: int | None = None
+    path: Path | None = None  # where the tenant's file is to be (or is)
+    source: Path | None = None  # where it is now, when that differs
+    detail: str = ""
+    status: str | None = None  # registry status this action leaves behind
+    key: str = ""  # fingerprint of the desired state for failure bookkeeping
+    protected: bool = False
+
+    @property
+    def is_change(self) -> bool:
+        return self.kind in CHANGES
+
+    @property
+    def is_problem(self) -> bool:
+        return self.kind in PROBLEMS
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """Bookkeeping the registry needs: a global setting or a routed domain."""
+
+    table: str  # "settings" | "domains"
+    key: str
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    revision: str
+    target: int
+    tenant_count: int
+    actions: tuple[Action, ...]
+    registry: tuple[RegistryChange, ...] = ()
+    waves: tuple[tuple[str, ...], ...] = ()
+    notes: tuple[str, ...] = field(default=())
+    declared: tuple[str, ...] = ()
+
+    @property
+    def changes(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.is_change)
+
+    @property
+    def problems(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.is_problem)
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to change (problems may remain: they need a human)."""
+        return not self.changes and not self.registry
+
+    def count(self, kind: Kind) -> int:
+        return Counter(a.kind for a in self.actions)[kind]
+
+    def for_tenant(self, name: str) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.tenant == name)
+
+
+def _a(base: Action, kind: Kind, **changes: Any) -> Action:
+    return replace(base, kind=kind, **changes)
+
+
+def fingerprint(catalog: Catalog, target: int, region: str) -> str:
+    """Identifies "the same attempt": same target, same migration files, same region."""
+    h = hashlib.sha256(f"{target}:{region}".encode())
+    for m in catalog.steps(0, target):
+        h.update(m.sha256.encode())
+    return h.hexdigest()[:16]
+
+
+def waves(names: list[str], canary: int, batch: int) -> tuple[tuple[str, ...], ...]:
+    """Deterministic rollout waves: the canary alone first, then batches."""
+    ordered = sorted(names)
+    out: list[tuple[str, ...]] = []
+    if canary > 0 and ordered:
+        out.append(tuple(ordered[:canary]))
+        ordered = ordered[canary:]
+    for i in range(0, len(ordered), batch):
+        out.append(tuple(ordered[i : i + batch]))
+    return tuple(out)
+
+
+def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: str = "",
+         retry_failed: bool = False) -> Plan:
+    actions: list[Action] = []
+    reg = observed.registry
+    latest = catalog.latest
+    notes: list[str] = []
+
+    for name, spec in desired.tenants.items():
+        actions.extend(_plan_declared(desired, observed, catalog, spec, reg.tenants.get(name),
+                                      retry_failed))
+
+    undeclared = _plan_undeclared(desired, observed, notes)
+    actions.extend(undeclared)
+    archiving = {a.tenant for a in undeclared if a.kind is Kind.ARCHIVE}
+
+    migrating = [a.tenant for a in actions if a.kind is Kind.MIGRATE]
+    ro = desired.settings.rollout
+    default_target = latest if desired.settings.schema is None else desired.settings.schema
+    return Plan(
+        revision=revision,
+        target=default_target,
+        tenant_count=len(desired.tenants),
+        actions=tuple(actions),
+        registry=tuple(_registry_changes(desired, observed, archiving)),
+        waves=waves(migrating, ro.canary, ro.batch),
+        notes=tuple(notes),
+        declared=tuple(desired.tenants),
+    )
+
+
+def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec: TenantSpec,
+                   row: TenantRow | None, retry_failed: bool) -> list[Action]:
+    name, region = spec.name, spec.region
+    want = desired.tenant_path(name, region)
+    target = desired.target_version(spec, catalog.latest)
+    key = fingerprint(catalog, target, region)
+    base = Action(Kind.CREATE, name, region, path=want, key=key, protected=spec.protected)
+    region_problem = observed.regions[region].problem if region in observed.regions else None
+
+    if spec.suspended:
+        if row is None:
+            return [_a(base, Kind.SUSPENDED, detail="suspended — not created")]
+        return [_a(base, Kind.SUSPENDED, from_version=row.schema_version,
+                       detail="suspended — left alone", status="suspended")]
+
+    if row is None or row.status == "archived":
+        archives = observed.archives.get(name, ())
+        here = observed.file(want)
+        if archives:  # never start empty when a copy of the tenant's data exists
+            return _restore(archives[-1], observed, target, row, retry_failed, base)
+        if region_problem:
+            return [_a(base, Kind.INVALID, detail=region_problem)]
+        if here.exists:
+            if not here.usable:
+                return [_a(base, Kind.INVALID, detail=f"{want} {here.error} — not adopted; move "
+                               "it away or replace it with the tenant's database")]
+            v = here.user_version
+            adopt = _a(base, Kind.ADOPT, from_version=v, to_version=v, status="active",
+                       detail="file exists without a registry row — registered as is")
+            return _then_migrate(adopt, here.user_version, target, None, retry_failed, base)
+        if row is not None:  # archived, but the archive is gone
+            return [_a(base, Kind.MISSING, from_version=row.schema_version, status="archived",
+                           detail=f"archived, but no copy is left in "
+                           f"{desired.settings.archive_dir} — not recreated")]
+        return [_a(base, Kind.CREATE, from_version=0, to_version=target, status="active",
+                       detail=f"new database → v{target}")]
+
+    current = Path(row.path)
+    journal = observed.registry.journal.get(name)
+    if journal is not None and journal.action == "relocate":
+        return [_a(base, Kind.RELOCATE, from_region=row.region, from_version=row.schema_version,
+                       to_version=row.schema_version, source=current,
+                       detail=f"resume interrupted relocation (phase {journal.phase})",
+                       status="active")]
+
+    found = observed.file(current)
+    if not found.exists:
+        moved = observed.file(want) if want != current else None
+        hint = (f"; a file exists at {want} — check it, then `reconcile restore {name} --from "
+                f"{want}`" if moved is not None and moved.exists else
+                f"; restore it with `reconcile restore {name} --from FILE`")
+        return [_a(base, Kind.MISSING, from_version=row.schema_version, source=current,
+                       status="missing", detail=f"registered at v{row.schema_version}, file "
+                       f"{current} is gone — not recreated{hint}")]
+    if not found.usable:
+        return [_a(base, Kind.INVALID, source=current, status=None,
+                       detail=f"{current} {found.error}")]
+
+    out: list[Action] = []
+    version = found.user_version
+    assert version is not None
+    target_reached = version >= target
+    wrong_status = row.status != "active" and not (row.status == "failed" and not target_reached)
+    if row.schema_version != version or wrong_status or row.protected != spec.protected:
+        reasons = []
+        if row.schema_version != version:
+            reasons.append(f"registry said v{row.schema_version}, file is at v{version}")
+        if wrong_status:
+            reasons.append(f"status {row.status} → active")
+        if row.protected != spec.protected:
+            reasons.append(f"protected → {str(spec.protected).lower()}")
+        out.append(_a(base, Kind.CORRECT, from_version=row.schema_version, to_version=version,
+                          source=current, status="active", detail="; ".join(reasons)))
+
+    if row.region != region or current != want:
+        if region_problem:
+            out.append(_a(base, Kind.INVALID, source=current, detail=region_problem))
+            return out
+        out.append(_a(base, Kind.RELOCATE, from_region=row.region, from_version=version,
+                          to_version=version, source=current, status="active",
+                          detail=f"{row.region} → {region}"))
+    return out + _then_migrate(None, version, target, row, retry_failed, base)
+
+
+def _restore(archive: Path, observed: Observed, target: int, row: TenantRow | None,
+             retry_failed: bool, base: Action) -> list[Action]:
+    copy = observed.file(archive)
+    if not copy.usable:
+        return [_a(base, Kind.INVALID, source=archive, detail=f"newest archive {archive} "
+                       f"{copy.error or 'is unreadable'} — not restored, nothing created; "
+                       f"use `reconcile restore {base.tenant} --from FILE`")]
+    restore = _a(base, Kind.RESTORE, source=archive, from_version=copy.user_version,
+                     to_version=copy.user_version, status="active",
+                     detail=f"from {archive.name}")
+    return _then_migrate(restore, copy.user_version, target, row, retry_failed, base)
+
+
+def _then_migrate(first: Action | None, version: int | None, target: int, row: TenantRow | None,
+                  retry_failed: bool, base: Action) -> list[Action]:
+    """``first`` (adopt/restore) followed by what the file's version needs."""
+    out = [first] if first is not None else []
+    if version is None:
+        return out
+    key = base.key
+    if version < target:
+        if (row is not None and row.status == "failed" and row.failed_key == key
+                and not retry_failed and row.retry_at is not None):
+            out.append(_a(base, Kind.FAILED, from_version=version, to_version=target,
+                              status="failed", detail=f"{row.failure or 'failed'} — retry "
+                              "after backoff, or run with --retry-failed"))
+            return out
+        out.append(_a(base, Kind.MIGRATE, from_version=version, to_version=target,
+                          status="active"))
+    elif version > target:
+        out.append(_a(base, Kind.DOWNGRADE, from_version=version, to_version=target,
+                          detail=f"file is at v{version}, target is v{target} — refused; "
+                          "migrations never run backwards"))
+    return out
+
+
+def _plan_undeclared(desired: Desired, observed: Observed, notes: list[str]) -> list[Action]:
+    out: list[Action] = []
+    settings = desired.settings
+    archived = 0
+    for name, row in sorted(observed.registry.tenants.items()):
+        if name in desired.tenants or row.status == "archived":
+            continue
+        path = Path(row.path)
+        base = Action(Kind.ORPHANED, name, row.region, from_version=row.schema_version,
+                      path=path, protected=row.protected)
+        found = observed.file(path)
+        if not found.exists:
+            out.append(_a(base, Kind.ORPHANED, status="orphaned", detail="not in tenants.yaml and "
+                              f"its file {path} is gone"))
+            continue
+        reason = ""
+        if not settings.prune:
+            reason = "left alone (prune: false)"
+        elif not desired.tenants:
+            reason = "left alone (tenants.yaml declares no tenants: pruning disabled)"
+        elif row.protected:
+            reason = "left alone (protected)"
+        elif row.status == "relocating" or name in observed.registry.journal:
+            reason = "left alone (an operation on it is unfinished)"
+        elif archived >= settings.prune_limit:
+            reason = f"left alone (prune_limit {settings.prune_limit} reached this pass)"
+            if not any("prune_limit" in n for n in notes):
+                notes.append(f"prune_limit {settings.prune_limit} reached: further orphans are "
+                             "archived on later passes")
+        if reason:
+            out.append(_a(base, Kind.ORPHANED, status="orphaned",
+                              detail=f"not in tenants.yaml — {reason}"))
+            continue
+        archived += 1
+        out.append(_a(base, Kind.ARCHIVE, status="archived", source=path,
+                          detail="not in tenants.yaml — archived (prune: archive)"))
+    return out
+
+
+def _registry_changes(desired: Desired, observed: Observed,
+                      archiving: set[str]) -> list[RegistryChange]:
+    reg = observed.registry
+    out: list[RegistryChange] = []
+    for key in sorted(set(desired.globals) | set(reg.settings)):
+        new, old = desired.globals.get(key), reg.settings.get(key)
+        if new != old:
+            out.append(RegistryChange("settings", key, old, new))
+    wanted = desired.domains()
+    # an orphaned (undeclared, not archived) tenant keeps routing: it is left alone
+    for domain, tenant in reg.domains.items():
+        row = reg.tenants.get(tenant)
+        if (tenant not in desired.tenants and row is not None and row.status != "archived"
+                and tenant not in archiving):
+            wanted.setdefault(domain, tenant)
+    for domain in sorted(set(wanted) | set(reg.domains)):
+        new, old = wanted.get(domain), reg.domains.get(domain)
+        if new != old:
+            out.append(RegistryChange("domains", domain, old, new))
+    return out

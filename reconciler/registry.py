@@ -1,0 +1,417 @@
+"""The central registry ``central.db``: everything that touches it lives here.
+
+Why: applications route requests with it and read global settings from it, and the
+reconciler records what it did in it. Its tables (``tenants``, ``domains``,
+``settings``, ``migrations``, ``events``) are a public contract (DESIGN §4); the rest
+(``journal``, ``runs``, ``rollout``) is the reconciler's own bookkeeping.
+
+Invariants:
+* the registry is versioned by its own ``PRAGMA user_version`` and upgraded step by
+  step, each step in one transaction, so an old registry is never half-upgraded;
+* it runs in WAL mode so applications keep reading while the reconciler writes;
+* it is only ever written by the process holding the fleet lock, from one thread;
+* a registry written by a newer reconciler is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from reconciler.errors import PermanentError, RetryableError
+
+STATUSES = ("active", "pending", "migrating", "relocating", "suspended", "failed",
+            "missing", "orphaned", "archived")
+
+_STATUS_CHECK = ", ".join(f"'{s}'" for s in STATUSES)
+
+# Each entry upgrades the registry from version i to i+1. Never edit a released step.
+UPGRADES: tuple[str, ...] = (
+    f"""
+    CREATE TABLE tenants (
+        name           TEXT PRIMARY KEY,
+        region         TEXT NOT NULL,
+        path           TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        status         TEXT NOT NULL CHECK (status IN ({_STATUS_CHECK})),
+        created_at     TEXT NOT NULL,
+        updated_at     TEXT NOT NULL,
+        protected      INTEGER NOT NULL DEFAULT 0,
+        failure        TEXT,
+        failed_key     TEXT,
+        failures       INTEGER NOT NULL DEFAULT 0,
+        retry_at       REAL
+    );
+    CREATE TABLE domains (
+        domain TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE
+    );
+    CREATE INDEX domains_tenant ON domains(tenant);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE migrations (
+        version          INTEGER PRIMARY KEY,
+        name             TEXT NOT NULL,
+        sha256           TEXT NOT NULL,
+        first_applied_at TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          TEXT NOT NULL,
+        revision    TEXT,
+        tenant      TEXT,
+        action      TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        detail      TEXT,
+        duration_ms INTEGER
+    );
+    CREATE INDEX events_tenant ON events(tenant, id);
+    """,
+    """
+    CREATE TABLE journal (
+        tenant     TEXT PRIMARY KEY,
+        action     TEXT NOT NULL,
+        phase      TEXT NOT NULL,
+        source     TEXT,
+        dest       TEXT,
+        temp       TEXT,
+        started_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        detail     TEXT
+    );
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,
+        revision    TEXT,
+        summary     TEXT,
+        detail      TEXT
+    );
+    CREATE TABLE rollout (
+        key        TEXT PRIMARY KEY,
+        state      TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        detail     TEXT
+    );
+    """,
+)
+VERSION = len(UPGRADES)
+
+
+def utcnow() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+@dataclass(frozen=True)
+class TenantRow:
+    name: str
+    region: str
+    path: str
+    schema_version: int
+    status: str
+    created_at: str
+    updated_at: str
+    protected: bool = False
+    failure: str | None = None
+    failed_key: str | None = None
+    failures: int = 0
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    tenant: str
+    action: str
+    phase: str
+    source: str | None
+    dest: str | None
+    temp: str | None
+    started_at: str
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything plan() needs from the registry, read in one go."""
+
+    exists: bool
+    tenants: Mapping[str, TenantRow]
+    domains: Mapping[str, str]
+    settings: Mapping[str, str]
+    migrations: Mapping[int, tuple[str, str]]  # version → (name, sha256)
+    journal: Mapping[str, JournalRow]
+    rollout: Mapping[str, str]  # key → state
+
+    @staticmethod
+    def empty() -> Snapshot:
+        e: Mapping[Any, Any] = MappingProxyType({})
+        return Snapshot(False, e, e, e, e, e, e)
+
+
+_TENANT_COLS = ("name, region, path, schema_version, status, created_at, updated_at, "
+                "protected, failure, failed_key, failures, retry_at")
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None,
+                               timeout=10.0, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Registry:
+    """A connection to central.db with the operations the reconciler needs."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool) -> None:
+        self.path = path
+        self.conn = conn
+        self.readonly = readonly
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: Path) -> Registry:
+        """Open for writing, creating and upgrading as needed (lock holder only)."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        try:
+            conn = _connect(path, readonly=False)
+            reg = cls(path, conn, readonly=False)
+            reg._upgrade()
+        except sqlite3.OperationalError as exc:
+            raise _classify(exc, f"opening registry {path}") from exc
+        return reg
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Registry | None:
+        """Open without changing anything; None if there is no registry yet."""
+        if not path.exists():
+            return None
+        try:
+            conn = _connect(path, readonly=True)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise PermanentError(f"cannot read registry {path}: {exc}") from exc
+        if version > VERSION:
+            conn.close()
+            raise PermanentError(f"registry {path} is at version {version}, newer than this "
+                                 f"reconciler understands ({VERSION}); upgrade tenant-reconciler")
+        return cls(path, conn, readonly=True)
+
+    def _upgrade(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > VERSION:
+            raise PermanentError(f"registry {self.path} is at version {version}, newer than "
+                                 f"this reconciler understands ({VERSION}); upgrade it")
+        for step in range(version, VERSION):
+            with self.transaction():
+                for statement in _split(UPGRADES[step]):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {step + 1}")
+
+    @property
+    def version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _classify(exc, "registry transaction") from exc
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- reading
+    def snapshot(self) -> Snapshot:
+        c = self.conn
+        version = self.version
+        have = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version == 0 or "tenants" not in have:
+            return Snapshot.empty()
+        c.execute("BEGIN")  # one consistent read across tables
+        try:
+            tenants = {r[0]: TenantRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]),
+                                       r[8], r[9], r[10], r[11])
+                       for r in c.execute(f"SELECT {_TENANT_COLS} FROM tenants")}
+            domains = dict(c.execute("SELECT domain, tenant FROM domains").fetchall())
+            settings = dict(c.execute("SELECT key, value FROM settings").fetchall())
+            migrations = {r[0]: (r[1], r[2]) for r in
+                          c.execute("SELECT version, name, sha256 FROM migrations")}
+            journal: dict[str, JournalRow] = {}
+            rollout: dict[str, str] = {}
+            if "journal" in have:
+                journal = {r[0]: JournalRow(*r) for r in c.execute(
+                    "SELECT tenant, action, phase, source, dest, temp, started_at, detail "
+                    "FROM journal")}
+                rollout = dict(c.execute("SELECT key, state FROM rollout").fetchall())
+        finally:
+            c.execute("COMMIT")
+        return Snapshot(True, MappingProxyType(tenants), MappingProxyType(domains),
+                        MappingProxyType(settings), MappingProxyType(migrations),
+                        MappingProxyType(journal), MappingProxyType(rollout))
+
+    def tenant(self, name: str) -> TenantRow | None:
+        r = self.conn.execute(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = ?",
+                              (name,)).fetchone()
+        if r is None:
+            return None
+        return TenantRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9],
+                         r[10], r[11])
+
+    def events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = ("SELECT id, at, revision, tenant, action, outcome, detail, duration_ms "
+               "FROM events")
+        args: tuple[Any, ...] = ()
+        if tenant:
+            sql += " WHERE tenant = ?"
+            args = (tenant,)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = self.conn.execute(sql, (*args, limit)).fetchall()
+        keys = ("id", "at", "revision", "tenant", "action", "outcome", "detail", "duration_ms")
+        out = []
+        for r in rows:
+            d = dict(zip(keys, r, strict=True))
+            d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
+            out.append(d)
+        return out
+
+    def last_run(self) -> dict[str, Any] | None:
+        if self.version < 2:
+            return None
+        r = self.conn.execute("SELECT started_at, finished_at, revision, summary, detail "
+                              "FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if r is None:
+            return None
+        return {"started_at": r[0], "finished_at": r[1], "revision": r[2], "summary": r[3],
+                "detail": json.loads(r[4]) if r[4] else {}}
+
+    # ---------------------------------------------------------------- writing
+    def upsert_tenant(self, name: str, region: str, path: Path, schema_version: int,
+                      status: str, protected: bool = False) -> None:
+        now = utcnow()
+        self.conn.execute(
+            "INSERT INTO tenants (name, region, path, schema_version, status, created_at, "
+            "updated_at, protected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET region=excluded.region, path=excluded.path, "
+            "schema_version=excluded.schema_version, status=excluded.status, "
+            "updated_at=excluded.updated_at, protected=excluded.protected",
+            (name, region, str(path), schema_version, status, now, now, int(protected)))
+
+    def update_tenant(self, name: str, **fields: Any) -> None:
+        allowed = {"region", "path", "schema_version", "status", "protected", "failure",
+                   "failed_key", "failures", "retry_at"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"unknown tenant fields: {bad}")
+        if not fields:
+            return
+        assignments = ", ".join(f"{k} = ?" for k in fields) + ", updated_at = ?"
+        values = [str(v) if isinstance(v, Path) else v for v in fields.values()]
+        self.conn.execute(f"UPDATE tenants SET {assignments} WHERE name = ?",
+                          (*values, utcnow(), name))
+
+    def record_migration(self, version: int, name: str, sha256: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO migrations (version, name, sha256, "
+                          "first_applied_at) VALUES (?, ?, ?, ?)",
+                          (version, name, sha256, utcnow()))
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+        else:
+            self.conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                              "DO UPDATE SET value = excluded.value", (key, value))
+
+    def set_domain(self, domain: str, tenant: str | None) -> None:
+        if tenant is None:
+            self.conn.execute("DELETE FROM domains WHERE domain = ?", (domain,))
+        else:
+            self.conn.execute("INSERT INTO domains (domain, tenant) VALUES (?, ?) "
+                              "ON CONFLICT(domain) DO UPDATE SET tenant = excluded.tenant",
+                              (domain, tenant))
+
+    def event(self, *, revision: str, tenant: str | None, action: str, outcome: str,
+              detail: Mapping[str, Any] | None = None, duration_ms: int | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO events (at, revision, tenant, action, outcome, detail, duration_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (utcnow(), revision, tenant, action, outcome,
+             json.dumps(dict(detail or {}), sort_keys=True, default=str), duration_ms))
+
+    def journal_set(self, tenant: str, action: str, phase: str, *, source: str | None = None,
+                    dest: str | None = None, temp: str | None = None,
+                    detail: Mapping[str, Any] | None = None) -> None:
+        now = utcnow()
+        self.conn.execute(
+            "INSERT INTO journal (tenant, action, phase, source, dest, temp, started_at, "
+            "updated_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tenant) DO "
+            "UPDATE SET action=excluded.action, phase=excluded.phase, "
+            "source=COALESCE(excluded.source, source), dest=COALESCE(excluded.dest, dest), "
+            "temp=COALESCE(excluded.temp, temp), updated_at=excluded.updated_at, "
+            "detail=COALESCE(excluded.detail, detail)",
+            (tenant, action, phase, source, dest, temp, now, now,
+             json.dumps(dict(detail)) if detail is not None else None))
+
+    def journal_clear(self, tenant: str) -> None:
+        self.conn.execute("DELETE FROM journal WHERE tenant = ?", (tenant,))
+
+    def set_rollout(self, key: str, state: str | None, detail: Mapping[str, Any] | None = None
+                    ) -> None:
+        if state is None:
+            self.conn.execute("DELETE FROM rollout WHERE key = ?", (key,))
+        else:
+            self.conn.execute("INSERT INTO rollout (key, state, updated_at, detail) VALUES "
+                              "(?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET state=excluded.state,"
+                              " updated_at=excluded.updated_at, detail=excluded.detail",
+                              (key, state, utcnow(), json.dumps(dict(detail or {}))))
+
+    def record_run(self, started_at: str, revision: str, summary: str,
+                   detail: Mapping[str, Any]) -> None:
+        with self.transaction():
+            self.conn.execute("INSERT INTO runs (started_at, finished_at, revision, summary, "
+                              "detail) VALUES (?, ?, ?, ?, ?)",
+                              (started_at, utcnow(), revision, summary,
+                               json.dumps(dict(detail), default=str)))
+            # keep the table bounded: the events table is the long-term history
+            self.conn.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - 1000")
+
+
+def _split(script: str) -> list[str]:
+    out, buf = [], ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+def _classify(exc: sqlite3.OperationalError, what: str) -> Exception:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return RetryableError(f"{what}: {text}")
+    return PermanentError(f"{what}: {text}")

@@ -1,0 +1,162 @@
+"""Operations on one tenant database file: create it, migrate it, check it.
+
+Why a module of its own: these are the only functions that write into a customer's
+file, and they are called from worker threads during a rollout, so they take plain
+values, open their own connection, never touch the registry, and return what happened.
+
+Invariants:
+* every migration step runs in ``BEGIN IMMEDIATE`` together with ``PRAGMA
+  user_version = n``; the version is re-read under that lock, so a concurrent change
+  is never migrated twice and a failure leaves the file at exactly one known version;
+* a busy tenant (an application holds the write lock beyond the busy timeout) is a
+  ``RetryableError``, never a failure;
+* a new file appears under its final name only once complete (temp + fsync + link),
+  is created ``0600`` inside ``0700`` directories, and never replaces an existing file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import RetryableError
+from reconciler.migrations import Catalog, MigrationError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class MigrateResult:
+    from_version: int
+    to_version: int  # the version the file is at now
+    applied: tuple[int, ...] = ()
+    error: str | None = None
+
+
+def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A read-write connection to an existing file (never creates one)."""
+    return sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None,
+                           timeout=busy_timeout, check_same_thread=False)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int) -> MigrateResult:
+    """Bring the open database up to ``target``, one transaction per step."""
+    start: int | None = None
+    applied: list[int] = []
+    current = 0
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise RetryableError(f"busy: another connection holds the write lock ({exc})"
+                                     ) from exc
+            raise
+        try:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if start is None:
+                start = current
+            if current >= target or current >= catalog.latest:
+                conn.execute("COMMIT")
+                return MigrateResult(start, current, tuple(applied))
+            step = catalog.migrations[current]
+            step.run(conn)
+            conn.execute(f"PRAGMA user_version = {step.version}")
+            conn.execute("COMMIT")
+            applied.append(step.version)
+        except (MigrationError, sqlite3.Error, Exception) as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise RetryableError(f"busy during migration: {exc}") from exc
+            message = str(exc) if isinstance(exc, MigrationError) else \
+                f"{catalog.migrations[current].filename}: {type(exc).__name__}: {exc}"
+            return MigrateResult(start if start is not None else current, current,
+                                 tuple(applied), message)
+
+
+def migrate_file(path: Path, catalog: Catalog, target: int, busy_timeout: float
+                 ) -> MigrateResult:
+    conn = connect(path, busy_timeout)
+    try:
+        return migrate_conn(conn, catalog, target)
+    finally:
+        conn.close()
+
+
+def ensure_dir(path: Path) -> None:
+    """Create a directory (and parents) readable only by us."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+
+
+def create(path: Path, catalog: Catalog, target: int, busy_timeout: float) -> MigrateResult:
+    """Create ``path`` migrated to ``target``. The file appears complete or not at all."""
+    ensure_dir(path.parent)
+    temp = path.with_name(f".{path.name}.creating")
+    remove_quietly(temp)  # a leftover from a killed run: never in service, holds no data
+    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    os.close(fd)
+    try:
+        conn = connect(temp, busy_timeout)
+        try:
+            result = migrate_conn(conn, catalog, target)
+            if result.error is None:
+                # persistent: applications get WAL (readers never block the writer)
+                conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()  # checkpoints and removes the -wal: the main file is complete
+        if result.error is not None:
+            remove_quietly(temp)
+            return result
+        fsync_file(temp)
+        os.link(temp, path)  # fails if something appeared at `path`: never overwrite
+        os.unlink(temp)
+        fsync_dir(path.parent)
+        return result
+    except BaseException:
+        remove_quietly(temp)
+        raise
+
+
+def quick_check(path: Path, busy_timeout: float) -> str | None:
+    """None when healthy, else what ``PRAGMA quick_check`` said."""
+    conn = connect(path, busy_timeout)
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    finally:
+        conn.close()
+    return None if rows == ["ok"] else "; ".join(str(r) for r in rows[:5])
