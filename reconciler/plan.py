@@ -201,7 +201,8 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
             v = here.user_version
             adopt = _a(base, Kind.ADOPT, from_version=v, to_version=v, status="active",
                        detail="file exists without a registry row — registered as is")
-            return _then_migrate(adopt, here.user_version, target, None, retry_failed, base)
+            return _then_migrate(adopt, here.user_version, target, None, retry_failed, base,
+                                 observed.now)
         if row is not None:  # archived, but the archive is gone
             return [_a(base, Kind.MISSING, from_version=row.schema_version, status="archived",
                            detail=f"archived, but no copy is left in "
@@ -234,6 +235,11 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
     version = found.user_version
     assert version is not None
     target_reached = version >= target
+    if (row.status == "failed" and row.failed_key == key and target_reached
+            and not retry_failed):
+        # failed its health gate at the target: stays failed until someone looks
+        return [_a(base, Kind.FAILED, from_version=version, to_version=target, status="failed",
+                   detail=f"{row.failure or 'failed'} — fix it, then run with --retry-failed")]
     wrong_status = row.status != "active" and not (row.status == "failed" and not target_reached)
     if row.schema_version != version or wrong_status or row.protected != spec.protected:
         reasons = []
@@ -253,7 +259,7 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
         out.append(_a(base, Kind.RELOCATE, from_region=row.region, from_version=version,
                           to_version=version, source=current, status="active",
                           detail=f"{row.region} → {region}"))
-    return out + _then_migrate(None, version, target, row, retry_failed, base)
+    return out + _then_migrate(None, version, target, row, retry_failed, base, observed.now)
 
 
 def _restore(archive: Path, observed: Observed, target: int, row: TenantRow | None,
@@ -266,11 +272,12 @@ def _restore(archive: Path, observed: Observed, target: int, row: TenantRow | No
     restore = _a(base, Kind.RESTORE, source=archive, from_version=copy.user_version,
                      to_version=copy.user_version, status="active",
                      detail=f"from {archive.name}")
-    return _then_migrate(restore, copy.user_version, target, row, retry_failed, base)
+    return _then_migrate(restore, copy.user_version, target, row, retry_failed, base,
+                         observed.now)
 
 
 def _then_migrate(first: Action | None, version: int | None, target: int, row: TenantRow | None,
-                  retry_failed: bool, base: Action) -> list[Action]:
+                  retry_failed: bool, base: Action, now: float) -> list[Action]:
     """``first`` (adopt/restore) followed by what the file's version needs."""
     out = [first] if first is not None else []
     if version is None:
@@ -278,7 +285,7 @@ def _then_migrate(first: Action | None, version: int | None, target: int, row: T
     key = base.key
     if version < target:
         if (row is not None and row.status == "failed" and row.failed_key == key
-                and not retry_failed and row.retry_at is not None):
+                and not retry_failed and row.retry_at is not None and now < row.retry_at):
             out.append(_a(base, Kind.FAILED, from_version=version, to_version=target,
                               status="failed", detail=f"{row.failure or 'failed'} — retry "
                               "after backoff, or run with --retry-failed"))
