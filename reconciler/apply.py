@@ -19,7 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler import archive, relocate, rollout, tenantdb
-from reconciler.context import FAILED, OK, REPORTED, RETRY, SKIPPED, Context, Outcome, Timer, record
+from reconciler.context import (
+    FAILED,
+    OK,
+    REPORTED,
+    RETRY,
+    SKIPPED,
+    Context,
+    Outcome,
+    Timer,
+    crash_point,
+    record,
+)
 from reconciler.errors import PermanentError, RetryableError
 from reconciler.plan import Action, Kind, Plan
 
@@ -104,6 +115,7 @@ def create(action: Action, ctx: Context) -> Outcome:
         with ctx.registry.transaction():
             record(ctx, action, action.tenant, outcome)
         return outcome
+    crash_point("create.after_link")  # file in place, not registered: next pass adopts it
     outcome = Outcome(action.tenant, "create", OK, 0, result.to_version, timer.ms,
                       detail={"region": action.region, "path": str(action.path)})
     with ctx.registry.transaction():

@@ -166,6 +166,11 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
                                timeout=10.0, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > VERSION:  # refuse before changing a byte (journal_mode writes)
+            conn.close()
+            raise PermanentError(f"registry {path} is at version {version}, newer than this "
+                                 f"reconciler understands ({VERSION}); upgrade tenant-reconciler")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")

@@ -22,6 +22,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.context import crash_point
 from reconciler.errors import RetryableError
 from reconciler.migrations import Catalog, MigrationError
 
@@ -143,6 +144,7 @@ def create(path: Path, catalog: Catalog, target: int, busy_timeout: float) -> Mi
             remove_quietly(temp)
             return result
         fsync_file(temp)
+        crash_point("create.before_link")
         os.link(temp, path)  # fails if something appeared at `path`: never overwrite
         os.unlink(temp)
         fsync_dir(path.parent)
