@@ -9,12 +9,13 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from reconciler.lock import FleetLock
 from reconciler.registry import UPGRADES
 from tests.conftest import RECONCILE, Fleet
 
-TENANTS = {"aaron": {"region": "eu"}, "acme": {"region": "us", "domains": ["acme.example.com"]},
+TENANTS: dict[str, dict[str, Any]] = {"aaron": {"region": "eu"}, "acme": {"region": "us", "domains": ["acme.example.com"]},
            "globex": {"region": "eu"}}
 
 
