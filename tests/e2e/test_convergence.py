@@ -15,8 +15,11 @@ from reconciler.lock import FleetLock
 from reconciler.registry import UPGRADES
 from tests.conftest import RECONCILE, Fleet
 
-TENANTS: dict[str, dict[str, Any]] = {"aaron": {"region": "eu"}, "acme": {"region": "us", "domains": ["acme.example.com"]},
-           "globex": {"region": "eu"}}
+TENANTS: dict[str, dict[str, Any]] = {
+    "aaron": {"region": "eu"},
+    "acme": {"region": "us", "domains": ["acme.example.com"]},
+    "globex": {"region": "eu"},
+}
 
 
 def converged(fleet: Fleet) -> None:
