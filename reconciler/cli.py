@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from reconciler import engine, log, render
 from reconciler import migrations as migrations_mod
@@ -34,8 +34,17 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
                    **({"default": "info"} | d))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 (invalid input), not argparse's 2, which means "changes
+    pending" to scripts running ``reconcile plan``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="reconcile",
         description="Converge a fleet of per-tenant SQLite databases to tenants.yaml.")
     _common(p, sub=False)

@@ -347,3 +347,11 @@ def test_logs_are_json_lines_with_tenant_action_versions_duration_and_revision(
     assert create["tenant"] == "aaron" and create["from_version"] == 0
     assert create["to_version"] == 3 and "duration_ms" in create
     assert create["revision"].startswith("sha256:")
+
+
+def test_usage_errors_exit_1_not_2_which_means_changes_pending(fleet: Fleet) -> None:
+    fleet.declare({"aaron": {"region": "eu"}})
+    for args in (["--bogus"], ["history", "--limit", "x"], ["nonsense"]):
+        r = fleet.run(*args)
+        assert r.returncode == 1, (args, r.stderr)
+        assert "usage:" in r.stderr and "Traceback" not in r.stderr
