@@ -1,0 +1,130 @@
+"""GitOps pull mode: bring the clone holding ``tenants.yaml`` up to its remote branch.
+
+Why: in pull mode the fleet follows what was reviewed and merged, never what someone
+typed on the server. So the only change this module ever makes to the work tree is a
+fast-forward to the commit the remote branch points at, and only when the work tree
+holds nothing but committed content; everything else is refused and reported with
+what to do, and the daemon keeps applying the last commit it accepted.
+
+Invariants:
+* never rewrites history, never merges, never discards local edits or commits: a
+  force-pushed branch, a local commit the remote does not have, a checkout of another
+  branch, or an edited/untracked file in the watched paths is a ``refused`` result;
+* the remote-tracking ref is the only thing a fetch changes (``+`` refspec: it mirrors
+  the remote, even after a force-push, so the refusal can name the new commit);
+* git runs with a timeout, without prompts (``GIT_TERMINAL_PROMPT=0``), and names
+  come from validated settings (they cannot start with ``-``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+UP_TO_DATE, FAST_FORWARD, REFUSED, ERROR = "up-to-date", "fast-forward", "refused", "error"
+GIT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class PullResult:
+    outcome: str  # up-to-date | fast-forward | refused | error
+    before: str | None  # HEAD before (full SHA)
+    after: str | None  # HEAD after
+    remote: str | None  # the fetched remote branch head
+    message: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome == FAST_FORWARD
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (UP_TO_DATE, FAST_FORWARD)
+
+
+class GitError(Exception):
+    pass
+
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             timeout=GIT_TIMEOUT, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT:.0f}s") from None
+    except OSError as exc:
+        raise GitError(f"cannot run git: {exc}") from None
+    if check and out.returncode != 0:
+        raise GitError(f"git {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out
+
+
+def local_edits(root: Path, paths: list[str]) -> list[str]:
+    """Tracked files changed anywhere, plus untracked files among ``paths``."""
+    tracked = _git(root, "status", "--porcelain=v1", "--untracked-files=no").stdout
+    untracked = _git(root, "status", "--porcelain=v1", "--untracked-files=all", "--",
+                     *paths).stdout if paths else ""
+    found = {line[3:] for line in (tracked + untracked).splitlines() if line.strip()}
+    return sorted(found)
+
+
+def pull(root: Path, remote: str, branch: str, watched: list[str] | None = None) -> PullResult:
+    """Fetch ``remote/branch`` and fast-forward the checked-out ``branch`` to it.
+
+    ``watched``: paths (relative to ``root``) whose untracked files count as local edits
+    — the desired-state file and the migrations directory."""
+    try:
+        return _pull(root, remote, branch, watched or [])
+    except GitError as exc:
+        return PullResult(ERROR, None, None, None, str(exc))
+
+
+def _pull(root: Path, remote: str, branch: str, watched: list[str]) -> PullResult:
+    top = Path(_git(root, "rev-parse", "--show-toplevel").stdout.strip())
+    head = _git(top, "rev-parse", "--verify", "HEAD").stdout.strip()
+    current = _git(top, "symbolic-ref", "--quiet", "--short", "HEAD", check=False).stdout.strip()
+    if current != branch:
+        where = f"branch {current}" if current else "a detached HEAD"
+        return PullResult(REFUSED, head, head, None,
+                          f"the clone is on {where}, pull mode follows {branch} — "
+                          f"run `git -C {top} switch {branch}`")
+    tracking = f"refs/remotes/{remote}/{branch}"
+    _git(top, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules", remote,
+         f"+refs/heads/{branch}:{tracking}")
+    theirs = _git(top, "rev-parse", "--verify", f"{tracking}^{{commit}}").stdout.strip()
+    rel = [os.path.relpath(root / p, top) for p in watched]
+    edits = local_edits(top, rel)
+    if edits:
+        shown = ", ".join(edits[:5]) + (f" and {len(edits) - 5} more" if len(edits) > 5 else "")
+        return PullResult(REFUSED, head, head, theirs,
+                          f"local edits in {shown}; pull mode applies only committed states — "
+                          "commit and push them, or discard them")
+    if theirs == head:
+        return PullResult(UP_TO_DATE, head, head, theirs)
+    if _is_ancestor(top, head, theirs):
+        merged = _git(top, "merge", "--ff-only", "--quiet", theirs, check=False)
+        if merged.returncode != 0:
+            return PullResult(REFUSED, head, head, theirs,
+                              f"fast-forward to {theirs[:7]} failed: "
+                              f"{merged.stderr.strip() or merged.stdout.strip()}")
+        after = _git(top, "rev-parse", "--verify", "HEAD").stdout.strip()
+        return PullResult(FAST_FORWARD, head, after, theirs)
+    if _is_ancestor(top, theirs, head):
+        return PullResult(REFUSED, head, head, theirs,
+                          f"local branch {branch} ({head[:7]}) has commits {remote}/{branch} "
+                          f"({theirs[:7]}) does not — push them through review, or reset the "
+                          "clone to the remote")
+    return PullResult(REFUSED, head, head, theirs,
+                      f"not a fast-forward: {remote}/{branch} moved to {theirs[:7]}, which does "
+                      f"not contain the applied commit {head[:7]} (history was rewritten) — "
+                      f"review it, then `git -C {top} reset --hard {remote}/{branch}` to accept")
+
+
+def _is_ancestor(root: Path, ancestor: str, descendant: str) -> bool:
+    out = _git(root, "merge-base", "--is-ancestor", ancestor, descendant, check=False)
+    if out.returncode not in (0, 1):
+        raise GitError(f"git merge-base: {out.stderr.strip()}")
+    return out.returncode == 0
