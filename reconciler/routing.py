@@ -1,0 +1,365 @@
+"""Host → tenant → connection: the small library applications import (DESIGN §4, §7).
+
+Why: "aaron.yoursaas.com" must reach ``data/eu/aaron.db`` and nothing else, on every
+request, fast. The registry (``central.db``) is the only source of truth for that
+mapping; this module reads it read-only, caches what it read, and hands out
+connections to exactly the file the registry names, with the registry ``ATTACH``-ed
+read-only as ``central`` for global settings::
+
+    router = Router("data/central.db")
+    with router.connect(environ["HTTP_HOST"], min_schema=3) as db:
+        db.execute("INSERT INTO notes (title) VALUES (?)", ("hi",))
+        email = db.execute("SELECT value FROM central.settings "
+                           "WHERE key = 'support_email'").fetchone()
+
+Invariants:
+* a host is normalised (ASCII only, lowercased, one port and one trailing dot
+  stripped) and must then be a valid hostname, or ``InvalidHost`` is raised before
+  anything is looked up: a host never becomes part of a path, and the only lookup is
+  an exact match in ``domains`` — there is no "first label is the tenant" fallback;
+* the only file ever opened for a tenant is the absolute ``tenants.path`` the registry
+  holds, opened with a ``mode=rw`` URI, so a vanished file is an error and never a new
+  empty database; the registry is opened and attached with ``mode=ro``;
+* a tenant whose status is not servable (``relocating``, ``missing``, ``archived``,
+  ``suspended``, ``failed``), or whose schema is below ``min_schema``, gets
+  ``TenantUnavailable`` and no connection;
+* the cache is dropped whenever the registry changes (``PRAGMA data_version`` on a held
+  read-only connection, one cheap query per request), so a relocation, a new tenant or
+  a removed domain is seen on the very next request;
+* a connection is returned only after it holds SQLite's shared lock on the tenant file
+  and the registry was re-checked *after* that lock was taken: a relocation that waits
+  for every open connection to close (as ``reconciler.relocate`` does) therefore either
+  sees this connection and waits for it, or this call sees the relocation and refuses;
+* ``Router`` is thread-safe; connections are per request (closed by their context
+  manager) and are never pooled, because a pooled connection would pin a file that a
+  relocation is waiting to retire.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from reconciler.errors import InvalidInput, Problem, ReconcileError
+
+#: statuses a connection may be handed out for (``pending``: a halted rollout leaves the
+#: tenant at a known older version; ``migrating``: migrations run in transactions, so
+#: readers see one version or the next; ``orphaned``: undeclared but untouched).
+SERVABLE = frozenset({"active", "pending", "migrating", "orphaned"})
+
+#: why each unservable status is refused, in words an application can log or show.
+REASONS = {
+    "relocating": "relocating: its database is being moved to another region; retry shortly",
+    "missing": "missing: its database file is gone; an operator must restore it",
+    "archived": "archived: the tenant was removed and its database archived",
+    "suspended": "suspended: the tenant is suspended",
+    "failed": "failed: its last migration failed; an operator must look at it",
+}
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+MAX_CACHED_HOSTS = 4096  # bounds memory when clients send many distinct bogus hosts
+
+# RFC 1123 hostname: dot-separated labels of letters, digits and inner hyphens, at most
+# 63 characters each and 253 in all. ASCII only (checked before lowercasing, because
+# str.lower() folds some non-ASCII characters — KELVIN SIGN → "k" — into ASCII).
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*",
+    re.ASCII)
+_PORT = re.compile(r"[0-9]{0,5}", re.ASCII)
+
+_LOOKUP = ("SELECT t.name, t.path, t.region, t.schema_version, t.status "
+           "FROM domains AS d JOIN tenants AS t ON t.name = d.tenant WHERE d.domain = ?")
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """What a host resolves to, as the registry recorded it."""
+
+    name: str
+    path: Path  # absolute; exactly ``tenants.path``
+    region: str
+    schema_version: int
+    status: str
+
+    def unavailable_reason(self, min_schema: int | None = None) -> str | None:
+        """None when a connection may be handed out, else why not."""
+        if self.status not in SERVABLE:
+            return REASONS.get(self.status, f"{self.status}: not servable")
+        if min_schema is not None and self.schema_version < min_schema:
+            return _too_old(self.schema_version, min_schema)
+        return None
+
+
+def _too_old(version: int, min_schema: int) -> str:
+    return (f"schema too old: the tenant is at v{version}, this application needs "
+            f"v{min_schema}; wait for the reconciler to migrate it")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class RoutingError(ReconcileError):
+    """Base of routing errors; ``http_status`` is what an application should answer."""
+
+    http_status = 500
+
+
+class InvalidHost(RoutingError, InvalidInput):
+    """The host is not a hostname (400). Raised before any lookup."""
+
+    http_status = 400
+
+    def __init__(self, host: str, why: str) -> None:
+        self.host = host
+        InvalidInput.__init__(self, [Problem(
+            "host", None, None, f"{host[:80]!r} is not a valid hostname: {why}",
+            "send a Host header such as aaron.yoursaas.com")])
+
+
+class TenantNotFound(RoutingError):
+    """No tenant is routed at this host (404)."""
+
+    http_status = 404
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(f"no tenant is routed at {host}")
+
+
+class TenantUnavailable(RoutingError):
+    """The tenant exists but must not be used right now (503); ``reason`` says why."""
+
+    http_status = 503
+
+    def __init__(self, tenant: Tenant, reason: str) -> None:
+        self.tenant = tenant
+        self.reason = reason
+        super().__init__(f"tenant {tenant.name} is unavailable — {reason}")
+
+
+class RegistryUnavailable(RoutingError):
+    """The central registry cannot be read (503)."""
+
+    http_status = 503
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+def normalize_host(host: str) -> str:
+    """The canonical form of a ``Host`` header value, or ``InvalidHost``.
+
+    ASCII only; one ``:port`` (digits) and one trailing dot are stripped; the rest is
+    lowercased and must be an RFC 1123 hostname of at most 253 characters.
+    """
+    if not isinstance(host, str) or not host:
+        raise InvalidHost(str(host), "it is empty")
+    if len(host) > 300 or not host.isascii():
+        raise InvalidHost(host, "it is too long" if len(host) > 300
+                          else "it contains non-ASCII characters (use the punycode form)")
+    name, colon, port = host.partition(":")
+    if colon and not _PORT.fullmatch(port):
+        raise InvalidHost(host, "the port is not a number")
+    if name.endswith("."):
+        name = name[:-1]
+    name = name.lower()
+    if not _HOSTNAME.fullmatch(name):
+        raise InvalidHost(host, "use letters, digits, hyphens and dots only, labels of at "
+                                "most 63 characters, 253 in all")
+    return name
+
+
+# --------------------------------------------------------------------------- connections
+
+
+class TenantConnection(sqlite3.Connection):
+    """A ``sqlite3.Connection`` to one tenant's file, with ``central`` attached.
+
+    As a context manager it commits on success, rolls back on an exception, and then
+    closes (a plain ``sqlite3.Connection`` would stay open): requests must not keep
+    tenant files open.
+    """
+
+    tenant: Tenant
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            self.close()
+        return False
+
+
+@dataclass(frozen=True)
+class _Entry:
+    tenant: Tenant
+    uri: str  # the tenant file as a mode=rw URI, built once per cache fill ("" if unusable)
+    key: str  # the normalised host it was looked up by
+
+
+class Router:
+    """Routes hosts to tenant databases through the registry at ``central_path``.
+
+    One instance per process is enough (it is thread-safe); it holds one read-only
+    connection to the registry. ``busy_timeout`` (seconds) applies to the connections
+    it hands out.
+    """
+
+    def __init__(self, central_path: str | Path, *,
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.central_path = Path(central_path).resolve()
+        self.busy_timeout = busy_timeout
+        self._central_uri = f"{self.central_path.as_uri()}?mode=ro"
+        self._lock = threading.Lock()
+        self._cache: dict[str, _Entry | None] = {}
+        try:
+            self._registry = sqlite3.connect(self._central_uri, uri=True, isolation_level=None,
+                                             check_same_thread=False, timeout=busy_timeout)
+            self._seen = self._registry.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise RegistryUnavailable(
+                f"cannot open the registry {self.central_path} read-only ({exc}); run "
+                "`reconcile` once to create it, or pass the path of an existing central.db"
+            ) from exc
+
+    # ------------------------------------------------------------------ public API
+    def resolve(self, host: str) -> Tenant:
+        """The tenant routed at ``host``, whatever its status.
+
+        Raises ``InvalidHost`` (400) or ``TenantNotFound`` (404). Use
+        ``Tenant.unavailable_reason()`` to learn whether it may be served.
+        """
+        return self._entry(host)[0].tenant
+
+    def connect(self, host: str, min_schema: int | None = None) -> TenantConnection:
+        """A connection to the file of the tenant routed at ``host``.
+
+        The registry is attached read-only as ``central``; ``foreign_keys`` is on and
+        the busy timeout set. Raises ``InvalidHost`` (400), ``TenantNotFound`` (404),
+        ``TenantUnavailable`` (503: unservable status, a file that cannot be opened, or
+        a schema below ``min_schema``, checked against the file's own
+        ``user_version``) or ``RegistryUnavailable`` (503).
+        """
+        for _ in range(3):
+            entry, seen, key = self._entry(host)
+            reason = entry.tenant.unavailable_reason(min_schema)
+            if reason is None and not entry.uri:
+                reason = f"the registry holds a relative path ({entry.tenant.path})"
+            if reason is not None:
+                raise TenantUnavailable(entry.tenant, reason)
+            conn, version = self._open(entry)
+            if self._still(host, key, entry, seen):
+                if min_schema is not None and version < min_schema:
+                    conn.close()
+                    raise TenantUnavailable(entry.tenant, _too_old(version, min_schema))
+                return conn
+            conn.close()  # the route changed while opening: look again
+        raise RegistryUnavailable(f"the route of {host!r} kept changing while opening a "
+                                  "connection; retry the request")
+
+    def close(self) -> None:
+        """Close the held registry connection (connections handed out are unaffected)."""
+        with self._lock:
+            self._cache.clear()
+            self._registry.close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _entry(self, host: str) -> tuple[_Entry, int, str]:
+        """The entry for ``host``, the registry version it is valid at, and the
+        normalised host. The raw header value is cached too, so a repeat request costs
+        one dictionary lookup and no validation."""
+        with self._lock:
+            seen = self._fresh()
+            if host in self._cache:
+                entry = self._cache[host]
+                key = entry.key if entry is not None else normalize_host(host)
+            else:
+                key = normalize_host(host)
+                entry = self._cached_lookup(host, key)
+        if entry is None:
+            raise TenantNotFound(key)
+        return entry, seen, key
+
+    def _cached_lookup(self, host: str, key: str) -> _Entry | None:
+        """Look ``key`` up through the cache and remember it under ``host`` too (lock held)."""
+        entry = self._cache[key] if key in self._cache else self._lookup(key)
+        if len(self._cache) >= MAX_CACHED_HOSTS:
+            self._cache.clear()
+        self._cache[host] = self._cache[key] = entry
+        return entry
+
+    def _fresh(self) -> int:
+        """Drop the cache if the registry changed since last seen (lock held)."""
+        try:
+            version: int = self._registry.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise RegistryUnavailable(f"cannot read the registry {self.central_path}: {exc}"
+                                      ) from exc
+        if version != self._seen:
+            self._cache.clear()
+            self._seen = version
+        return version
+
+    def _still(self, host: str, key: str, entry: _Entry, seen: int) -> bool:
+        """Whether ``host`` still routes to ``entry`` (re-read only if the registry
+        changed since ``seen``: the reconciler commits events all the time, and those
+        must not turn requests away)."""
+        with self._lock:
+            if self._fresh() == seen:
+                return True
+            return self._cached_lookup(host, key) == entry
+
+    def _lookup(self, key: str) -> _Entry | None:
+        """Read one host's route from the registry (lock held)."""
+        try:
+            row = self._registry.execute(_LOOKUP, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise RegistryUnavailable(
+                f"cannot read routes from the registry {self.central_path} ({exc}); has "
+                "`reconcile` run against it?") from exc
+        if row is None:
+            return None
+        name, path, region, schema_version, status = row
+        tenant = Tenant(name, Path(path), region, int(schema_version), status)
+        # the registry only ever holds absolute paths; a relative one is not ours to
+        # interpret against whatever directory the application happens to run in
+        uri = f"{tenant.path.as_uri()}?mode=rw" if tenant.path.is_absolute() else ""
+        return _Entry(tenant, uri, key)
+
+    def _open(self, entry: _Entry) -> tuple[TenantConnection, int]:
+        """Open the tenant file (never creating it), attach central, take the shared lock.
+
+        Returns the connection and the file's ``user_version``; reading it is what takes
+        SQLite's shared lock, which a WAL-mode connection keeps until it is closed.
+        """
+        tenant = entry.tenant
+        try:
+            conn = sqlite3.connect(entry.uri, uri=True, timeout=self.busy_timeout,
+                                   factory=TenantConnection)
+        except sqlite3.Error as exc:
+            raise TenantUnavailable(tenant, f"its database file cannot be opened ({exc}); "
+                                            "the reconciler will report it missing") from exc
+        try:
+            conn.tenant = tenant
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("ATTACH DATABASE ? AS central", (self._central_uri,))
+            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            raise TenantUnavailable(tenant, f"its database cannot be read ({exc})") from exc
+        return conn, version
