@@ -2,24 +2,34 @@
 
 Why this module exists: everything the reconciler does is driven by this file, so a
 mistake in it must be caught *before* anything touches a tenant, and reported so an
-operator can fix it without guessing. We therefore validate the YAML node tree (not
-the plain ``yaml.safe_load`` result) because only nodes carry line and column numbers
-and only the node tree shows duplicate mapping keys, which PyYAML otherwise drops.
+operator can fix it without guessing. We validate the YAML *node tree* rather than the
+``yaml.safe_load`` result because only nodes carry line and column numbers, and only
+the node tree shows duplicate mapping keys, which PyYAML otherwise drops silently.
 
 Invariants of a loaded ``Desired``:
-* every tenant's region is declared and every name is a lowercase DNS label, so
-  ``<region dir>/<name>.db`` can never point outside its region directory;
-* region directories are absolute, distinct, not nested in one another, and hold
-  neither the registry nor the data directory's bookkeeping folders;
-* domains are unique across the fleet, including the generated ``NAME.<domain>``;
+* every tenant's region is declared and every tenant and region name is a lowercase
+  DNS label, so ``<region dir>/<name>.db`` never points outside its region directory;
+* region directories are absolute, distinct, not nested in one another, not the data
+  directory, not inside ``_archive``/``_retired``, and hold neither the registry nor the
+  migrations; the registry is not inside the bookkeeping folders or the migrations;
+* domains are lowercase hostnames, unique across the fleet including the generated
+  ``NAME.<domain>``;
+* every problem in the file is reported at once (sorted by position, each with a hint
+  saying what to write instead), and loading never raises anything but
+  ``InvalidInput`` — not for binary garbage, a truncated file, or an alias bomb;
 * no I/O happens after ``load`` returns: the value is immutable.
+
+Names and other string-valued fields are read from the text as written: ``007`` is the
+tenant "007" (not the integer 7) and ``no`` is the region "no" (not ``False``).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +44,17 @@ from reconciler.errors import InvalidInput, Problem
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 FORMAT_VERSION = 1
 RESERVED_DIRS = ("_archive", "_retired")
+MAX_BYTES = 16 * 1024 * 1024  # ~500k tenants; anything bigger is the wrong file
+MAX_PROBLEMS = 50  # a wrong file can produce thousands; the first ones are enough to act on
+MAX_PARALLEL = 256  # one thread (and SQLite connection) per parallel migration
+MAX_INTERVAL = 30 * 86400.0
+MAX_BUSY_TIMEOUT = 3600.0
+# An alias bomb ("billion laughs") composes cheaply but expands enormously; we refuse a
+# document whose aliases expand it beyond this many nodes and 4× what is written.
+EXPANSION_FLOOR = 100_000
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: same nodes, much faster
+_YAML_TAG = "tag:yaml.org,2002:"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -119,10 +139,26 @@ class Desired:
 
 
 def is_hostname(text: str) -> bool:
+    """A lowercase DNS name of at least two labels whose last label is not numeric."""
     if not text or len(text) > 253:
         return False
     labels = text.split(".")
-    return len(labels) >= 2 and all(LABEL.match(lb) for lb in labels)
+    return (len(labels) >= 2 and all(LABEL.match(lb) for lb in labels)
+            and not labels[-1].isdigit())
+
+
+def suggest_label(text: str) -> str | None:
+    """The DNS label an operator most likely meant (``Acme_Corp`` → ``acme-corp``)."""
+    fixed = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return fixed if fixed and fixed != text and LABEL.match(fixed) else None
+
+
+def suggest_hostname(text: str) -> str | None:
+    """The hostname an operator most likely meant (``https://Acme.COM:443/`` → ``acme.com``)."""
+    host = text.strip().lower()
+    host = host.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host = re.sub(r":\d*$", "", host).rstrip(".")
+    return host if host != text and is_hostname(host) else None
 
 
 # --------------------------------------------------------------------------- loading
@@ -132,343 +168,549 @@ def load(path: Path, latest_for: Callable[[Path], int | None]) -> Desired:
     """Parse and validate ``path``. ``latest_for(migrations_dir)`` gives the highest
     migration (None if the catalog is invalid: pins are then checked for sign only).
 
-    Raises ``InvalidInput`` with every problem found.
+    Raises ``InvalidInput`` with every problem found (never anything else).
     """
-    checker = _Checker(str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(
-            [Problem(str(path), None, None, "file not found",
-                     "pass the desired-state file with -c/--config or RECONCILE_CONFIG")]
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput([Problem(str(path), None, None, f"cannot read: {exc}")]) from None
-    desired = checker.document(text, path.resolve().parent, latest_for, path)
+    file = str(path)
+    text = _read(path, file)
+    checker = _Checker(file, text)
+    desired = checker.document(path.resolve().parent, latest_for, path)
     if checker.problems or desired is None:
-        raise InvalidInput(checker.problems)
+        raise InvalidInput(_capped(checker.problems, file))
     return desired
 
 
-_SETTINGS_KEYS = {
-    "data_dir": "a directory (default: data)",
-    "central": "the registry file (default: <data_dir>/central.db)",
-    "migrations": "the migrations directory (default: migrations)",
-    "domain": "a hostname such as yoursaas.com",
-    "schema": "an integer or latest",
-    "prune": "false or archive",
-    "prune_limit": "an integer ≥ 0",
-    "interval": "a duration such as 60s",
-    "busy_timeout": "a duration such as 5s",
-    "rollout": "{canary, batch, parallel, max_failures, snapshot}",
-    "git": "{remote, branch}",
-}
+def _read(path: Path, file: str) -> str:
+    def problem(message: str, hint: str, line: int | None = None,
+                col: int | None = None) -> InvalidInput:
+        return InvalidInput([Problem(file, line, col, message, hint)])
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise problem("file not found", "create it, or pass the desired-state file with "
+                      "-c/--config or RECONCILE_CONFIG") from None
+    except OSError as exc:
+        raise problem(f"cannot read: {exc.strerror or exc}",
+                      "check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise problem("is a directory, not a file",
+                      f"pass the file itself, e.g. -c {Path(file) / 'tenants.yaml'}")
+    if not stat.S_ISREG(st.st_mode):
+        raise problem("is not a regular file", "pass the tenants.yaml file itself")
+    if st.st_size > MAX_BYTES:
+        raise problem(f"file is {st.st_size / 2**20:.1f} MiB; the limit is "
+                      f"{MAX_BYTES // 2**20} MiB", "check that this is the right file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise problem(f"cannot read: {exc.strerror or exc}",
+                      "check the file's permissions") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise problem(f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
+                      "save the file as UTF-8 — is it a binary or a partly written file?",
+                      line, col) from None
+
+
+def _capped(problems: list[Problem], file: str) -> list[Problem]:
+    ordered = sorted(problems, key=lambda p: (p.file != file, p.line or 0, p.column or 0))
+    if len(ordered) <= MAX_PROBLEMS:
+        return ordered
+    more = len(ordered) - MAX_PROBLEMS
+    return [*ordered[:MAX_PROBLEMS],
+            Problem(file, None, None, f"… and {more} more problem{'s' if more > 1 else ''}",
+                    "fix the ones above and run `reconcile validate` again")]
+
+
+_SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prune",
+                  "prune_limit", "interval", "busy_timeout", "rollout", "git")
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot")
+_GIT_KEYS = ("remote", "branch")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants")
+_BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
+
+
+@dataclass(frozen=True)
+class _Where:
+    """A path setting's value and the node it was written at (None: the default)."""
+
+    path: Path
+    node: yaml.Node | None
 
 
 class _Checker:
     """Walks the YAML node tree, collecting located problems instead of stopping."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, text: str) -> None:
         self.file = file
+        self.text = text
         self.problems: list[Problem] = []
         self.region_names: set[str] = set()
-        self.latest: int | None = None
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting helpers
-    def error(self, node: yaml.Node | None, message: str, hint: str = "") -> None:
+    def error(self, node: yaml.Node | None, message: str, hint: str) -> None:
         if node is None:
             self.problems.append(Problem(self.file, None, None, message, hint))
         else:
             m = node.start_mark
             self.problems.append(Problem(self.file, m.line + 1, m.column + 1, message, hint))
 
-    def value(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return node
+    def construct(self, node: yaml.ScalarNode) -> Any:
+        """The YAML value of a scalar (int, bool, str, …); ``_BAD`` after reporting."""
+        if not node.tag.startswith(_YAML_TAG):
+            self.error(node, f"custom YAML tag {node.tag} is not supported",
+                       "remove the tag and write a plain value")
+            return _BAD
         try:
             return self._constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.error(node, f"cannot read value: {exc}")
-            return None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            self.error(node, f"cannot read value {node.value!r}: {problem}",
+                       "write a plain value, quoted if it contains special characters")
+            return _BAD
+
+    def text_of(self, node: yaml.Node, what: str, hint: str) -> str | None:
+        """A string field as written (``007`` stays "007"); None (reported) otherwise."""
+        if isinstance(node, yaml.ScalarNode):
+            if not node.tag.startswith(_YAML_TAG):
+                self.error(node, f"custom YAML tag {node.tag} is not supported", hint)
+                return None
+            if node.tag == _YAML_TAG + "null" or node.value == "":
+                self.error(node, f"{what} is empty", hint)
+                return None
+            return str(node.value)
+        self.error(node, f"{what} must be a single value, got {_kind(node)}", hint)
+        return None
 
     def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...] | None,
-                hint: str = "") -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
-        """Yield (key, key node, value node), reporting bad and duplicate keys."""
-        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+                hint: str) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
+        """Yield (key, key node, value node), reporting bad, unknown and duplicate keys.
+        A null value (``key:`` with nothing after it) is an empty mapping."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == _YAML_TAG + "null":
             return
         if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{what} must be a mapping", hint or "write `key: value` lines")
+            self.error(node, f"{what} must be a mapping, got {_kind(node)}", hint)
             return
         seen: dict[str, yaml.Node] = {}
         for knode, vnode in node.value:
-            key = self.value(knode)
-            if not isinstance(key, str):
-                self.error(knode, f"{what}: key {key!r} must be a string",
-                           "quote it or use a name")
+            if isinstance(knode, yaml.ScalarNode) and knode.tag == _YAML_TAG + "merge":
+                self.error(knode, f"YAML merge keys (<<) are not supported in {what}",
+                           "write the keys out in full for each entry")
                 continue
+            if not isinstance(knode, yaml.ScalarNode) or knode.tag == _YAML_TAG + "null" \
+                    or knode.value == "":
+                self.error(knode, f"{what} has a key that is {_kind(knode)}",
+                           "write a plain name before the colon")
+                continue
+            key = str(knode.value)
             if key in seen:
-                first = seen[key].start_mark.line + 1
-                self.error(knode, f"duplicate key '{key}' in {what} (first at line {first})",
-                           "YAML would silently keep only the last one; merge or rename them")
+                first = seen[key].start_mark
+                self.error(knode, f"duplicate key '{key}' in {what} (first at line "
+                           f"{first.line + 1}, column {first.column + 1})",
+                           "YAML would silently keep only the last one; merge the two entries "
+                           "or rename one")
                 continue
             seen[key] = knode
             if allowed is not None and key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
+                close = difflib.get_close_matches(key.lower(), allowed, n=1, cutoff=0.6)
                 suggestion = f"did you mean '{close[0]}'? " if close else ""
                 self.error(knode, f"unknown key '{key}' in {what}",
-                           f"{suggestion}allowed: {', '.join(allowed)}")
+                           f"{suggestion}allowed keys: {', '.join(allowed)}")
                 continue
             yield key, knode, vnode
 
-    def integer(self, node: yaml.Node, what: str, minimum: int = 0) -> int | None:
-        v = self.value(node)
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.error(node, f"{what} must be an integer, got {_show(v)}",
-                       f"write a whole number ≥ {minimum}")
+    def integer(self, node: yaml.Node, what: str, minimum: int = 0,
+                maximum: int | None = None) -> int | None:
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
+        v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
+        if v is _BAD:
             return None
-        if v < minimum:
-            self.error(node, f"{what} must be ≥ {minimum}, got {v}",
-                       f"write a whole number ≥ {minimum}")
+        if isinstance(v, bool) or not isinstance(v, int):
+            hint = f"write a whole number {bounds}"
+            if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
+                hint = f"write {v.strip()} without quotes"
+            elif isinstance(v, float) and v.is_integer():
+                hint = f"write {int(v)} (a whole number)"
+            self.error(node, f"{what} must be a whole number, got {_show(v)}", hint)
+            return None
+        if v < minimum or (maximum is not None and v > maximum):
+            self.error(node, f"{what} must be {bounds}, got {v}", f"write a whole number {bounds}")
             return None
         return v
 
     def boolean(self, node: yaml.Node, what: str) -> bool | None:
-        v = self.value(node)
-        if not isinstance(v, bool):
-            self.error(node, f"{what} must be true or false, got {_show(v)}",
-                       "write true or false")
+        v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
+        if v is _BAD:
             return None
-        return v
-
-    def string(self, node: yaml.Node, what: str, hint: str = "") -> str | None:
-        v = self.value(node)
-        if not isinstance(v, str) or not v:
-            self.error(node, f"{what} must be a non-empty string, got {_show(v)}", hint)
+        if not isinstance(v, bool):
+            hint = "write true or false"
+            if isinstance(v, str) and v.lower() in ("true", "false"):
+                hint = f"write {v.lower()} without quotes"
+            self.error(node, f"{what} must be true or false, got {_show(v)}", hint)
             return None
         return v
 
     def label(self, node: yaml.Node, what: str) -> str | None:
-        v = self.value(node)
-        if isinstance(v, str) and LABEL.match(v):
-            return v
-        suggestion = ""
-        if isinstance(v, str | int):
-            fixed = re.sub(r"[^a-z0-9-]+", "-", str(v).lower()).strip("-")[:63].strip("-")
-            if fixed and LABEL.match(fixed):
-                suggestion = f"write '{fixed}' — "
-        self.error(node, f"{what} {_show(v)} is not a lowercase DNS label",
-                   f"{suggestion}use a-z, 0-9 and '-', 1–63 characters, "
-                   "not starting or ending with '-'")
+        text = self.text_of(node, what, "write a lowercase name such as eu or acme")
+        if text is None:
+            return None
+        if LABEL.match(text):
+            return text
+        fixed = suggest_label(text)
+        self.error(node, f"{what} '{text}' is not a lowercase DNS label",
+                   (f"write '{fixed}' — " if fixed else "") + "use a-z, 0-9 and '-', 1–63 "
+                   "characters, not starting or ending with '-'")
         return None
 
-    def duration(self, node: yaml.Node, what: str) -> float | None:
-        v = self.value(node)
-        try:
-            if isinstance(v, str | int | float):
-                return parse_duration(v)
-        except ValueError:
-            pass
-        self.error(node, f"{what} must be a duration, got {_show(v)}",
-                   "write for example 30s, 5m or 1h")
+    def hostname(self, node: yaml.Node, what: str) -> str | None:
+        text = self.text_of(node, what, "write a lowercase hostname such as app.example.com")
+        if text is None:
+            return None
+        if is_hostname(text):
+            return text
+        fixed = suggest_hostname(text)
+        self.error(node, f"{what} '{text}' is not a lowercase hostname",
+                   f"write '{fixed}'" if fixed else
+                   "write a lowercase hostname such as app.example.com (no scheme, port, path "
+                   "or wildcard)")
         return None
+
+    def duration(self, node: yaml.Node, what: str, maximum: float,
+                 allow_zero: bool) -> float | None:
+        v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
+        if v is _BAD:
+            return None
+        seconds: float | None = None
+        if isinstance(v, str | int | float) and not isinstance(v, bool):
+            try:
+                seconds = parse_duration(v)
+            except ValueError:
+                seconds = None
+        if seconds is None or not math.isfinite(seconds):
+            self.error(node, f"{what} must be a duration, got {_show(v)}",
+                       "write for example 500ms, 30s, 5m, 1h or 1h30m")
+            return None
+        if seconds > maximum or (seconds == 0 and not allow_zero):
+            low = "0" if allow_zero else "more than 0"
+            self.error(node, f"{what} must be {low} and at most {_human(maximum)}, got {v}",
+                       f"write a duration up to {_human(maximum)}, for example 60s")
+            return None
+        return seconds
 
     def schema(self, node: yaml.Node, what: str, latest: int | None) -> tuple[bool, int | None]:
         """(ok, version) where version None means latest."""
-        v = self.value(node)
-        if v == "latest":
+        v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
+        if v is _BAD:
+            return False, None
+        upto = f"0 to {latest}" if latest is not None else "0 or more"
+        if v == "latest" and isinstance(v, str):
             return True, None
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            self.error(node, f"{what} must be an integer ≥ 0 or latest, got {_show(v)}",
-                       "write latest, or a migration number such as 2")
+            hint = f"write latest, or a migration number from {upto}"
+            if isinstance(v, str) and v.strip().lower() == "latest":
+                hint = "write latest (lowercase)"
+            elif isinstance(v, str) and v.strip().isdigit():
+                hint = f"write {v.strip()} without quotes"
+            self.error(node, f"{what} must be a migration number or latest, got {_show(v)}",
+                       hint)
             return False, None
         if latest is not None and v > latest:
             self.error(node, f"{what} {v} is above the newest migration ({latest})",
-                       f"write a version from 0 to {latest}, or latest")
+                       f"write a version from {upto}, or latest — or add the migration first")
             return False, None
         return True, v
 
     def path(self, node: yaml.Node, what: str, base: Path) -> Path | None:
-        v = self.string(node, what, "write a directory path")
+        v = self.text_of(node, what, "write a directory path, e.g. data or /srv/tenants")
         if v is None:
             return None
         if "\x00" in v:
-            self.error(node, f"{what} contains a NUL byte", "write a plain path")
+            self.error(node, f"{what} contains a NUL character", "write a plain path")
             return None
         return Path(os.path.normpath(base / os.path.expanduser(v)))
 
     # -- the document
-    def document(self, text: str, base: Path, latest_for: Callable[[Path], int | None],
+    def document(self, base: Path, latest_for: Callable[[Path], int | None],
                  source: Path) -> Desired | None:
-        try:
-            root = yaml.compose(text, Loader=_LOADER)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            col = mark.column + 1 if mark else None
-            self.problems.append(Problem(self.file, line, col, f"YAML syntax error: {exc.problem}",
-                                         "fix the indentation or quoting near here"))
-            return None
-        except yaml.YAMLError as exc:
-            self.problems.append(Problem(self.file, None, None, f"YAML error: {exc}"))
-            return None
+        root = self.compose()
         if root is None:
-            self.problems.append(Problem(self.file, 1, 1, "file is empty",
-                                         "write at least `version: 1` and a `tenants:` mapping"))
             return None
         if not isinstance(root, yaml.MappingNode):
-            self.error(root, "the document must be a mapping",
-                       "start with `version: 1` then settings/regions/tenants")
+            self.error(root, f"the document must be a mapping, got {_kind(root)}",
+                       "start with `version: 1`, then settings:, regions: and tenants:")
             return None
 
         sections: dict[str, yaml.Node] = {}
-        for key, _k, vnode in self.mapping(root, "the document", _TOP_KEYS):
+        for key, _k, vnode in self.mapping(root, "the document", _TOP_KEYS, ""):
             sections[key] = vnode
         if "version" not in sections:
             self.error(root, "missing `version`", f"add `version: {FORMAT_VERSION}` at the top")
-        elif self.value(sections["version"]) != FORMAT_VERSION:
-            self.error(sections["version"],
-                       f"unsupported format version {_show(self.value(sections['version']))}",
-                       f"write `version: {FORMAT_VERSION}`")
+        else:
+            vnode = sections["version"]
+            v = self.construct(vnode) if isinstance(vnode, yaml.ScalarNode) else vnode
+            if v is not _BAD and (isinstance(v, bool) or not isinstance(v, int)
+                                  or v != FORMAT_VERSION):
+                self.error(vnode, f"unsupported format version {_show(v)}",
+                           f"write `version: {FORMAT_VERSION}` (this reconciler reads format "
+                           f"{FORMAT_VERSION})")
 
-        settings = self.settings(sections.get("settings"), base, latest_for)
-        latest = self.latest
+        settings, latest = self.settings(sections.get("settings"), base, latest_for)
         glob = self.globals_(sections.get("globals"))
-        regions = self.regions(sections.get("regions"), settings, base)
+        regions = self.regions(sections.get("regions"), root, settings, base)
+        if "tenants" not in sections:
+            self.error(root, "missing `tenants:`",
+                       "add a `tenants:` mapping, e.g. `tenants: {acme: {region: eu}}` "
+                       "(`tenants: {}` declares an empty fleet)")
         tenants = self.tenants(sections.get("tenants"), regions, settings, latest)
-        if settings is None:
-            return None
         return Desired(
             source=source,
             settings=settings,
-            globals=MappingProxyType(glob),
+            globals=MappingProxyType(dict(sorted(glob.items()))),
             regions=MappingProxyType(regions),
             tenants=MappingProxyType(dict(sorted(tenants.items()))),
         )
 
+    def compose(self) -> yaml.Node | None:
+        try:
+            root = yaml.compose(self.text, Loader=_LOADER)
+        except yaml.MarkedYAMLError as exc:
+            self.syntax_error(exc)
+            return None
+        except yaml.reader.ReaderError as exc:
+            line = self.text.count("\n", 0, exc.position) + 1
+            col = exc.position - (self.text.rfind("\n", 0, exc.position) + 1) + 1
+            char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            self.problems.append(Problem(
+                self.file, line, col, f"control character {char:#04x} is not "
+                "allowed in YAML", "remove it — NUL and other control bytes usually mean a binary "
+                "or corrupted file"))
+            return None
+        except (yaml.YAMLError, RecursionError) as exc:
+            self.problems.append(Problem(self.file, None, None, f"cannot parse YAML: "
+                                         f"{str(exc).splitlines()[0]}",
+                                         "fix the YAML syntax (indentation, quoting, brackets)"))
+            return None
+        if root is None:
+            self.problems.append(Problem(self.file, 1, 1, "file is empty",
+                                         "write at least `version: 1`, a `regions:` and a "
+                                         "`tenants:` mapping"))
+            return None
+        distinct, expanded, cycle = _measure(root)
+        if cycle is not None:
+            self.error(cycle, "an alias refers to a node that contains it (recursive alias)",
+                       "use aliases (*name) only for values defined elsewhere, not inside "
+                       "themselves")
+            return None
+        if expanded > max(EXPANSION_FLOOR, 4 * distinct):
+            self.error(root, f"aliases expand this document to over {expanded:,} values from "
+                       f"{distinct:,} written", "write the values out instead of nesting "
+                       "aliases (this looks like a 'billion laughs' document)")
+            return None
+        return root
+
+    def syntax_error(self, exc: yaml.MarkedYAMLError) -> None:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        col = mark.column + 1 if mark else None
+        problem = (exc.problem or exc.context or "syntax error").strip()
+        context = ""
+        cmark = exc.context_mark
+        if exc.context and cmark and mark and (cmark.line, cmark.column) != (mark.line,
+                                                                          mark.column):
+            context = f" ({exc.context} at line {cmark.line + 1}, column {cmark.column + 1})"
+        hint = "fix the YAML syntax near here: indentation, quoting or brackets"
+        offending = ""
+        if mark is not None:
+            lines = self.text.split("\n")
+            if mark.line < len(lines) and mark.column < len(lines[mark.line]):
+                offending = lines[mark.line][mark.column]
+        if offending == "\t" or ("\t" in problem):
+            hint = "indent with spaces: YAML does not allow tabs"
+            problem = "a tab character cannot start a token"
+        elif "end of stream" in problem or (
+                mark is not None and getattr(mark, "index", -1) >= len(self.text.rstrip())):
+            hint = "the file ends inside a quoted string or bracket — is it truncated? " \
+                   "Close what was opened"
+        elif "did not find expected ',' or '}'" in problem or "expected ',' or ']'" in problem:
+            hint = "close the bracket, and separate items with ', '"
+        elif "mapping values are not allowed" in problem:
+            hint = "put a space after each ':' and quote values that contain ': '"
+        elif "another document" in problem or "single document" in problem:
+            hint = "keep a single document: remove the extra `---` line"
+        elif "undefined alias" in problem:
+            hint = "define the anchor (&name) before using the alias (*name)"
+        elif "duplicate anchor" in problem or "found duplicate anchor" in (exc.context or ""):
+            hint = "give every anchor (&name) its own name"
+        elif "could not find expected ':'" in problem:
+            hint = "write `key: value` — every key needs a ':' after it"
+        self.problems.append(Problem(self.file, line, col,
+                                     f"YAML syntax error: {problem}{context}", hint))
+
     def settings(self, node: yaml.Node | None, base: Path,
-                 latest_for: Callable[[Path], int | None]) -> Settings | None:
-        raw: dict[str, Any] = {}
+                 latest_for: Callable[[Path], int | None]) -> tuple[Settings, int | None]:
+        """Settings with defaults for anything missing or invalid (invalid is reported),
+        so the other sections are still checked against something sensible."""
         nodes: dict[str, yaml.Node] = {}
         if node is not None:
-            for key, _k, v in self.mapping(node, "settings", tuple(_SETTINGS_KEYS)):
+            for key, _k, v in self.mapping(node, "settings", _SETTINGS_KEYS,
+                                           "write `settings:` followed by indented "
+                                           "`key: value` lines"):
                 nodes[key] = v
-        ok = True
-        data_dir = base / "data"
-        if "data_dir" in nodes:
-            p = self.path(nodes["data_dir"], "settings.data_dir", base)
-            ok &= p is not None
-            data_dir = p or data_dir
-        if data_dir == Path(data_dir.anchor):
-            self.error(nodes.get("data_dir"), "settings.data_dir must not be a filesystem root",
+        raw: dict[str, Any] = {}
+
+        def dir_setting(key: str, default: Path) -> _Where:
+            vnode = nodes.get(key)
+            if vnode is None:
+                return _Where(default, None)
+            p = self.path(vnode, f"settings.{key}", base)
+            return _Where(p or default, vnode)
+
+        data = dir_setting("data_dir", base / "data")
+        if data.path == Path(data.path.anchor):
+            self.error(data.node, "settings.data_dir must not be a filesystem root",
                        "write a dedicated directory such as data or /srv/tenants")
-            ok = False
-        central = data_dir / "central.db"
-        if "central" in nodes:
-            p = self.path(nodes["central"], "settings.central", base)
-            ok &= p is not None
-            central = p or central
-        raw["migrations_dir"] = base / "migrations"
-        if "migrations" in nodes:
-            p = self.path(nodes["migrations"], "settings.migrations", base)
-            ok &= p is not None
-            raw["migrations_dir"] = p or raw["migrations_dir"]
-        self.latest = latest = latest_for(raw["migrations_dir"])
+        central = dir_setting("central", data.path / "central.db")
+        migrations = dir_setting("migrations", base / "migrations")
+        self.check_central(central, data, migrations.path)
+        if data.path.is_relative_to(migrations.path):
+            self.error(data.node or migrations.node,
+                       f"settings.data_dir {data.path} lies inside the migrations directory "
+                       f"{migrations.path}", "keep tenant data outside the migrations")
+        latest = latest_for(migrations.path)
+
         if "domain" in nodes:
-            d = self.value(nodes["domain"])
-            if isinstance(d, str) and is_hostname(d):
-                raw["domain"] = d
-            else:
-                ok = False
-                self.error(nodes["domain"], f"settings.domain {_show(d)} is not a lowercase "
-                           "hostname", "write for example yoursaas.com")
+            raw["domain"] = self.hostname(nodes["domain"], "settings.domain")
         if "schema" in nodes:
             good, version = self.schema(nodes["schema"], "settings.schema", latest)
-            ok &= good
-            raw["schema"] = version
+            if good:
+                raw["schema"] = version
         if "prune" in nodes:
-            v = self.value(nodes["prune"])
-            if v is False or v == "archive":
+            pnode = nodes["prune"]
+            v = self.construct(pnode) if isinstance(pnode, yaml.ScalarNode) else pnode
+            if v is False or (isinstance(v, str) and v == "archive"):
                 raw["prune"] = v == "archive"
-            else:
-                ok = False
-                hint = "write false or archive" + (
-                    " (the reconciler never deletes tenants)" if v in ("delete", True) else "")
-                self.error(nodes["prune"], f"settings.prune must be false or archive, "
-                           f"got {_show(v)}", hint)
-        for key, conv in (("prune_limit", self.integer), ("interval", self.duration),
-                          ("busy_timeout", self.duration)):
-            if key in nodes:
-                got = conv(nodes[key], f"settings.{key}")
-                ok &= got is not None
-                if got is not None:
-                    raw[key] = got
-        if raw.get("interval") == 0:
-            self.error(nodes["interval"], "settings.interval must be greater than 0",
-                       "write for example 60s")
-            ok = False
+            elif v is not _BAD:
+                hint = "write false (report removed tenants) or archive (move their files to " \
+                       "<data_dir>/_archive)"
+                if v is True or v == "delete":
+                    hint += "; the reconciler never deletes tenant data"
+                self.error(pnode, f"settings.prune must be false or archive, got {_show(v)}",
+                           hint)
+        if "prune_limit" in nodes:
+            raw["prune_limit"] = self.integer(nodes["prune_limit"], "settings.prune_limit")
+        if "interval" in nodes:
+            raw["interval"] = self.duration(nodes["interval"], "settings.interval",
+                                            MAX_INTERVAL, allow_zero=False)
+        if "busy_timeout" in nodes:
+            raw["busy_timeout"] = self.duration(nodes["busy_timeout"], "settings.busy_timeout",
+                                                MAX_BUSY_TIMEOUT, allow_zero=True)
         if "rollout" in nodes:
-            r: dict[str, Any] = {}
-            for key, _k, v in self.mapping(nodes["rollout"], "settings.rollout", _ROLLOUT_KEYS):
-                value: int | bool | None
-                if key == "snapshot":
-                    value = self.boolean(v, "settings.rollout.snapshot")
-                else:
-                    minimum = 1 if key in ("batch", "parallel") else 0
-                    value = self.integer(v, f"settings.rollout.{key}", minimum)
-                ok &= value is not None
-                if value is not None:
-                    r[key] = value
-            raw["rollout"] = Rollout(**r)
+            raw["rollout"] = self.rollout(nodes["rollout"])
         if "git" in nodes:
-            g: dict[str, str] = {}
-            for key, _k, v in self.mapping(nodes["git"], "settings.git", ("remote", "branch")):
-                s = self.string(v, f"settings.git.{key}", "write a remote or branch name")
-                if s is not None and (s.startswith("-") or any(c.isspace() for c in s)):
-                    self.error(v, f"settings.git.{key} {s!r} is not a valid git name",
-                               "write for example origin or main")
-                    s = None
-                ok &= s is not None
-                if s is not None:
-                    g[key] = s
-            raw["git"] = GitSettings(**g)
-        if not ok:
-            return None
-        return Settings(data_dir=data_dir, central=central, **raw)
+            raw["git"] = self.git(nodes["git"])
+        given = {k: v for k, v in raw.items() if v is not None}
+        return Settings(data_dir=data.path, central=central.path,
+                        migrations_dir=migrations.path, **given), latest
+
+    def check_central(self, central: _Where, data: _Where, migrations: Path) -> None:
+        where = central.node or data.node
+        c = central.path
+        if c == data.path or data.path.is_relative_to(c):
+            self.error(where, f"settings.central {c} is the data directory",
+                       "write a file path such as data/central.db")
+        elif any(c.is_relative_to(data.path / r) for r in RESERVED_DIRS):
+            self.error(where, f"settings.central {c} lies inside a reserved folder "
+                       "(_archive/_retired)", "write a file path such as data/central.db")
+        elif _nested(c, migrations):
+            self.error(where, f"settings.central {c} lies inside the migrations directory",
+                       "write a file path such as data/central.db")
+        else:
+            problem = _not_a_registry(c)
+            if problem:
+                self.error(where, f"settings.central {c} {problem}",
+                           "point it at the registry file (a SQLite database), or at a path "
+                           "that does not exist yet")
+
+    def rollout(self, node: yaml.Node) -> Rollout:
+        r: dict[str, Any] = {}
+        for key, _k, v in self.mapping(node, "settings.rollout", _ROLLOUT_KEYS,
+                                       "write for example `rollout: {canary: 1, batch: 25}`"):
+            value: int | bool | None
+            if key == "snapshot":
+                value = self.boolean(v, "settings.rollout.snapshot")
+            elif key in ("batch", "parallel"):
+                value = self.integer(v, f"settings.rollout.{key}", 1,
+                                     MAX_PARALLEL if key == "parallel" else None)
+            else:
+                value = self.integer(v, f"settings.rollout.{key}", 0)
+            if value is not None:
+                r[key] = value
+        return Rollout(**r)
+
+    def git(self, node: yaml.Node) -> GitSettings:
+        g: dict[str, str] = {}
+        for key, _k, v in self.mapping(node, "settings.git", _GIT_KEYS,
+                                       "write for example `git: {remote: origin, branch: main}`"):
+            s = self.text_of(v, f"settings.git.{key}", "write for example origin or main")
+            if s is not None and _BAD_GIT_NAME.search(s):
+                self.error(v, f"settings.git.{key} '{s}' is not a valid git {key} name",
+                           "write for example origin or main (no spaces, no leading '-', "
+                           "no '..', '~', '^', ':', '?', '*', '[', '\\')")
+                s = None
+            if s is not None:
+                g[key] = s
+        return GitSettings(**g)
 
     def globals_(self, node: yaml.Node | None) -> dict[str, str]:
         out: dict[str, str] = {}
         if node is None:
             return out
-        for key, _k, v in self.mapping(node, "globals", None):
-            val = self.value(v)
-            if isinstance(val, bool):
-                out[key] = "true" if val else "false"
-            elif isinstance(val, str | int | float):
-                out[key] = str(val)
+        for key, _k, v in self.mapping(node, "globals", None,
+                                       "write `globals:` followed by indented `key: value` "
+                                       "lines"):
+            if not isinstance(v, yaml.ScalarNode):
+                self.error(v, f"globals.{key} must be a single value, got {_kind(v)}",
+                           "write a string, number or boolean; nested mappings and lists are "
+                           "not mirrored")
+            elif not v.tag.startswith(_YAML_TAG):
+                self.error(v, f"custom YAML tag {v.tag} is not supported",
+                           "remove the tag and write a plain value")
+            elif v.tag == _YAML_TAG + "null":
+                self.error(v, f"globals.{key} has no value",
+                           f'write `{key}: ""` for an empty string, or remove the key')
+            elif v.tag == _YAML_TAG + "bool":
+                val = self.construct(v)
+                if isinstance(val, bool):
+                    out[key] = "true" if val else "false"
             else:
-                self.error(v, f"globals.{key} must be a string, number or boolean",
-                           "write a single value; nested mappings and lists are not mirrored")
+                out[key] = str(v.value)  # as written: 0044123 stays "0044123"
         return out
 
-    def regions(self, node: yaml.Node | None, settings: Settings | None,
+    def regions(self, node: yaml.Node | None, root: yaml.Node, settings: Settings,
                 base: Path) -> dict[str, Region]:
         out: dict[str, Region] = {}
         if node is None:
-            self.error(None, "missing `regions:` section",
+            self.error(root, "missing `regions:`",
                        "declare at least one region, e.g. `regions: {eu: {}}`")
             return out
-        for name_text, knode, v in self.mapping(node, "regions", None):
+        declared = 0
+        for name_text, knode, v in self.mapping(node, "regions", None,
+                                                "write `regions:` followed by indented "
+                                                "`name: {}` lines"):
+            declared += 1
             self.region_names.add(name_text)
             name = self.label(knode, "region name")
             path_node: yaml.Node | None = None
             for _key, _k, pv in self.mapping(v, f"regions.{name_text}", ("path",),
-                                            "write `{}` or `{path: /some/dir}`"):
+                                            f"write `{name_text}: {{}}` or "
+                                            f"`{name_text}: {{path: /some/dir}}`"):
                 path_node = pv
-            if name is None or settings is None:
+            if name is None:
                 continue
             path = settings.data_dir / name
             if path_node is not None:
@@ -476,118 +718,238 @@ class _Checker:
                 if p is None:
                     continue
                 path = p
-            bad = self._region_path_problem(path, settings)
+            where = path_node or knode
+            bad = _region_path_problem(path, settings)
             if bad:
-                self.error(path_node or knode, f"region '{name}' directory {path} {bad}",
-                           "give every region its own directory, outside the others")
+                self.error(where, f"region '{name}' directory {path} {bad}",
+                           "give every region its own directory, e.g. under the data "
+                           "directory or /srv/tenants/<region>")
                 continue
             for other, region in out.items():
-                if _nested(path, region.path):
-                    self.error(path_node or knode, f"region '{name}' directory {path} overlaps "
-                               f"region '{other}' ({region.path})",
+                if _nested(path, region.path) or _nested(_real(path), _real(region.path)):
+                    self.error(where, f"region '{name}' directory {path} overlaps region "
+                               f"'{other}' ({region.path})",
                                "give every region its own directory, outside the others")
                     break
             else:
                 out[name] = Region(name, path)
-        if not out and not self.problems:
-            self.error(node, "no regions declared", "declare at least one, e.g. `eu: {}`")
+        if declared == 0:
+            self.error(node, "no regions declared",
+                       "declare at least one, e.g. `regions: {eu: {}}`")
         return out
 
-    @staticmethod
-    def _region_path_problem(path: Path, settings: Settings) -> str:
-        data = settings.data_dir
-        if path == data or data.is_relative_to(path):
-            return "contains the data directory itself"
-        if any(path.is_relative_to(data / r) for r in RESERVED_DIRS):
-            return "lies inside a reserved folder (_archive/_retired)"
-        if settings.central.is_relative_to(path):
-            return "contains the central registry"
-        if path == Path(path.anchor):
-            return "is a filesystem root"
-        return ""
-
     def tenants(self, node: yaml.Node | None, regions: dict[str, Region],
-                settings: Settings | None, latest: int | None) -> dict[str, TenantSpec]:
+                settings: Settings, latest: int | None) -> dict[str, TenantSpec]:
         out: dict[str, TenantSpec] = {}
         if node is None:
             return out
+        entries = list(self.mapping(node, "tenants", None,
+                                    "write `tenants:` followed by indented "
+                                    "`name: {region: eu}` lines"))
         owners: dict[str, tuple[str, yaml.Node | None]] = {}
-        if settings is not None and settings.domain:
-            for name_text, _k, _v in self.mapping(node, "tenants", None):
+        if settings.domain:
+            for name_text, _k, _v in entries:
                 owners[f"{name_text}.{settings.domain}"] = (name_text, None)
-        for name_text, knode, vnode in self.mapping(node, "tenants", None):
+        for name_text, knode, vnode in entries:
             name = self.label(knode, "tenant name")
-            fields: dict[str, Any] = {}
-            has_region = False
-            for key, _fk, v in self.mapping(vnode, f"tenants.{name_text}", _TENANT_KEYS,
-                                            "write `{region: eu}`"):
-                if key == "region":
-                    has_region = True
-                    r = self.value(v)
-                    if isinstance(r, str) and r in regions:
-                        fields["region"] = r
-                    elif isinstance(r, str) and r in self.region_names:
-                        pass  # the region itself is invalid and was reported there
-                    elif isinstance(r, str) and r:
-                        known = ", ".join(sorted(regions)) or "none"
-                        self.error(v, f"tenant '{name_text}' is in region '{r}', which is not "
-                                   "declared", f"declare it under regions: or use one of: {known}")
-                    else:
-                        self.error(v, f"tenants.{name_text}.region must be a region name, "
-                                   f"got {_show(r)}", "write for example `region: eu`")
-                elif key == "schema":
-                    good, version = self.schema(v, f"tenants.{name_text}.schema", latest)
-                    if good:
-                        fields["schema"] = version
-                elif key == "domains":
-                    fields["domains"] = self.domains(v, name_text, owners)
-                else:
-                    b = self.boolean(v, f"tenants.{name_text}.{key}")
-                    if b is not None:
-                        fields[key] = b
-            if not has_region and isinstance(vnode, yaml.MappingNode | yaml.ScalarNode):
-                self.error(knode, f"tenant '{name_text}' has no region",
-                           "add `region: <name>` with a declared region")
+            if name is not None and settings.domain and \
+                    len(f"{name}.{settings.domain}") > 253:
+                self.error(knode, f"tenant '{name}' would be routed at a hostname longer than "
+                           "253 characters", "choose a shorter tenant name or domain")
+            fields = self.tenant_fields(name_text, knode, vnode, regions, latest, owners)
             if name is not None and "region" in fields:
                 out[name] = TenantSpec(name=name, **fields)
         return out
 
+    def tenant_fields(self, name: str, knode: yaml.Node, vnode: yaml.Node,
+                      regions: dict[str, Region], latest: int | None,
+                      owners: dict[str, tuple[str, yaml.Node | None]]) -> dict[str, Any]:
+        example = next(iter(regions), "eu")
+        if isinstance(vnode, yaml.ScalarNode) and vnode.tag != _YAML_TAG + "null":
+            self.error(vnode, f"tenants.{name} must be a mapping, got a single value",
+                       f"write `{name}: {{region: {vnode.value or example}}}`")
+            return {}
+        fields: dict[str, Any] = {}
+        has_region = False
+        for key, _fk, v in self.mapping(vnode, f"tenants.{name}", _TENANT_KEYS,
+                                        f"write `{name}: {{region: {example}}}`"):
+            if key == "region":
+                has_region = True
+                r = self.text_of(v, f"tenants.{name}.region", f"write `region: {example}`")
+                if r is None:
+                    continue
+                if r in regions:
+                    fields["region"] = r
+                elif r not in self.region_names:  # else: that region was reported itself
+                    known = ", ".join(sorted(regions)) or "none yet"
+                    close = difflib.get_close_matches(r.lower(), list(regions), n=1)
+                    self.error(v, f"tenant '{name}' is in region '{r}', which is not declared",
+                               (f"did you mean '{close[0]}'? " if close else "")
+                               + f"declare it under regions:, or use one of: {known}")
+            elif key == "schema":
+                good, version = self.schema(v, f"tenants.{name}.schema", latest)
+                if good:
+                    fields["schema"] = version
+            elif key == "domains":
+                fields["domains"] = self.domains(v, name, owners)
+            else:
+                b = self.boolean(v, f"tenants.{name}.{key}")
+                if b is not None:
+                    fields[key] = b
+        if not has_region and not isinstance(vnode, yaml.SequenceNode):
+            self.error(knode, f"tenant '{name}' has no region",
+                       f"write `{name}: {{region: {example}}}` with a declared region")
+        return fields
+
     def domains(self, node: yaml.Node, tenant: str,
                 owners: dict[str, tuple[str, yaml.Node | None]]) -> tuple[str, ...]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _YAML_TAG + "null":
+            return ()
         if not isinstance(node, yaml.SequenceNode):
-            self.error(node, f"tenants.{tenant}.domains must be a list",
-                       "write for example `domains: [acme.example.com]`")
+            example = node.value if isinstance(node, yaml.ScalarNode) else "acme.example.com"
+            self.error(node, f"tenants.{tenant}.domains must be a list, got {_kind(node)}",
+                       f"write `domains: [{example}]`")
             return ()
         out: list[str] = []
         for item in node.value:
-            d = self.value(item)
-            if not isinstance(d, str) or not is_hostname(d):
-                lowered = d.lower().rstrip(".") if isinstance(d, str) else ""
-                hint = (f"write '{lowered}'" if is_hostname(lowered)
-                        else "write a lowercase hostname such as app.example.com")
-                self.error(item, f"domain {_show(d)} of tenant '{tenant}' is not a lowercase "
-                           "hostname", hint)
+            d = self.hostname(item, f"domain of tenant '{tenant}'")
+            if d is None:
                 continue
-            if (d in owners and owners[d][0] != tenant) or d in out:
-                owner, onode = owners.get(d, (tenant, None))
-                where = f" (line {onode.start_mark.line + 1})" if onode is not None else \
-                    " (its generated subdomain)" if owner != tenant else ""
+            owner, onode = owners.get(d, (tenant, None))
+            if owner != tenant or d in out:
+                if onode is not None:
+                    where = f" (line {onode.start_mark.line + 1})"
+                elif owner != tenant:
+                    where = " (its generated subdomain)"
+                else:
+                    where = ""
                 self.error(item, f"domain '{d}' is already used by tenant '{owner}'{where}",
-                           "every domain routes to exactly one tenant; remove one of them")
+                           "every domain routes to exactly one tenant: remove one of them")
                 continue
             owners[d] = (tenant, item)
             out.append(d)
         return tuple(out)
 
 
+class _Bad:
+    """Marker for a value that could not be read (already reported)."""
+
+    def __repr__(self) -> str:
+        return "an unreadable value"
+
+
+_BAD: Any = _Bad()
+
+
+def _measure(root: yaml.Node) -> tuple[int, int, yaml.Node | None]:
+    """(distinct nodes, nodes after expanding aliases, a node on a cycle or None).
+
+    Iterative and memoised, so an alias bomb costs time linear in what is written."""
+    cap = 10**12
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        nid = id(node)
+        if finished:
+            open_.discard(nid)
+            sizes[nid] = min(cap, 1 + sum(sizes[id(c)] for c in _children(node)))
+            continue
+        if nid in sizes:
+            continue
+        if nid in open_:
+            return len(sizes), 0, node
+        open_.add(nid)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_:
+                return len(sizes), 0, child
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return len(sizes), sizes[id(root)], None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _region_path_problem(path: Path, settings: Settings) -> str:
+    data = settings.data_dir
+    if path == Path(path.anchor):
+        return "is a filesystem root"
+    if path == data or data.is_relative_to(path):
+        return "contains the data directory itself"
+    if any(_nested(path, data / r) for r in RESERVED_DIRS):
+        return "overlaps a reserved folder (_archive/_retired)"
+    if settings.central.is_relative_to(path) or _real(settings.central).is_relative_to(
+            _real(path)):
+        return "contains the central registry"
+    if _nested(path, settings.migrations_dir) or _nested(_real(path),
+                                                         _real(settings.migrations_dir)):
+        return "overlaps the migrations directory"
+    return ""
+
+
 def _nested(a: Path, b: Path) -> bool:
     return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
+def _real(path: Path) -> Path:
+    """``path`` with symlinks resolved, so two spellings of one directory compare equal."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path
+
+
+def _not_a_registry(path: Path) -> str:
+    """Why ``path`` cannot be the registry ('' when it can): catches `central:` pointing
+    at a directory or at some other file, which would otherwise be clobbered or crash."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size == 0:
+        return ""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return "" if head == _SQLITE_MAGIC else "is not a SQLite database"
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if node.tag == _YAML_TAG + "null" or node.value == "":
+        return "nothing"
+    return f"'{node.value}'"
+
+
 def _show(v: Any) -> str:
     if isinstance(v, yaml.Node):
-        return {"MappingNode": "a mapping", "SequenceNode": "a list"}.get(
-            type(v).__name__, "a value")
+        return _kind(v)
     if v is None:
         return "nothing (null)"
+    if isinstance(v, bool):
+        return "true" if v else "false"
     return repr(v)
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

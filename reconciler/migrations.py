@@ -2,22 +2,31 @@
 
 Why: a tenant's ``PRAGMA user_version`` is only meaningful if version *n* means the same
 schema on every file, forever. So the catalog insists on ``0001..N`` with no gaps or
-duplicates, fingerprints every file (SHA-256, recorded in the registry when first
-applied) and refuses to run when an applied migration has since been edited.
+duplicates, fingerprints every file (SHA-256 of its bytes, recorded in the registry when
+first applied) and refuses to run when an applied migration has since been edited.
 
 Running: each migration executes inside the caller's ``BEGIN IMMEDIATE`` transaction
 together with ``PRAGMA user_version = n``. SQL files are split into statements here
 (``executescript`` would COMMIT the caller's transaction first) so a failure rolls the
-whole step back, DDL included. Statements that manage transactions are rejected at
-load time for the same reason.
+whole step back, DDL included. Statements that would break that promise — transaction
+control, ``user_version``, ``ATTACH`` (a path outside the tenant), ``VACUUM``, pragmas
+that cannot work inside a transaction — are rejected at load time, as are SQL syntax
+errors, so a broken catalog stops the run before any tenant is touched.
+
+Invariants of a loaded ``Catalog``: migrations are exactly versions 1..latest in order;
+every SQL migration has at least one statement and none of the rejected ones; every
+Python migration defines ``migrate(conn)`` taking one argument; every check is named
+after an existing version and only reads. Loading raises only ``InvalidInput``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import re
 import sqlite3
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +35,20 @@ from typing import Literal
 from reconciler.errors import InvalidInput, Problem
 
 NAME = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.(sql|py)$")
-_FORBIDDEN = re.compile(
-    r"^\s*(BEGIN|COMMIT|END|ROLLBACK(?!\s+TO)|VACUUM|PRAGMA\s+(main\.)?user_version)\b",
-    re.IGNORECASE,
-)
+# Something that was meant to be a migration, but is misnamed (checked case-insensitively).
+_LOOKS_LIKE = re.compile(r"^\D{0,3}\d+.*\.(sql|py)$|\.(sql|py)$", re.IGNORECASE)
+_SUGGEST = re.compile(r"^\D{0,3}?(\d+)[\W_]*(.*?)\.(sql|py)$", re.IGNORECASE)
+_SYNTAX = re.compile(r'^(near "(?P<near>.*)": syntax error|unrecognized token: "(?P<tok>.*)"'
+                     r"|incomplete input)", re.DOTALL)
+_BOM = "\ufeff"
+MAX_BYTES = 64 * 1024 * 1024  # a migration bigger than this is a data dump, not a step
 
 MigrateFn = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(frozen=True)
 class Statement:
-    line: int  # 1-based line of the statement's first character in its file
+    line: int  # 1-based line of the statement's first SQL character in its file
     sql: str
 
 
@@ -75,6 +87,7 @@ class MigrationError(Exception):
     def __init__(self, migration: Migration, line: int | None, message: str) -> None:
         self.migration = migration
         self.line = line
+        self.reason = message
         where = migration.filename + (f":{line}" if line else "")
         super().__init__(f"{where}: {message}")
 
@@ -106,9 +119,19 @@ class Catalog:
         return tuple(c for c in self.checks if c.version <= version)
 
 
+# --------------------------------------------------------------------------- SQL text
+
+
 def split_statements(text: str) -> list[Statement]:
-    """Split SQL into complete statements, keeping each one's starting line."""
-    out: list[Statement] = []
+    """Split SQL into complete statements, each with the line of its first SQL character
+    (leading comments are dropped). ``CREATE TRIGGER … BEGIN …; …; END;``, strings and
+    comments holding ``;`` stay whole: SQLite's own ``complete_statement`` decides."""
+    return [Statement(_line_at(text, start), sql) for start, sql in _split(text)]
+
+
+def _split(text: str) -> list[tuple[int, str]]:
+    """(offset of the first SQL character, statement text) for each statement."""
+    out: list[tuple[int, str]] = []
     start = 0
     for i, ch in enumerate(text):
         if ch == ";" and sqlite3.complete_statement(text[start : i + 1]):
@@ -118,113 +141,275 @@ def split_statements(text: str) -> list[Statement]:
     return out
 
 
-def _append(out: list[Statement], text: str, start: int, end: int) -> None:
-    chunk = text[start:end]
-    stripped = _strip_comments(chunk).strip().rstrip(";").strip()
-    if not stripped:
-        return
-    lead = len(chunk) - len(chunk.lstrip())
-    # skip leading comment lines so the line number points at the SQL itself
-    body = chunk[lead:]
-    while body.startswith("--"):
-        nl = body.find("\n")
-        if nl < 0:
+def _append(out: list[tuple[int, str]], text: str, start: int, end: int) -> None:
+    begin = _skip_blank(text, start, end)
+    sql = text[begin:end].strip()
+    if sql and sql != ";":
+        out.append((begin, sql))
+
+
+def _skip_blank(text: str, pos: int, end: int) -> int:
+    """First position at or after ``pos`` that is neither whitespace nor a comment."""
+    while pos < end:
+        if text[pos].isspace():
+            pos += 1
+        elif text.startswith("--", pos):
+            nl = text.find("\n", pos, end)
+            pos = end if nl < 0 else nl + 1
+        elif text.startswith("/*", pos):
+            close = text.find("*/", pos + 2, end)
+            pos = end if close < 0 else close + 2
+        else:
             break
-        lead += nl + 1
-        rest = chunk[lead:]
-        lead += len(rest) - len(rest.lstrip())
-        body = chunk[lead:]
-    line = text.count("\n", 0, start + lead) + 1
-    out.append(Statement(line, chunk.strip()))
+    return pos
 
 
-def _strip_comments(sql: str) -> str:
-    sql = re.sub(r"/\*.*?\*/", " ", sql, flags=re.DOTALL)
-    return re.sub(r"--[^\n]*", " ", sql)
+def _line_at(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def _col_at(text: str, offset: int) -> int:
+    return offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _words(sql: str) -> str:
+    """The statement upper-cased with comments, string literals and runs of spaces
+    collapsed — enough to recognise what kind of statement it is."""
+    s = re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", sql, flags=re.DOTALL)
+    s = re.sub(r"'(?:[^']|'')*'?", "''", s)
+    return re.sub(r"\s+", " ", s).strip().upper()
+
+
+_REJECT: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"^(BEGIN|COMMIT|END|ROLLBACK(?! (TRANSACTION )?TO\b))\b"),
+     "manages the transaction itself",
+     "remove it: the reconciler runs each migration in its own BEGIN IMMEDIATE … COMMIT"),
+    (re.compile(r"^PRAGMA (\w+ ?\. ?)?USER_VERSION ?[=(]"),
+     "sets user_version",
+     "remove it: the reconciler sets user_version to the migration's number in the same "
+     "transaction"),
+    (re.compile(r"^VACUUM\b"), "cannot run inside a transaction",
+     "remove it: run VACUUM out of band if the file needs compacting"),
+    (re.compile(r"^(ATTACH|DETACH)\b"),
+     "cannot run inside a transaction and would reach a file outside the tenant's database",
+     "remove it: a migration changes only its own tenant's database"),
+    (re.compile(r"^PRAGMA (\w+ ?\. ?)?(JOURNAL_MODE|LOCKING_MODE) ?[=(]"),
+     "cannot change inside a transaction",
+     "remove it: the journal mode belongs to the reconciler and the application"),
+    (re.compile(r"^PRAGMA (\w+ ?\. ?)?FOREIGN_KEYS ?[=(]"),
+     "has no effect inside a transaction",
+     "remove it; write PRAGMA defer_foreign_keys = ON to check foreign keys at COMMIT"),
+    (re.compile(r"^PRAGMA (\w+ ?\. ?)?(SCHEMA_VERSION|WRITABLE_SCHEMA) ?[=(]"),
+     "can corrupt the database",
+     "remove it: change tables with ALTER TABLE, or create-copy-drop-rename"),
+)
+
+
+def _rejected(sql: str) -> tuple[str, str] | None:
+    words = _words(sql)
+    for pattern, why, hint in _REJECT:
+        if pattern.match(words):
+            return why, hint
+    return None
+
+
+def _syntax_problems(path: Path, text: str, parts: list[tuple[int, str]],
+                     problems: list[Problem]) -> bool:
+    """Report SQL that SQLite cannot parse (compiling with EXPLAIN on an empty scratch
+    database: parse errors come before name resolution, so "no such table" — expected
+    when the tables come from earlier migrations — is not a syntax error here)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for start, sql in parts:
+            if _words(sql).startswith("EXPLAIN"):
+                continue
+            try:
+                conn.execute(f"EXPLAIN {sql}")
+            except sqlite3.Error as exc:
+                m = _SYNTAX.match(str(exc))
+                if m is None:
+                    continue
+                token = m.group("near") or m.group("tok")
+                at = sql.find(token) if token else -1
+                offset = start + (at if at >= 0 else len(sql) if token is None else 0)
+                problems.append(Problem(str(path), _line_at(text, offset),
+                                        _col_at(text, offset), f"SQL syntax error: {exc}",
+                                        "fix the statement (check commas, parentheses, "
+                                        "quotes and keywords)"))
+                return False
+        return True
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def load(directory: Path) -> Catalog:
     """Read and validate every migration and check. Raises ``InvalidInput``."""
     problems: list[Problem] = []
-    if not directory.is_dir():
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
         raise InvalidInput([Problem(str(directory), None, None, "migrations directory not found",
-                                    "create it, or set settings.migrations")])
-    found: dict[int, Migration] = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_dir() or path.suffix not in (".sql", ".py"):
+                                    "create it (it may be empty), or set settings.migrations "
+                                    "in tenants.yaml")]) from None
+    except NotADirectoryError:
+        raise InvalidInput([Problem(str(directory), None, None, "the migrations path is a file, "
+                                    "not a directory", "point settings.migrations at the "
+                                    "directory holding 0001_<slug>.sql …")]) from None
+    except OSError as exc:
+        raise InvalidInput([Problem(str(directory), None, None, "cannot read the migrations "
+                                    f"directory: {exc.strerror or exc}",
+                                    "check its permissions")]) from None
+    named: dict[int, list[tuple[Path, str, str]]] = {}  # version → (path, slug, kind)
+    for path in entries:
+        if path.name.startswith(".") or path.name in ("__pycache__", "checks"):
             continue
         m = NAME.match(path.name)
-        if not m:
-            problems.append(Problem(str(path), None, None, "migration file name is not "
-                                    "NNNN_slug.sql or NNNN_slug.py",
-                                    "rename it, e.g. 0004_add_invoices.sql (4 digits, lowercase)"))
+        if m is None:
+            if _LOOKS_LIKE.search(path.name):
+                problems.append(Problem(str(path), None, None, "migration file name is not "
+                                        "NNNN_slug.sql or NNNN_slug.py", _rename_hint(path.name)))
             continue
-        version = int(m.group(1))
-        if version in found:
-            problems.append(Problem(str(path), None, None, f"duplicate migration number "
-                                    f"{version:04d} (also {found[version].filename})",
-                                    "give each migration its own number"))
+        if path.is_dir():
+            problems.append(Problem(str(path), None, None, "is a directory, not a migration "
+                                    "file", "move it out of the migrations directory"))
             continue
-        migration = _load_one(path, version, m.group(2), m.group(3), problems)
+        named.setdefault(int(m.group(1)), []).append((path, m.group(2), m.group(3)))
+
+    found: dict[int, Migration] = {}
+    for version, files in sorted(named.items()):
+        for extra, _slug, _kind in files[1:]:
+            problems.append(Problem(str(extra), None, None, f"duplicate migration number "
+                                    f"{version:04d} (also {files[0][0].name})",
+                                    f"give it the next free number, {max(named) + 1:04d}"))
+        path, slug, kind = files[0]
+        if version == 0:
+            problems.append(Problem(str(path), None, None, "migration 0000 is not allowed",
+                                    "version 0 is the empty database; number migrations from "
+                                    "0001"))
+            continue
+        migration = _load_one(path, version, slug, kind, problems)
         if migration is not None:
             found[version] = migration
-    versions = sorted(found)
-    for expected, v in enumerate(versions, start=1):
+    numbers = [v for v in sorted(named) if v > 0]
+    expected = 1
+    for v in numbers:
         if v != expected:
-            problems.append(Problem(str(found[v].path), None, None,
-                                    f"migration numbers have a gap: {expected:04d} is missing",
-                                    f"number migrations 0001..N without gaps; rename this one "
-                                    f"to {expected:04d}_{found[v].name}.{found[v].kind}"))
-            break
-    if 0 in found:
-        problems.append(Problem(str(found[0].path), None, None, "migration 0000 is not allowed",
-                                "version 0 is the empty database; start at 0001"))
-    checks = _load_checks(directory / "checks", len(versions), problems)
+            one = v == expected + 1
+            missing = f"{expected:04d} is" if one else f"{expected:04d}–{v - 1:04d} are"
+            path, slug, kind = named[v][0]
+            problems.append(Problem(str(path), None, None, f"migration numbers have a gap: "
+                                    f"{missing} missing", "number migrations 0001..N without "
+                                    f"gaps, e.g. rename this one to {expected:04d}_{slug}.{kind}"))
+        expected = v + 1
+    checks = _load_checks(directory / "checks", numbers[-1] if numbers else 0, problems)
     if problems:
         raise InvalidInput(problems)
-    return Catalog(directory, tuple(found[v] for v in versions), checks)
+    return Catalog(directory, tuple(found[v] for v in sorted(found)), checks)
+
+
+def _rename_hint(name: str) -> str:
+    m = _SUGGEST.match(name)
+    if m and int(m.group(1)) <= 9999:
+        slug = re.sub(r"[^a-z0-9]+", "_", m.group(2).lower()).strip("_") or "change"
+        return f"rename it to {int(m.group(1)):04d}_{slug}.{m.group(3).lower()} " \
+               "(4 digits, '_', lowercase letters, digits and '_')"
+    return "rename it like 0004_add_invoices.sql (4 digits, '_', lowercase slug), or move " \
+           "it out of the migrations directory"
+
+
+def _read(path: Path, problems: list[Problem]) -> tuple[bytes, str] | None:
+    """(bytes, text without a BOM) or None after reporting why it cannot be read."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(Problem(str(path), None, None, "is not a regular file",
+                                    "replace it with a plain file"))
+            return None
+        if st.st_size > MAX_BYTES:
+            problems.append(Problem(str(path), None, None, f"is {st.st_size / 2**20:.0f} MiB; "
+                                    f"the limit is {MAX_BYTES // 2**20} MiB",
+                                    "load bulk data outside the migrations"))
+            return None
+        data = path.read_bytes()
+    except OSError as exc:
+        problems.append(Problem(str(path), None, None, f"cannot read: {exc.strerror or exc}",
+                                "check the file's permissions"))
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        problems.append(Problem(str(path), line, col, f"not UTF-8 text (byte "
+                                f"0x{data[exc.start]:02x})", "save it as UTF-8"))
+        return None
+    return data, text.removeprefix(_BOM)
 
 
 def _load_one(path: Path, version: int, name: str, kind: str,
               problems: list[Problem]) -> Migration | None:
-    data = path.read_bytes()
+    read = _read(path, problems)
+    if read is None:
+        return None
+    data, text = read
     digest = hashlib.sha256(data).hexdigest()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        problems.append(Problem(str(path), None, None, "not UTF-8 text", "save it as UTF-8"))
+    if kind == "py":
+        fn = _load_function(path, text, version, problems)
+        return None if fn is None else Migration(version, name, path, "py", digest, (), fn)
+    statements = _sql_statements(path, text, problems, what="migration")
+    if statements is None:
         return None
-    if kind == "sql":
-        statements = split_statements(text)
-        if not statements:
-            problems.append(Problem(str(path), 1, 1, "migration is empty",
-                                    "write at least one SQL statement"))
-            return None
-        for st in statements:
-            if _FORBIDDEN.match(st.sql):
-                problems.append(Problem(str(path), st.line, 1, "migrations must not manage "
-                                        f"transactions or user_version: {st.sql.split()[0]} …",
-                                        "remove it; the reconciler wraps each migration in "
-                                        "BEGIN IMMEDIATE … COMMIT and sets user_version"))
-                return None
-        if not sqlite3.complete_statement(text.rstrip() + "\n;"):
-            problems.append(Problem(str(path), statements[-1].line, 1, "incomplete SQL statement",
-                                    "close every string, comment and CREATE TRIGGER … END"))
-            return None
-        return Migration(version, name, path, "sql", digest, tuple(statements))
-    fn = _load_function(path, text, version, problems)
-    if fn is None:
+    return Migration(version, name, path, "sql", digest, statements)
+
+
+def _sql_statements(path: Path, text: str, problems: list[Problem],
+                    what: str) -> tuple[Statement, ...] | None:
+    parts = _split(text)
+    if not parts:
+        problems.append(Problem(str(path), 1, 1, f"{what} is empty",
+                                "write at least one SQL statement" if what == "migration" else
+                                "write a SELECT that returns no rows when the tenant is "
+                                "healthy"))
         return None
-    return Migration(version, name, path, "py", digest, (), fn)
+    if not sqlite3.complete_statement(text.rstrip() + "\n;"):
+        start, _ = parts[-1]
+        problems.append(Problem(str(path), _line_at(text, start), _col_at(text, start),
+                                "incomplete SQL: the file ends inside a string, a /* comment "
+                                "or a CREATE TRIGGER without END",
+                                "close every string, comment and CREATE TRIGGER … END;"))
+        return None
+    ok = True
+    for start, sql in parts:
+        rejected = _rejected(sql)
+        if rejected is not None:
+            why, hint = rejected
+            problems.append(Problem(str(path), _line_at(text, start), _col_at(text, start),
+                                    f"statement `{_first_words(sql)}` {why}", hint))
+            ok = False
+    if not ok or not _syntax_problems(path, text, parts, problems):
+        return None
+    return tuple(Statement(_line_at(text, start), sql) for start, sql in parts)
+
+
+def _first_words(sql: str) -> str:
+    """The start of a statement as written, on one line, for messages."""
+    text = re.sub(r"\s+", " ", sql).strip()
+    return text if len(text) <= 40 else text[:39].rstrip() + "…"
 
 
 def _load_function(path: Path, text: str, version: int,
                    problems: list[Problem]) -> MigrateFn | None:
     try:
         code = compile(text, str(path), "exec")
-    except SyntaxError as exc:
-        problems.append(Problem(str(path), exc.lineno, exc.offset, f"Python syntax error: "
-                                f"{exc.msg}", "fix the migration's Python code"))
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", None)
+        col = getattr(exc, "offset", None) if line else None
+        msg = getattr(exc, "msg", None) or str(exc)
+        problems.append(Problem(str(path), line, col, f"Python syntax error: {msg}",
+                                "fix the migration's Python code"))
         return None
     spec = importlib.util.spec_from_loader(f"reconciler_migration_{version:04d}", loader=None)
     assert spec is not None
@@ -232,43 +417,92 @@ def _load_function(path: Path, text: str, version: int,
     module.__file__ = str(path)
     try:
         exec(code, module.__dict__)
-    except Exception as exc:
-        problems.append(Problem(str(path), None, None, f"importing the migration failed: "
-                                f"{type(exc).__name__}: {exc}", "fix its top-level code"))
+    except (Exception, SystemExit) as exc:
+        problems.append(Problem(str(path), _raised_at(exc, path), None, "importing the "
+                                f"migration failed: {type(exc).__name__}: {exc}",
+                                "fix its top-level code; do the work inside migrate(conn)"))
         return None
     fn = module.__dict__.get("migrate")
-    if not callable(fn):
+    if fn is None or not callable(fn):
         problems.append(Problem(str(path), None, None, "Python migration has no migrate(conn) "
-                                "function", "define `def migrate(conn): ...`"))
+                                "function", "define `def migrate(conn):` — it runs inside the "
+                                "reconciler's transaction"))
         return None
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        line = getattr(getattr(fn, "__code__", None), "co_firstlineno", None)
+        problems.append(Problem(str(path), line, 1 if line else None,
+                                "migrate must take exactly one argument, the connection",
+                                "write `def migrate(conn):`"))
+        return None
+    except ValueError:
+        pass  # no introspectable signature: trust it
     return fn  # type: ignore[no-any-return]
 
 
+def _raised_at(exc: BaseException, path: Path) -> int | None:
+    """The last line of ``path`` in the traceback (where the top-level code failed)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+_READ_ONLY = re.compile(r"^(SELECT|VALUES|WITH|PRAGMA (\w+ ?\. ?)?FOREIGN_KEY_CHECK)\b")
+_WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE INTO|CREATE|DROP|ALTER)\b")
+
+
 def _load_checks(directory: Path, latest: int, problems: list[Problem]) -> tuple[Check, ...]:
-    if not directory.is_dir():
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
+        return ()
+    except OSError as exc:
+        problems.append(Problem(str(directory), None, None, f"cannot read the checks: "
+                                f"{exc.strerror or exc}", "make it a readable directory"))
         return ()
     out: list[Check] = []
-    for path in sorted(directory.iterdir()):
-        if path.is_dir() or path.suffix != ".sql":
+    for path in entries:
+        if path.name.startswith(".") or path.name == "__pycache__":
             continue
         m = NAME.match(path.name)
-        if not m:
-            problems.append(Problem(str(path), None, None, "check file name is not NNNN_slug.sql",
-                                    "name it after the version it checks, e.g. 0003_notes.sql"))
+        if m is None or m.group(3) != "sql" or path.is_dir():
+            if _LOOKS_LIKE.search(path.name) or path.is_dir():
+                problems.append(Problem(str(path), None, None, "check is not a file named "
+                                        "NNNN_slug.sql", "checks are SQL queries named after "
+                                        "the version they check, e.g. 0003_display_names.sql"))
             continue
         version = int(m.group(1))
         if not 1 <= version <= latest:
-            problems.append(Problem(str(path), None, None, f"check for version {version:04d} but "
-                                    f"migrations go up to {latest:04d}",
-                                    "number it after an existing migration"))
+            problems.append(Problem(str(path), None, None, f"check for version {version:04d}, "
+                                    f"but the migrations go up to {latest:04d}",
+                                    "number it after the migration whose result it checks"))
             continue
-        statements = split_statements(path.read_text(encoding="utf-8"))
-        if not statements:
-            problems.append(Problem(str(path), 1, 1, "check is empty",
-                                    "write a query that returns no rows when healthy"))
+        read = _read(path, problems)
+        if read is None:
             continue
-        out.append(Check(version, path, tuple(statements)))
+        text = read[1]
+        statements = _sql_statements(path, text, problems, what="check")
+        if statements is None:
+            continue
+        writing = [st for st in statements
+                   if not _READ_ONLY.match(_words(st.sql))
+                   or (_words(st.sql).startswith("WITH") and _WRITES.search(_words(st.sql)))]
+        for st in writing:
+            problems.append(Problem(str(path), st.line, 1, f"check statement "
+                                    f"`{_first_words(st.sql)}` does not only read",
+                                    "write a SELECT (or WITH … SELECT) that returns no rows "
+                                    "when the tenant is healthy"))
+        if not writing:
+            out.append(Check(version, path, statements))
     return tuple(out)
+
+
+# --------------------------------------------------------------------------- verifying
 
 
 def verify_recorded(catalog: Catalog, recorded: Mapping[int, tuple[str, str]],
@@ -278,25 +512,29 @@ def verify_recorded(catalog: Catalog, recorded: Mapping[int, tuple[str, str]],
     by_version = {m.version: m for m in catalog.migrations}
     for version, (name, sha) in sorted(recorded.items()):
         count = tenants_at_or_above(version)
+        have = f"{count} tenant{'s' if count != 1 else ''} {'have' if count != 1 else 'has'}"
         m = by_version.get(version)
         if m is None:
             problems.append(Problem(str(catalog.directory / f"{version:04d}_{name}"), None, None,
-                                    f"migration {version:04d}_{name} was applied ({count} "
-                                    "tenant(s) have it) but its file is gone",
-                                    "restore the file; never remove an applied migration"))
+                                    f"migration {version:04d}_{name} was applied ({have} it) "
+                                    "but its file is gone",
+                                    "restore the file from version control; never remove an "
+                                    "applied migration"))
         elif m.sha256 != sha:
             problems.append(Problem(str(m.path), None, None,
-                                    f"edited after it was applied: {count} tenant(s) have "
-                                    f"version {version} (recorded sha256 {sha[:12]}…, file "
-                                    f"now {m.sha256[:12]}…)",
-                                    "restore the original and put the change in a new migration "
-                                    f"{catalog.latest + 1:04d}_<slug>"))
+                                    f"edited after it was applied: {have} version {version} "
+                                    f"(recorded sha256 {sha[:12]}…, file now "
+                                    f"{m.sha256[:12]}…); no tenant was touched",
+                                    "restore the file exactly as it was applied (e.g. `git "
+                                    f"checkout <commit> -- {m.path.name}`) and put the change "
+                                    f"in a new migration {catalog.latest + 1:04d}_<slug>"))
     return problems
 
 
 def dry_run(catalog: Catalog) -> list[Problem]:
     """Apply every migration and check to an in-memory database: catches SQL that
-    cannot work on any data (syntax errors, missing tables) before CI merges it."""
+    cannot work on any data (missing tables, bad columns) before CI merges it. Every
+    new tenant goes through exactly this sequence, so a failure here is a bug."""
     problems: list[Problem] = []
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
@@ -306,25 +544,38 @@ def dry_run(catalog: Catalog) -> list[Problem]:
                 m.run(conn)
                 conn.execute(f"PRAGMA user_version = {m.version}")
                 conn.execute("COMMIT")
-            except (MigrationError, sqlite3.Error, Exception) as exc:
+            except (Exception, SystemExit) as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                line = exc.line if isinstance(exc, MigrationError) else None
-                msg = str(exc).split(": ", 1)[-1] if isinstance(exc, MigrationError) else str(exc)
+                if isinstance(exc, MigrationError):
+                    line, msg = exc.line, exc.reason
+                else:
+                    line, msg = _raised_at(exc, m.path), f"{type(exc).__name__}: {exc}"
                 problems.append(Problem(str(m.path), line, 1 if line else None,
                                         f"fails on an empty database: {msg}",
-                                        "fix the statement; migrations run in order from 0001"))
+                                        "fix it: every new tenant runs the migrations in order "
+                                        "from 0001 on an empty file"))
                 return problems
-            for check in catalog.checks:
-                if check.version != m.version:
-                    continue
-                for st in check.statements:
-                    try:
-                        conn.execute(st.sql).fetchone()
-                    except sqlite3.Error as exc:
-                        problems.append(Problem(str(check.path), st.line, 1,
-                                                f"check query fails: {exc}",
-                                                "write a SELECT that returns no rows when healthy"))
+            problems.extend(_dry_run_checks(conn, catalog, m.version))
         return problems
     finally:
         conn.close()
+
+
+def _dry_run_checks(conn: sqlite3.Connection, catalog: Catalog, version: int) -> list[Problem]:
+    problems: list[Problem] = []
+    conn.execute("PRAGMA query_only = ON")  # a check that writes fails here, not on a tenant
+    try:
+        for check in catalog.checks:
+            if check.version != version:
+                continue
+            for st in check.statements:
+                try:
+                    conn.execute(st.sql).fetchone()
+                except sqlite3.Error as exc:
+                    problems.append(Problem(str(check.path), st.line, 1,
+                                            f"check query fails: {exc}",
+                                            "write a SELECT that returns no rows when healthy"))
+    finally:
+        conn.execute("PRAGMA query_only = OFF")
+    return problems
