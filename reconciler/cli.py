@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from reconciler import engine, log, render
+from reconciler import engine, log, render, routing
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.errors import InvalidInput, LockHeld, ReconcileError
@@ -67,6 +67,13 @@ def parser() -> argparse.ArgumentParser:
     _common(h, sub=True)
     h.add_argument("tenant", nargs="?")
     h.add_argument("-n", "--limit", type=int, default=50)
+    r = sub.add_parser("route", help="which tenant and file a host resolves to")
+    _common(r, sub=True)
+    r.add_argument("host", help="a Host header value, e.g. aaron.yoursaas.com")
+    r.add_argument("--min-schema", type=int, default=None, metavar="N",
+                   help="also fail unless the tenant is at schema N or later")
+    r.add_argument("--central", default=None, metavar="PATH",
+                   help="the registry to read (default: settings.central of tenants.yaml)")
     return p
 
 
@@ -214,12 +221,43 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
     return EXIT_OK
 
 
+def cmd_route(args: argparse.Namespace, logger: Any) -> int:
+    central = args.central or engine.load(engine.config_path(args.config)).desired.settings.central
+    try:
+        with routing.Router(central) as router:
+            tenant = router.resolve(args.host)
+            reason = tenant.unavailable_reason(args.min_schema)
+            if reason is None:  # prove the file opens, exactly as an application would
+                try:
+                    router.connect(args.host, args.min_schema).close()
+                except routing.TenantUnavailable as exc:
+                    reason = exc.reason
+    except routing.RoutingError as exc:
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    host = routing.normalize_host(args.host)
+    if args.json:
+        _out(render.dumps({"host": host, "tenant": tenant.name, "file": str(tenant.path),
+                           "region": tenant.region, "schema_version": tenant.schema_version,
+                           "status": tenant.status, "available": reason is None,
+                           "reason": reason}))
+    else:
+        _out([f"host     {host}", f"tenant   {tenant.name}", f"file     {tenant.path}",
+              f"region   {tenant.region}", f"version  v{tenant.schema_version}",
+              f"status   {tenant.status}"])
+    if reason is not None:
+        _err(f"error: tenant {tenant.name} is unavailable — {reason}")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "apply": cmd_apply,
     "plan": cmd_plan,
     "status": cmd_status,
     "validate": cmd_validate,
     "history": cmd_history,
+    "route": cmd_route,
 }
 
 
