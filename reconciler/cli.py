@@ -67,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
     _common(h, sub=True)
     h.add_argument("tenant", nargs="?")
     h.add_argument("-n", "--limit", type=int, default=50)
+    dm = sub.add_parser("daemon", help="keep the fleet converged (systemd Type=notify service)")
+    _common(dm, sub=True)
+    dm.add_argument("--git-pull", action="store_true",
+                    help="GitOps pull mode: every interval fast-forward the clone holding "
+                    "tenants.yaml to its remote branch (also on with a settings.git block)")
     r = sub.add_parser("route", help="which tenant and file a host resolves to")
     _common(r, sub=True)
     r.add_argument("host", help="a Host header value, e.g. aaron.yoursaas.com")
@@ -251,6 +256,12 @@ def cmd_route(args: argparse.Namespace, logger: Any) -> int:
     return EXIT_OK
 
 
+def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import daemon  # watchfiles is only needed by the long-running command
+
+    return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "apply": cmd_apply,
     "plan": cmd_plan,
@@ -258,6 +269,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "validate": cmd_validate,
     "history": cmd_history,
     "route": cmd_route,
+    "daemon": cmd_daemon,
 }
 
 

@@ -94,8 +94,12 @@ def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]
 
 def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bool = False,
              stop: Callable[[], bool] | None = None,
-             progress: Callable[[str, int, int, int], None] | None = None) -> Result:
-    """Observe, plan and apply under the fleet lock; record the pass in ``runs``."""
+             progress: Callable[[str, int, int, int], None] | None = None,
+             note: str = "") -> Result:
+    """Observe, plan and apply under the fleet lock; record the pass in ``runs``.
+
+    ``note``: appended to the recorded summary (the daemon's "tenants.yaml invalid —
+    still applying rev X" or "pull refused: …"), so ``reconcile status`` shows it."""
     settings = inputs.desired.settings
     lock = FleetLock(settings.central)
     lock.acquire(wait, on_wait=lambda holder: log.warning(
@@ -113,7 +117,8 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
                           log.bind(revision=short(inputs.revision)), stop or (lambda: False),
                           retry_failed, progress)
             result = apply(the_plan, ctx)
-            registry.record_run(started, inputs.revision, summary(result),
+            registry.record_run(started, inputs.revision,
+                                summary(result) + (f"; {note}" if note else ""),
                                 {"failed": [o.tenant for o in result.failed],
                                  "problems": [a.tenant for a in the_plan.problems],
                                  "halted": result.halted})

@@ -150,8 +150,11 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
     notes: list[str] = []
 
     for name, spec in desired.tenants.items():
-        actions.extend(_plan_declared(desired, observed, catalog, spec, reg.tenants.get(name),
-                                      retry_failed))
+        row = reg.tenants.get(name)
+        # a failed tenant's backoff has run out: retry it as if asked to
+        due = row is not None and row.retry_at is not None and row.retry_at <= observed.now
+        actions.extend(_plan_declared(desired, observed, catalog, spec, row,
+                                      retry_failed or due))
 
     undeclared = _plan_undeclared(desired, observed, notes)
     actions.extend(undeclared)

@@ -313,6 +313,15 @@ class Registry:
         return {"started_at": r[0], "finished_at": r[1], "revision": r[2], "summary": r[3],
                 "detail": json.loads(r[4]) if r[4] else {}}
 
+    def next_retry_at(self, after: float) -> float | None:
+        """Earliest backoff expiry (epoch seconds) of a failed tenant later than ``after``:
+        when the daemon must wake up to retry it."""
+        if self.version < 1:
+            return None
+        r = self.conn.execute("SELECT MIN(retry_at) FROM tenants WHERE status = 'failed' "
+                              "AND retry_at > ?", (after,)).fetchone()
+        return None if r is None or r[0] is None else float(r[0])
+
     # ---------------------------------------------------------------- writing
     def upsert_tenant(self, name: str, region: str, path: Path, schema_version: int,
                       status: str, protected: bool = False) -> None:

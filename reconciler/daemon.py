@@ -1,0 +1,552 @@
+"""``reconcile daemon``: keep the fleet converged, as a systemd service.
+
+Why: operators commit a change to ``tenants.yaml`` and expect every database to match
+minutes later, with every step in the journal, and drift made behind the reconciler's
+back to be undone. This module is the loop around ``engine.run_pass``: it decides
+*when* to run a pass; what a pass does lives in the engine, shared with the one-shot
+command.
+
+When a pass runs: at start; after ``tenants.yaml`` or ``migrations/`` changed
+(watchfiles, watching the parent directories because editors and git replace files by
+rename; debounced); every ``settings.interval`` (resync, and in pull mode a fetch +
+fast-forward first); on SIGHUP (re-read everything now); when a failed tenant's
+backoff expires; shortly after a pass that could not run (lock held, registry busy).
+
+Invariants:
+* idle costs nothing but the file watcher's sleep loop: the main thread sleeps in
+  ``select`` on a self-pipe that signals and the watcher thread write to;
+* only a valid desired state is ever applied: a load that fails keeps the last valid
+  ``Inputs`` (its migrations were compiled at load time, so later edits to the files
+  cannot leak in), logs every problem with file:line:column, puts it in ``STATUS=``
+  and in the pass summary stored in the registry, and is retried on the next change;
+* in pull mode only committed states are applied: a working tree with local edits is
+  refused like an invalid file, and the git work tree is only ever fast-forwarded;
+* SIGTERM/SIGINT stop between actions (an action in flight completes), exit 0; a
+  second one raises ``ForcedStop`` at once in the main thread: the SQLite transaction
+  in progress rolls back (every step is its own transaction, relocation is journaled)
+  and the process exits 128+signal;
+* ``WATCHDOG=1`` comes from its own thread, so a long pass does not get the service
+  killed; the thread stops pinging if the main thread dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import selectors
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import watchfiles
+
+from reconciler import engine, gitpull
+from reconciler.context import Logger
+from reconciler.desired import GitSettings
+from reconciler.errors import InvalidInput, LockHeld, Problem, ReconcileError
+from reconciler.lock import FleetLock
+from reconciler.notify import Notifier, watchdog_interval
+from reconciler.registry import Registry
+from reconciler.revision import revision as revision_of
+from reconciler.revision import short
+
+DEFAULT_INTERVAL = 60.0
+DEBOUNCE_MS = 1000  # most time one burst of changes is grouped over
+STEP_MS = 200  # quiet time that ends a burst; also the watcher's sleep granularity
+RETRY_MIN, RETRY_MAX = 2.0, 60.0  # re-run after a pass that could not run
+PROGRESS_EVERY = 1.0  # seconds between STATUS= updates during a pass
+
+
+class ForcedStop(BaseException):
+    """A second SIGTERM/SIGINT: leave now. BaseException so that no ``except Exception``
+    in an action mistakes it for that action failing."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class WatchSet:
+    """What the watcher looks at: directories (non-recursive) and the paths that matter."""
+
+    config: Path
+    migrations: Path
+
+    @property
+    def migration_dirs(self) -> frozenset[Path]:
+        return frozenset((self.migrations, self.migrations / "checks"))
+
+    def directories(self) -> tuple[Path, ...]:
+        wanted = {self.config.parent, self.migrations.parent, *self.migration_dirs}
+        return tuple(sorted(d for d in wanted if d.is_dir()))
+
+    def relevant(self, change: watchfiles.Change, path: str) -> bool:
+        p = Path(path)
+        if p == self.config or p in self.migration_dirs:
+            return True
+        return (p.parent in self.migration_dirs and p.suffix in (".sql", ".py")
+                and not p.name.startswith("."))
+
+    def signature(self) -> tuple[Any, ...]:
+        """Cheap fingerprint of the watched files, to catch an event the watcher missed."""
+        out: list[Any] = []
+        for p in (self.config, *sorted(self.migration_dirs)):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                out.append((str(p), st.st_ino, st.st_size, st.st_mtime_ns))
+                if p.is_dir():
+                    out.extend((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns)
+                               for e in sorted(os.scandir(p), key=lambda e: e.name))
+        return tuple(out)
+
+
+class Watcher:
+    """watchfiles in a thread: each debounced batch of relevant changes wakes the loop."""
+
+    def __init__(self, watch: WatchSet, wake: Callable[[], None]) -> None:
+        self.watch = watch
+        self.directories = watch.directories()
+        self.events: queue.SimpleQueue[set[tuple[watchfiles.Change, str]] | Exception] = \
+            queue.SimpleQueue()
+        self._wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
+
+    def start(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for changes in watchfiles.watch(
+                    *self.directories, watch_filter=self.watch.relevant, debounce=DEBOUNCE_MS,
+                    step=STEP_MS, stop_event=self._stop, rust_timeout=0, recursive=False,
+                    raise_interrupt=False, ignore_permission_denied=True):
+                self.events.put(changes)
+                self._wake()
+        except Exception as exc:  # reported to the loop, which restarts the watcher
+            self.events.put(exc)
+            self._wake()
+
+    def drain(self) -> tuple[list[str], Exception | None]:
+        paths: list[str] = []
+        error: Exception | None = None
+        while True:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return sorted(set(paths)), error
+            if isinstance(item, Exception):
+                error = item
+            else:
+                paths.extend(p for _, p in item)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * STEP_MS / 1000 + 1)
+
+
+class Watchdog:
+    """``WATCHDOG=1`` every half ``WATCHDOG_USEC``, from a thread of its own."""
+
+    def __init__(self, notifier: Notifier, interval: float) -> None:
+        self._notifier = notifier
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if not threading.main_thread().is_alive():
+                return
+            self._notifier.watchdog()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+class Daemon:
+    def __init__(self, config: Path, log: Logger, *, git_pull: bool = False,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config.resolve()
+        self.log = log
+        self.notifier = notifier or Notifier.from_env()
+        self.git_pull = git_pull
+        self.inputs: engine.Inputs | None = None  # the last valid desired state
+        self.problem: str | None = None  # why the current files are not applied
+        self.pull_problem: str | None = None
+        self._recorded_pull: str | None = None
+        self.summary = "starting"
+        self.stop_signal: int | None = None
+        self.hup = False
+        self.in_pass = False
+        self._stop_logged = False
+        self.next_resync = 0.0
+        self.next_retry: float | None = None
+        self._failures = 0  # passes in a row that could not run
+        self._signature: tuple[Any, ...] = ()
+        self._watcher: Watcher | None = None
+        self._last_progress = 0.0
+        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def watch_set(self) -> WatchSet:
+        migrations = (self.inputs.desired.settings.migrations_dir if self.inputs is not None
+                      else self.config.parent / "migrations")
+        return WatchSet(self.config, migrations.resolve())
+
+    @property
+    def interval(self) -> float:
+        return self.inputs.desired.settings.interval if self.inputs else DEFAULT_INTERVAL
+
+    @property
+    def git(self) -> GitSettings | None:
+        configured = self.inputs.desired.settings.git if self.inputs else None
+        if configured is not None:
+            return configured
+        return GitSettings() if self.git_pull else None
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> int:
+        """The service's life: returns the exit code."""
+        previous = self._install_signals()
+        watchdog = None
+        every = watchdog_interval(os.environ)
+        if every is not None and self.notifier.enabled:
+            watchdog = Watchdog(self.notifier, every).start()
+        code = 0
+        try:
+            self.log.info("daemon starting", config=str(self.config), pid=os.getpid(),
+                          pull=self.git is not None or self.git_pull)
+            self._load()
+            self.notifier.ready()
+            self._cycle(start=True)
+            while self.stop_signal is None:
+                self._wait(self._timeout())
+                if self.stop_signal is None:
+                    self._cycle(start=False)
+            self._stopping()  # logs why
+        except ForcedStop as exc:
+            code = 128 + exc.signum
+            self.log.warning("stopped at once by a second signal: the transaction in "
+                             "progress was rolled back; the next pass completes the work",
+                             signal=str(exc))
+        finally:
+            reason = (signal.Signals(self.stop_signal).name if self.stop_signal else "error")
+            self.notifier.stopping(f"stopping ({reason}); last: {self.summary}")
+            if self._watcher is not None:
+                self._watcher.stop()
+            if watchdog is not None:
+                watchdog.stop()
+            self._restore_signals(previous)
+            os.close(self._rfd)
+            os.close(self._wfd)
+            self.notifier.close()
+        self.log.info("daemon stopped", exit_code=code)
+        return code
+
+    def _cycle(self, start: bool) -> None:
+        """Work out why we woke up, then reload/pull/pass as needed."""
+        changed = self._drain_watcher()
+        now = time.monotonic()
+        hup, self.hup = self.hup, False
+        periodic = start or hup or now >= self.next_resync
+        retry = self.next_retry is not None and now >= self.next_retry
+        if not (changed or periodic or retry):
+            return
+        reasons = [r for r, on in (("start", start), ("SIGHUP", hup), ("change", changed),
+                                   ("resync", periodic and not start and not hup),
+                                   ("retry", retry)) if on]
+        if hup:
+            self.notifier.reloading()
+            self.log.info("SIGHUP: re-reading everything")
+        reload = bool(changed) or hup
+        if self.git is not None and periodic:
+            reload |= self._pull()
+        if not reload and periodic and self.watch_set.signature() != self._signature:
+            reload = True  # the watcher missed something (or could not watch)
+        if reload:
+            self._load()
+        if hup:
+            self.notifier.ready()
+        if periodic:
+            self.next_resync = time.monotonic() + self.interval
+        self._ensure_watcher()
+        if self.inputs is not None and self.stop_signal is None:
+            self._pass(", ".join(reasons))
+        else:
+            self._notify_status()
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        """Read tenants.yaml + migrations; keep the last valid state on any problem."""
+        watch = self.watch_set
+        before = watch.signature()
+        try:
+            inputs = engine.load(self.config)
+        except InvalidInput as exc:
+            self._signature = before
+            self._reject(exc.problems)
+            return
+        after = WatchSet(self.config, inputs.desired.settings.migrations_dir.resolve()
+                         ).signature()
+        pull_mode = self.git is not None or inputs.desired.settings.git is not None
+        if pull_mode and ("+" in inputs.revision or inputs.revision.startswith("sha256:")):
+            self._signature = after
+            self._reject([Problem(str(self.config), None, None,
+                                  f"not a committed state (revision {inputs.revision})",
+                                  "pull mode applies only commits: commit and push the "
+                                  "change, or discard the local edits")])
+            return
+        if watch.signature() != before:
+            # changed while we read it (a save in progress): the watcher reports that
+            # write too, and we read again then; until then nothing changes
+            self._signature = ()
+            self.log.info("desired state changed while being read; waiting for the save")
+            return
+        self._signature = after
+        if self.problem is not None:
+            self.log.info("desired state valid again", revision=inputs.revision)
+        self.problem = None
+        if self.inputs is None or self.inputs.revision != inputs.revision:
+            self.log.info("desired state loaded", revision=inputs.revision,
+                          tenants=len(inputs.desired.tenants),
+                          latest_migration=inputs.catalog.latest)
+        self.inputs = inputs
+
+    def _reject(self, problems: tuple[Problem, ...] | list[Problem]) -> None:
+        first = str(problems[0]) if problems else "unknown problem"
+        kept = (f"still applying rev {short(self.inputs.revision)}" if self.inputs is not None
+                else "nothing applied yet")
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        self.problem = f"{self.config.name} invalid ({count}; {first}) — {kept}"
+        self.log.error("invalid desired state: nothing applied from it", count=len(problems),
+                       problems=[str(p) for p in problems], kept=kept)
+        self._record("load", "failed", revision_of(self.config),
+                     problems=[str(p) for p in problems])
+
+    # ------------------------------------------------------------------ git pull
+    def _pull(self) -> bool:
+        """Fetch and fast-forward. True when HEAD moved (a reload is due)."""
+        git = self.git
+        assert git is not None
+        watch = self.watch_set
+        watched = [self.config.name]
+        with contextlib.suppress(ValueError):
+            watched.append(str(watch.migrations.relative_to(self.config.parent)))
+        result = gitpull.pull(self.config.parent, git.remote, git.branch, watched)
+        if result.ok:
+            self.pull_problem = None
+            self._recorded_pull = None
+            if result.changed:
+                self.log.info("pulled", remote=git.remote, branch=git.branch,
+                              before=result.before, after=result.after)
+                self._record("pull", "ok", result.after or "", before=result.before,
+                             after=result.after, remote=f"{git.remote}/{git.branch}")
+            return result.changed
+        verb = "refused" if result.outcome == gitpull.REFUSED else "failed"
+        self.pull_problem = f"pull {verb}: {result.message}"
+        self.log.error(f"git pull {verb}", remote=git.remote, branch=git.branch,
+                       head=result.before, fetched=result.remote, reason=result.message)
+        if result.message != self._recorded_pull:  # once per distinct problem, not per tick
+            self._recorded_pull = result.message
+            self._record("pull", verb, result.before or "", reason=result.message,
+                         fetched=result.remote, remote=f"{git.remote}/{git.branch}")
+        return False
+
+    # ------------------------------------------------------------------ passes
+    def _note(self) -> str:
+        return "; ".join(p for p in (self.problem, self.pull_problem) if p)
+
+    def _pass(self, reason: str) -> None:
+        inputs = self.inputs
+        assert inputs is not None
+        note = self._note()
+        self.notifier.status(f"reconciling rev {short(inputs.revision)} ({reason})"
+                             + (f"; {note}" if note else ""))
+        self.log.info("pass starting", reason=reason, revision=inputs.revision)
+        started = time.monotonic()
+        self.in_pass = True
+        try:
+            result = engine.run_pass(inputs, self.log, wait=False, stop=self._stopping,
+                                     progress=self._progress, note=note)
+        except LockHeld as exc:
+            self._could_not_run("another reconciler holds the lock", holder=exc.holder)
+            return
+        except InvalidInput as exc:  # e.g. an applied migration was edited since
+            self.in_pass = False
+            self._reject(exc.problems)
+            self._notify_status()
+            return
+        except (ReconcileError, OSError, sqlite3.Error) as exc:
+            self._could_not_run(f"pass failed: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self.in_pass = False
+        self._failures = 0
+        self.summary = engine.summary(result) + (f"; {note}" if note else "")
+        self.log.info("pass finished", summary=self.summary,
+                      duration_ms=int((time.monotonic() - started) * 1000),
+                      stopped=result.stopped)
+        self.next_retry = self._next_backoff(inputs)
+        self._notify_status()
+
+    def _could_not_run(self, why: str, **fields: Any) -> None:
+        self._failures += 1
+        delay = min(RETRY_MAX, self.interval, RETRY_MIN * 2 ** (self._failures - 1))
+        self.next_retry = time.monotonic() + delay
+        self.summary = f"{why}; retrying in {delay:.0f}s"
+        self.log.warning("pass did not run", reason=why, retry_in_s=delay, **fields)
+        self._notify_status()
+
+    def _next_backoff(self, inputs: engine.Inputs) -> float | None:
+        """When the earliest failed tenant's backoff expires (monotonic clock)."""
+        try:
+            reg = Registry.open_readonly(inputs.desired.settings.central)
+        except ReconcileError:
+            return None
+        if reg is None:
+            return None
+        try:
+            at = reg.next_retry_at(time.time())
+        finally:
+            reg.close()
+        if at is None:
+            return None
+        return time.monotonic() + max(1.0, at - time.time())
+
+    def _stopping(self) -> bool:
+        if self.stop_signal is None:
+            return False
+        if not self._stop_logged:
+            self._stop_logged = True
+            self.log.info("stopping after the action in flight (signal again to stop at once)",
+                          signal=signal.Signals(self.stop_signal).name)
+        return True
+
+    def _progress(self, phase: str, done: int, total: int, failed: int) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY or done == total:
+            self._last_progress = now
+            self.notifier.status(f"{phase}: {done}/{total} done, {failed} failed")
+
+    def _notify_status(self) -> None:
+        if self.inputs is None:
+            self.notifier.status(self.problem or self.pull_problem or "no valid desired state")
+        else:
+            self.notifier.status(self.summary)
+
+    def _record(self, action: str, outcome: str, revision: str, **detail: Any) -> None:
+        """An event outside a pass (load, pull), if the registry is known and free."""
+        if self.inputs is None:
+            return
+        central = self.inputs.desired.settings.central
+        lock = FleetLock(central)
+        try:
+            lock.acquire(wait=False)
+        except LockHeld:
+            self.log.warning("event not recorded: another reconciler holds the lock",
+                             action=action, outcome=outcome)
+            return
+        try:
+            reg = Registry.open(central)
+            try:
+                with reg.transaction():
+                    reg.event(revision=revision, tenant=None, action=action, outcome=outcome,
+                              detail={k: v for k, v in detail.items() if v is not None})
+            finally:
+                reg.close()
+        except (ReconcileError, OSError, sqlite3.Error) as exc:
+            self.log.warning("event not recorded", action=action, error=str(exc))
+        finally:
+            lock.release()
+
+    # ------------------------------------------------------------------ waiting
+    def _timeout(self) -> float:
+        deadlines = [self.next_resync]
+        if self.next_retry is not None:
+            deadlines.append(self.next_retry)
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _wait(self, timeout: float) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._rfd, selectors.EVENT_READ)
+            sel.select(timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._rfd, 512):
+                pass
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wfd, b"w")
+
+    def _drain_watcher(self) -> list[str]:
+        if self._watcher is None:
+            return []
+        paths, error = self._watcher.drain()
+        if error is not None or not self._watcher.alive:
+            self.log.error("file watcher stopped; restarting it (periodic resync continues)",
+                           error=str(error))
+            self._watcher.stop()
+            self._watcher = None
+            return ["<watcher restarted>"]
+        if paths:
+            self.log.info("files changed", paths=paths)
+        return paths
+
+    def _ensure_watcher(self) -> None:
+        """(Re)start the watcher when its directories changed (one appeared or went)."""
+        if self.git is not None:
+            return  # pull mode: the work tree changes only when we fast-forward it
+        watch = self.watch_set
+        if self._watcher is not None and self._watcher.watch == watch \
+                and self._watcher.directories == watch.directories():
+            return
+        if self._watcher is not None:
+            self._watcher.stop()
+        self._watcher = Watcher(watch, self._poke).start()
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.hup = True
+            return
+        if self.stop_signal is not None and self.in_pass:
+            raise ForcedStop(signum)
+        if self.stop_signal is None:
+            # no logging here: the handler may interrupt a log write holding its lock
+            self.stop_signal = signum
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {s: signal.signal(s, self._on_signal)
+                                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        previous[-1] = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        signal.set_wakeup_fd(previous.pop(-1))
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run(config: Path, log: Logger, *, git_pull: bool = False) -> int:
+    return Daemon(config, log, git_pull=git_pull).run()
+
