@@ -27,9 +27,11 @@ Invariants:
   read-only connection, one cheap query per request), so a relocation, a new tenant or
   a removed domain is seen on the very next request;
 * a connection is returned only after it holds SQLite's shared lock on the tenant file
-  and the registry was re-checked *after* that lock was taken: a relocation that waits
-  for every open connection to close (as ``reconciler.relocate`` does) therefore either
-  sees this connection and waits for it, or this call sees the relocation and refuses;
+  (a WAL-mode connection, as tenant files are, keeps it from its first read until it
+  closes) and the registry was re-checked *after* that lock was taken: a relocation
+  that marks the tenant ``relocating`` and then waits for every open connection to
+  close therefore either sees this connection and waits for it, or this call sees
+  the relocation and refuses;
 * ``Router`` is thread-safe; connections are per request (closed by their context
   manager) and are never pooled, because a pooled connection would pin a file that a
   relocation is waiting to retire.
@@ -256,7 +258,12 @@ class Router:
                 reason = f"the registry holds a relative path ({entry.tenant.path})"
             if reason is not None:
                 raise TenantUnavailable(entry.tenant, reason)
-            conn, version = self._open(entry)
+            try:
+                conn, version = self._open(entry)
+            except TenantUnavailable:
+                if self._still(host, key, entry, seen):
+                    raise
+                continue  # the file moved because its route changed: follow the route
             if self._still(host, key, entry, seen):
                 if min_schema is not None and version < min_schema:
                     conn.close()

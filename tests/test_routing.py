@@ -339,8 +339,8 @@ def test_concurrent_threads_each_get_their_own_tenant_while_the_registry_changes
                         if main_file(conn) != paths[name] or conn.tenant.name != name:
                             wrong.append(f"{name} -> {main_file(conn)}")
                         served[name] += 1
-                except TenantUnavailable:
-                    pass
+                except (TenantUnavailable, RegistryUnavailable):
+                    pass  # refused (503) while its route flips under it: never wrong
         except BaseException as exc:
             errors.append(exc)
 
@@ -354,7 +354,7 @@ def test_concurrent_threads_each_get_their_own_tenant_while_the_registry_changes
             reg.update_tenant(names[flips % len(names)],
                               status="suspended" if flips // len(names) % 2 else "active")
         flips += 1
-        assert flips < 100_000, served
+        assert flips < 100_000, (served, errors)
     stop.set()
     for t in threads:
         t.join()
