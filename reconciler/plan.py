@@ -19,6 +19,7 @@ Rules that protect data (DESIGN §5), enforced here:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -178,8 +179,18 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
 def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec: TenantSpec,
                    row: TenantRow | None, retry_failed: bool) -> list[Action]:
     name, region = spec.name, spec.region
-    want = desired.tenant_path(name, region)
+    want = observed.paths.get(name) or desired.tenant_path(name, region)
     target = desired.target_version(spec, catalog.latest)
+    if (row is not None and row.status == "active" and not spec.suspended
+            and row.region == region and row.schema_version == target
+            and row.protected == spec.protected and name not in observed.registry.journal
+            and row.path == os.fspath(want)):
+        # the steady state, checked first because a daemon sees little else: registry
+        # and file agree and are at the target — exactly the case the rules below turn
+        # into no action, decided without building an Action per tenant
+        found = observed.file(want)
+        if found.usable and found.user_version == target:
+            return []
     key = fingerprint(catalog, target, region)
     base = Action(Kind.CREATE, name, region, path=want, key=key, protected=spec.protected)
     region_problem = observed.regions[region].problem if region in observed.regions else None

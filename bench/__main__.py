@@ -1,0 +1,104 @@
+"""``python -m bench``: run the benchmark scenarios and print ours vs the baseline.
+
+Why one command: the numbers that matter are ratios measured in the same run on the
+same noisy machine; a single entry point makes that the only way to get them.
+Never part of the pytest suite (it lives outside ``tests/`` and takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench import fleets
+from bench.timing import Row, markdown, print_row
+
+SIZES = {"1k": 1_000, "10k": 10_000, "100k": 100_000}
+SCENARIOS = ("noop", "migrate", "relocate", "routing", "daemon")
+
+
+def machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                         platform.processor())
+    except OSError:
+        model = platform.processor()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import sqlite3
+    return (f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}, "
+            f"SQLite {sqlite3.sqlite_version}")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--size", default="1k",
+                   help="fleet sizes for the no-op and daemon scenarios, comma separated: "
+                   "1k, 10k, 100k (default 1k: the quick run)")
+    p.add_argument("--only", default=",".join(SCENARIOS),
+                   help=f"scenarios to run, comma separated (default: all of {SCENARIOS})")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per contender")
+    p.add_argument("--migrate-tenants", type=int, default=1000,
+                   help="tenants migrated v0 → v3 (default 1000)")
+    p.add_argument("--parallel", default="2,4",
+                   help="parallel settings tried besides 1; the best is reported")
+    p.add_argument("--root", type=Path, default=fleets.DEFAULT_ROOT,
+                   help=f"where generated fleets live (default {fleets.DEFAULT_ROOT})")
+    p.add_argument("--no-cli", action="store_true",
+                   help="skip the whole-process `reconcile --dry-run` measurement")
+    p.add_argument("--markdown", type=Path,
+                   help="also write the results as a markdown table to this file")
+    args = p.parse_args(argv)
+    bad = [s for s in args.size.split(",") if s not in SIZES]
+    if bad:
+        p.error(f"unknown size {bad[0]!r}; use 1k, 10k or 100k")
+    unknown = [s for s in args.only.split(",") if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    sizes = [SIZES[s] for s in args.size.split(",")]
+    only = set(args.only.split(","))
+    print(f"machine: {machine()}")
+    print(f"fleets:  {args.root}   repeats: {args.repeats}   started "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC\n", flush=True)
+    rows: list[Row] = []
+    runners: list[tuple[str, Callable[[], list[Row]]]] = []
+    if "noop" in only:
+        from bench import noop
+        for size in sizes:
+            runners.append(("noop", lambda size=size: noop.run(size, args.repeats, args.root,
+                                                                 cli=not args.no_cli)))
+    if "migrate" in only:
+        from bench import migrate
+        parallels = [int(x) for x in args.parallel.split(",") if x.strip()]
+        runners.append(("migrate", lambda: migrate.run(args.migrate_tenants,
+                                                       max(3, args.repeats // 2),
+                                                       args.root, parallels)))
+    for name, runner in runners:
+        print(f"[{name}]", flush=True)
+        t0 = time.perf_counter()
+        for row in runner():
+            print_row(row)
+            rows.append(row)
+        print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)
+    print(markdown(rows))
+    if args.markdown:
+        args.markdown.write_text(f"machine: {machine()}\n\n{markdown(rows)}\n")
+    missed = [r for r in rows if r.verdict == "MISSED"]
+    if missed:
+        print(f"\n{len(missed)} target(s) missed: " + "; ".join(r.scenario for r in missed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
