@@ -54,6 +54,8 @@ MAX_BUSY_TIMEOUT = 3600.0
 EXPANSION_FLOOR = 100_000
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: same nodes, much faster
 _YAML_TAG = "tag:yaml.org,2002:"
+_PLAIN_TAGS = frozenset(_YAML_TAG + t for t in (
+    "str", "int", "float", "bool", "null", "timestamp", "map", "seq", "merge"))
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -250,6 +252,7 @@ class _Checker:
         self.text = text
         self.problems: list[Problem] = []
         self.region_names: set[str] = set()
+        self.data_dir_ok = True  # False: paths derived from it are not judged again
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting helpers
@@ -262,8 +265,8 @@ class _Checker:
 
     def construct(self, node: yaml.ScalarNode) -> Any:
         """The YAML value of a scalar (int, bool, str, …); ``_BAD`` after reporting."""
-        if not node.tag.startswith(_YAML_TAG):
-            self.error(node, f"custom YAML tag {node.tag} is not supported",
+        if node.tag not in _PLAIN_TAGS:
+            self.error(node, f"YAML tag {_tag(node.tag)} is not supported",
                        "remove the tag and write a plain value")
             return _BAD
         try:
@@ -277,8 +280,8 @@ class _Checker:
     def text_of(self, node: yaml.Node, what: str, hint: str) -> str | None:
         """A string field as written (``007`` stays "007"); None (reported) otherwise."""
         if isinstance(node, yaml.ScalarNode):
-            if not node.tag.startswith(_YAML_TAG):
-                self.error(node, f"custom YAML tag {node.tag} is not supported", hint)
+            if node.tag not in _PLAIN_TAGS:
+                self.error(node, f"YAML tag {_tag(node.tag)} is not supported", hint)
                 return None
             if node.tag == _YAML_TAG + "null" or node.value == "":
                 self.error(node, f"{what} is empty", hint)
@@ -571,16 +574,19 @@ class _Checker:
             return _Where(p or default, vnode)
 
         data = dir_setting("data_dir", base / "data")
+        central = dir_setting("central", data.path / "central.db")
+        migrations = dir_setting("migrations", base / "migrations")
         if data.path == Path(data.path.anchor):
             self.error(data.node, "settings.data_dir must not be a filesystem root",
                        "write a dedicated directory such as data or /srv/tenants")
-        central = dir_setting("central", data.path / "central.db")
-        migrations = dir_setting("migrations", base / "migrations")
-        self.check_central(central, data, migrations.path)
-        if data.path.is_relative_to(migrations.path):
+            self.data_dir_ok = False
+        elif data.path.is_relative_to(migrations.path):
             self.error(data.node or migrations.node,
                        f"settings.data_dir {data.path} lies inside the migrations directory "
                        f"{migrations.path}", "keep tenant data outside the migrations")
+            self.data_dir_ok = False
+        if central.node is not None or self.data_dir_ok:  # else: already reported
+            self.check_central(central, data, migrations.path)
         latest = latest_for(migrations.path)
 
         if "domain" in nodes:
@@ -677,8 +683,8 @@ class _Checker:
                 self.error(v, f"globals.{key} must be a single value, got {_kind(v)}",
                            "write a string, number or boolean; nested mappings and lists are "
                            "not mirrored")
-            elif not v.tag.startswith(_YAML_TAG):
-                self.error(v, f"custom YAML tag {v.tag} is not supported",
+            elif v.tag not in _PLAIN_TAGS:
+                self.error(v, f"YAML tag {_tag(v.tag)} is not supported",
                            "remove the tag and write a plain value")
             elif v.tag == _YAML_TAG + "null":
                 self.error(v, f"globals.{key} has no value",
@@ -719,7 +725,8 @@ class _Checker:
                     continue
                 path = p
             where = path_node or knode
-            bad = _region_path_problem(path, settings)
+            bad = _region_path_problem(path, settings) \
+                if path_node is not None or self.data_dir_ok else ""
             if bad:
                 self.error(where, f"region '{name}' directory {path} {bad}",
                            "give every region its own directory, e.g. under the data "
@@ -926,6 +933,10 @@ def _not_a_registry(path: Path) -> str:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     return "" if head == _SQLITE_MAGIC else "is not a SQLite database"
+
+
+def _tag(tag: str) -> str:
+    return "!!" + tag[len(_YAML_TAG):] if tag.startswith(_YAML_TAG) else tag
 
 
 def _kind(node: yaml.Node) -> str:
