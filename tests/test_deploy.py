@@ -121,7 +121,7 @@ def run_step(step_id: str, fleet: Fleet) -> subprocess.CompletedProcess[str]:
 
 def test_ci_workflow_runs_on_pull_requests_touching_the_desired_state() -> None:
     data = workflow()
-    on = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` key as true
+    on: dict[str, Any] = data["on"] if "on" in data else data[True]  # YAML 1.1: `on` is true
     assert set(on) == {"pull_request"}
     assert set(on["pull_request"]["paths"]) == {"tenants.yaml", "migrations/**"}
     assert "reconcile validate" in step("validate")
