@@ -272,6 +272,8 @@ class Daemon:
         retry = self.next_retry is not None and now >= self.next_retry
         if not (changed or periodic or retry):
             return
+        if retry:
+            self.next_retry = None  # the pass below schedules the next one
         reasons = [r for r, on in (("start", start), ("SIGHUP", hup), ("change", changed),
                                    ("resync", periodic and not start and not hup),
                                    ("retry", retry)) if on]
@@ -514,8 +516,11 @@ class Daemon:
 
     def _ensure_watcher(self) -> None:
         """(Re)start the watcher when its directories changed (one appeared or went)."""
-        if self.git is not None:
-            return  # pull mode: the work tree changes only when we fast-forward it
+        if self.git is not None:  # pull mode: the work tree changes only when we pull
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
+            return
         watch = self.watch_set
         if self._watcher is not None and self._watcher.watch == watch \
                 and self._watcher.directories == watch.directories():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -262,6 +263,44 @@ def test_invalid_file_at_start_is_reported_and_fixed_file_applies(
     assert not fleet.central.exists()
     save_by_rename(fleet.config, config_text({"aaron": {"region": "eu"}}, interval="1h"))
     d.wait_summary("1 in sync")
+    assert d.stop() == 0
+
+
+def passes(d: Daemon) -> int:
+    return sum(1 for e in d.log_events() if e["event"] == "pass starting")
+
+
+def test_unrelated_files_do_not_wake_it(fleet: Fleet, start: Callable[..., Daemon]) -> None:
+    fleet.write_config(config_text({"aaron": {"region": "eu"}}, interval="1h"))
+    d = start(fleet)
+    d.wait_summary("1 in sync")
+    time.sleep(0.5)
+    before = passes(d)
+    (fleet.root / "README.md").write_text("notes\n")
+    (fleet.migrations / "notes.txt").write_text("not a migration\n")
+    (fleet.data / "scratch.db").write_text("")
+    save_by_rename(fleet.root / "other.yaml", "x: 1\n")
+    time.sleep(2.5)  # more than the debounce window
+    assert passes(d) == before
+    assert d.stop() == 0
+
+
+def test_lock_held_by_another_reconciler_delays_the_pass_then_it_runs(
+        fleet: Fleet, start: Callable[..., Daemon]) -> None:
+    fleet.write_config(config_text({"aaron": {"region": "eu"}}, interval="1h"))
+    d = start(fleet)
+    d.wait_summary("1 in sync")
+    lock = os.open(f"{fleet.central}.lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        save_by_rename(fleet.config, config_text({"aaron": {"region": "eu"},
+                                                  "beta": {"region": "eu"}}, interval="1h"))
+        d.notify.wait_for(lambda m: "another reconciler holds the lock" in m)
+        assert registered(fleet, "beta") is None
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    eventually(lambda: registered(fleet, "beta") == (3, "active"), what="pass after the lock")
     assert d.stop() == 0
 
 
