@@ -589,3 +589,18 @@ def test_pull_mode_does_not_apply_uncommitted_edits(
     time.sleep(1.5)
     assert registered(clone, "local") is None
     assert d.stop() == 0
+
+
+def test_without_pull_mode_local_edit_applies_and_events_say_dirty(
+        fleet: Fleet, start: Callable[..., Daemon], tmp_path: Path) -> None:
+    clone, _ = gitops(fleet, tmp_path)
+    head = git(clone.root, "rev-parse", "HEAD")
+    clone.config.write_text(config_text({"aaron": {"region": "eu"}}, interval="1h"))
+    d = start(clone)
+    d.wait_summary("1 in sync")
+    save_by_rename(clone.config, config_text({"aaron": {"region": "eu"}, "beta": {"region": "us"}},
+                                             interval="1h"))
+    eventually(lambda: registered(clone, "beta") == (3, "active"), what="local edit applied")
+    revisions = {r[0] for r in clone.registry("SELECT revision FROM events WHERE tenant = 'beta'")}
+    assert revisions == {f"{head}+dirty"}
+    assert d.stop() == 0
