@@ -12,10 +12,12 @@ provably right, and asks SQLite otherwise:
   *ahead* of the truth until rolled back) → ask SQLite, which rolls it back.
 The value is only ever used to plan: migrations re-read it under their write lock.
 
-``observe`` lists each region directory once (``os.scandir``) instead of three ``stat``
-calls per tenant, so a converged fleet costs one ``open`` + ``pread`` + ``close`` per file.
-The listing is a snapshot taken just before the headers are read; a ``-wal`` or
-``-journal`` that appears after it is seen on the next pass, like any later change.
+``observe`` lists each region directory once (``os.listdir``) instead of three ``stat``
+calls per tenant, so a converged fleet costs ``open`` + ``fstat`` + ``pread`` + ``close``
+per file. The listing is a snapshot taken just before the headers are read; a ``-wal``
+or ``-journal`` that appears after it is seen on the next pass, like any later change.
+Files are kept by their path text and a ``FileState`` (and its ``Path``) is built only
+when asked for: at 100k tenants, building them all costs more than reading the files.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -55,6 +57,42 @@ class RegionState:
     problem: str | None = None
 
 
+class FileStates(Mapping[Path, FileState]):
+    """The observed files, keyed by ``Path`` like any mapping, stored by path text.
+
+    Immutable once built. A plain regular file read from its header is kept as its bare
+    ``user_version`` and turned into a ``FileState`` on access."""
+
+    __slots__ = ("_by_text",)
+
+    def __init__(self, by_text: Mapping[str, FileState | int]) -> None:
+        self._by_text = by_text
+
+    def __getitem__(self, key: Path) -> FileState:
+        text = os.fspath(key)
+        v = self._by_text[text]
+        if isinstance(v, FileState):
+            return v
+        return FileState(key if isinstance(key, Path) else Path(text), exists=True,
+                         user_version=v)
+
+    def __iter__(self) -> Iterator[Path]:
+        return (Path(t) for t in self._by_text)
+
+    def __len__(self) -> int:
+        return len(self._by_text)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, (str, os.PathLike)) and os.fspath(key) in self._by_text
+
+    def version_of(self, text: str) -> int | None:
+        """``user_version`` of a usable file, by its path text (the hot path's lookup)."""
+        v = self._by_text.get(text)
+        if isinstance(v, FileState):
+            return v.user_version if v.usable else None
+        return v
+
+
 @dataclass(frozen=True)
 class Observed:
     registry: Snapshot
@@ -62,13 +100,20 @@ class Observed:
     regions: Mapping[str, RegionState]
     archives: Mapping[str, tuple[Path, ...]]  # tenant → archived copies, oldest first
     now: float
-    # declared tenant → the file it belongs in; computed once here so plan() does not
-    # build (and hash) the same Path again per tenant
-    paths: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
+    # declared tenant → the text of the path its file belongs at (== the text of
+    # desired.tenant_path), so the planner's steady-state check needs no Path at all
+    declared: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)
         return self.files.get(p) or FileState(p, exists=False)
+
+    def version_at(self, text: str) -> int | None:
+        """``user_version`` of the usable file at path ``text``; None if none is there."""
+        if isinstance(self.files, FileStates):
+            return self.files.version_of(text)
+        found = self.files.get(Path(text))
+        return found.user_version if found is not None and found.usable else None
 
 
 def read_user_version(path: Path, busy_timeout: float = 5.0) -> FileState:
@@ -99,41 +144,52 @@ def read_user_versions(paths: Iterable[Path], busy_timeout: float = 5.0
 
     Same answers as calling ``read_user_version`` per path: anything but a regular file
     with neither ``-wal`` nor ``-journal`` beside it (and any read error) is handed to it."""
-    return _read_many(sorted((os.fspath(p), p) for p in paths), busy_timeout)
+    paths = list(paths)
+    states = FileStates(_read_many(sorted(os.fspath(p) for p in paths), busy_timeout))
+    return {p: states[p] for p in paths}
 
 
-def _read_many(items: Iterable[tuple[str, Path]], busy_timeout: float) -> dict[Path, FileState]:
-    listings: dict[str, frozenset[str] | None] = {}
-    out: dict[Path, FileState] = {}
-    for text, path in items:
-        directory, name = os.path.split(text)
+def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, FileState | int]:
+    """Path text → its ``FileState``, or just its ``user_version`` when read from the
+    header of a regular file (the common case, kept small)."""
+    listings: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}
+    out: dict[str, FileState | int] = {}
+    for text in texts:
+        i = text.rfind("/")  # os.path.split, minus its cost: texts are normalised paths
+        directory, name = (text[:i] or "/", text[i + 1:]) if i >= 0 else ("", text)
         if directory in listings:
-            names = listings[directory]
+            listing = listings[directory]
         else:
-            names = listings[directory] = _listing(directory)
-        if names is None:
-            out[path] = read_user_version(path, busy_timeout)
-        elif name not in names:
-            out[path] = FileState(path, exists=False)
-        elif name + "-wal" in names or name + "-journal" in names:
-            out[path] = read_user_version(path, busy_timeout)
+            listing = listings[directory] = _listing(directory)
+        if listing is None or name in listing[1]:
+            out[text] = read_user_version(Path(text), busy_timeout)
+        elif name not in listing[0]:
+            out[text] = FileState(Path(text), exists=False)
         else:
             try:
-                out[path] = _from_header(path, _read_header(text, regular_only=True))
+                header = _read_header(text, regular_only=True)
             except OSError:  # not a regular file, unreadable, or changed since the listing:
-                out[path] = read_user_version(path, busy_timeout)  # it says which, exactly
+                out[text] = read_user_version(Path(text), busy_timeout)  # it says which
+                continue
+            if len(header) == 100 and header.startswith(MAGIC):
+                out[text] = int.from_bytes(header[60:64], "big", signed=True)
+            else:
+                out[text] = _from_header(Path(text), header)
     return out
 
 
-def _listing(directory: str) -> frozenset[str] | None:
-    """Every name in ``directory``; None if it cannot be listed (the per-file path then
-    says why for each file)."""
+def _listing(directory: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """(every name in ``directory``, the names with a ``-wal`` or ``-journal`` beside
+    them); None if it cannot be listed (the per-file path then says why, per file)."""
     try:
-        return frozenset(os.listdir(directory or "."))
+        names = os.listdir(directory or ".")
     except FileNotFoundError:
-        return frozenset()
+        return frozenset(), frozenset()
     except OSError:
         return None
+    side = {n[:-4] for n in names if n.endswith("-wal")}
+    side.update(n[:-8] for n in names if n.endswith("-journal"))
+    return frozenset(names), frozenset(side)
 
 
 def _read_header(path: str, regular_only: bool = False) -> bytes:
@@ -202,27 +258,41 @@ def list_archives(archive_dir: Path) -> dict[str, tuple[Path, ...]]:
 def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> Observed:
     """Read everything plan() needs. Touches no file except to read it."""
     timeout = desired.settings.busy_timeout
-    declared = {spec.name: desired.tenant_path(spec.name, spec.region)
-                for spec in desired.tenants.values()}
-    # keyed by text: str hashes are cached and cheap, a fresh Path's are not
-    by_text = {os.fspath(p): p for p in declared.values()}
+    declared = _declared_texts(desired)
+    texts = set(declared.values())
     for row in registry.tenants.values():
-        if row.status != "archived" and row.path not in by_text:
-            p = Path(row.path)
-            by_text.setdefault(os.fspath(p), p)
+        if row.status != "archived" and row.path not in texts:
+            texts.add(os.fspath(Path(row.path)))  # normalised, as a Path key would be
     archives = list_archives(desired.settings.archive_dir)
     for spec in desired.tenants.values():
         if spec.name in archives:
-            p = archives[spec.name][-1]  # restore needs its version
-            by_text.setdefault(os.fspath(p), p)
-    files = _read_many(sorted(by_text.items()), timeout)
+            texts.add(os.fspath(archives[spec.name][-1]))  # restore needs its version
+    files = FileStates(_read_many(sorted(texts), timeout))
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
     return Observed(
         registry=registry,
-        files=MappingProxyType(files),
+        files=files,
         regions=MappingProxyType(regions),
         archives=MappingProxyType(archives),
         now=time.time() if now is None else now,
-        paths=MappingProxyType(declared),
+        declared=MappingProxyType(declared),
     )
+
+
+def _declared_texts(desired: Desired) -> dict[str, str]:
+    """Tenant → text of ``desired.tenant_path``, by string concatenation where that is
+    provably the same text (checked per region), since building 100k Paths is slow."""
+    prefixes: dict[str, str | None] = {}
+    out: dict[str, str] = {}
+    for spec in desired.tenants.values():
+        region = spec.region
+        if region not in prefixes:
+            # two unlike names must map to <same prefix><name>.db, else ask tenant_path
+            a, b = (os.fspath(desired.tenant_path(n, region)) for n in ("a", "z9-probe"))
+            prefix = a[:-4]
+            prefixes[region] = prefix if b == f"{prefix}z9-probe.db" else None
+        known = prefixes[region]
+        out[spec.name] = (f"{known}{spec.name}.db" if known is not None
+                          else os.fspath(desired.tenant_path(spec.name, region)))
+    return out

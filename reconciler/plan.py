@@ -19,7 +19,6 @@ Rules that protect data (DESIGN §5), enforced here:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -179,18 +178,17 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
 def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec: TenantSpec,
                    row: TenantRow | None, retry_failed: bool) -> list[Action]:
     name, region = spec.name, spec.region
-    want = observed.paths.get(name) or desired.tenant_path(name, region)
     target = desired.target_version(spec, catalog.latest)
     if (row is not None and row.status == "active" and not spec.suspended
             and row.region == region and row.schema_version == target
             and row.protected == spec.protected and name not in observed.registry.journal
-            and row.path == os.fspath(want)):
+            and row.path == observed.declared.get(name)
+            and observed.version_at(row.path) == target):
         # the steady state, checked first because a daemon sees little else: registry
-        # and file agree and are at the target — exactly the case the rules below turn
-        # into no action, decided without building an Action per tenant
-        found = observed.file(want)
-        if found.usable and found.user_version == target:
-            return []
+        # and file agree, at the declared path and the target — exactly the case the
+        # rules below turn into no action, decided without building a Path or an Action
+        return []
+    want = desired.tenant_path(name, region)
     key = fingerprint(catalog, target, region)
     base = Action(Kind.CREATE, name, region, path=want, key=key, protected=spec.protected)
     region_problem = observed.regions[region].problem if region in observed.regions else None
@@ -317,9 +315,9 @@ def _plan_undeclared(desired: Desired, observed: Observed, notes: list[str]) -> 
     out: list[Action] = []
     settings = desired.settings
     archived = 0
-    for name, row in sorted(observed.registry.tenants.items()):
-        if name in desired.tenants or row.status == "archived":
-            continue
+    undeclared = sorted((name, row) for name, row in observed.registry.tenants.items()
+                        if name not in desired.tenants and row.status != "archived")
+    for name, row in undeclared:
         path = Path(row.path)
         base = Action(Kind.ORPHANED, name, row.region, from_version=row.schema_version,
                       path=path, protected=row.protected)
@@ -363,10 +361,13 @@ def _registry_changes(desired: Desired, observed: Observed,
     wanted = desired.domains()
     # an orphaned (undeclared, not archived) tenant keeps routing: it is left alone
     for domain, tenant in reg.domains.items():
+        if tenant in desired.tenants:
+            continue
         row = reg.tenants.get(tenant)
-        if (tenant not in desired.tenants and row is not None and row.status != "archived"
-                and tenant not in archiving):
+        if row is not None and row.status != "archived" and tenant not in archiving:
             wanted.setdefault(domain, tenant)
+    if wanted == reg.domains:  # the steady state: one comparison, no sort of every domain
+        return out
     for domain in sorted(set(wanted) | set(reg.domains)):
         new, old = wanted.get(domain), reg.domains.get(domain)
         if new != old:
