@@ -28,7 +28,7 @@ from typing import Any
 from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed
-from reconciler.registry import TenantRow
+from reconciler.registry import Snapshot, TenantRow
 
 
 class Kind(StrEnum):
@@ -46,11 +46,13 @@ class Kind(StrEnum):
     SUSPENDED = "suspended"
     FAILED = "failed"
     INVALID = "invalid"
+    PENDING = "pending"  # would migrate, but its rollout halted (see ``rollout_key``)
 
 
 CHANGES = (Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.MIGRATE, Kind.ARCHIVE,
            Kind.CORRECT)
-PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID)
+PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID,
+            Kind.PENDING)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Plan:
     waves: tuple[tuple[str, ...], ...] = ()
     notes: tuple[str, ...] = field(default=())
     declared: tuple[str, ...] = ()
+    rollout_key: str = ""  # set when tenants migrate (or wait on a halted rollout)
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -142,6 +145,42 @@ def waves(names: list[str], canary: int, batch: int) -> tuple[tuple[str, ...], .
     return tuple(out)
 
 
+def rollout_key(desired: Desired, catalog: Catalog) -> str:
+    """Identifies one rollout: the whole desired state plus every migration and check.
+
+    A rollout that halted stays halted while this is unchanged: editing tenants.yaml,
+    a migration or a health check starts a new rollout (so does ``--retry-failed``)."""
+    h = hashlib.sha256(repr((desired.settings, sorted(desired.globals.items()),
+                             sorted(desired.regions.items()),
+                             sorted(desired.tenants.items()))).encode())
+    for m in catalog.migrations:
+        h.update(m.sha256.encode())
+    for check in catalog.checks:
+        h.update(f"{check.version}:".encode())
+        for st in check.statements:
+            h.update(st.sql.encode())
+    return h.hexdigest()[:16]
+
+
+def _hold_halted(actions: list[Action], reg: Snapshot) -> list[Action]:
+    """A halted rollout is not retried in a loop: its migrations wait as ``pending``
+    (failed tenants stay ``failed``) until the rollout key changes or --retry-failed."""
+    out: list[Action] = []
+    for a in actions:
+        if a.kind is not Kind.MIGRATE:
+            out.append(a)
+            continue
+        row = reg.tenants.get(a.tenant)
+        if row is not None and row.status == "failed":
+            out.append(_a(a, Kind.FAILED, status="failed", detail=f"{row.failure or 'failed'}"
+                          " — rollout halted; fix it, then run with --retry-failed"))
+        else:
+            out.append(_a(a, Kind.PENDING, status="pending", detail="rollout halted (failures "
+                          "exceeded rollout.max_failures) — stays at its version until "
+                          "tenants.yaml or the migrations change, or --retry-failed"))
+    return out
+
+
 def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: str = "",
          retry_failed: bool = False) -> Plan:
     actions: list[Action] = []
@@ -160,6 +199,11 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
     actions.extend(undeclared)
     archiving = {a.tenant for a in undeclared if a.kind is Kind.ARCHIVE}
 
+    key = ""
+    if reg.rollout or any(a.kind is Kind.MIGRATE for a in actions):
+        key = rollout_key(desired, catalog)
+        if reg.rollout.get(key) == "halted" and not retry_failed:
+            actions = _hold_halted(actions, reg)
     migrating = [a.tenant for a in actions if a.kind is Kind.MIGRATE]
     ro = desired.settings.rollout
     default_target = latest if desired.settings.schema is None else desired.settings.schema
@@ -172,6 +216,7 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
         waves=waves(migrating, ro.canary, ro.batch),
         notes=tuple(notes),
         declared=tuple(desired.tenants),
+        rollout_key=key,
     )
 
 
@@ -252,7 +297,8 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
         # failed its health gate at the target: stays failed until someone looks
         return [_a(base, Kind.FAILED, from_version=version, to_version=target, status="failed",
                    detail=f"{row.failure or 'failed'} — fix it, then run with --retry-failed")]
-    wrong_status = row.status != "active" and not (row.status == "failed" and not target_reached)
+    wrong_status = row.status != "active" and not (row.status in ("failed", "pending")
+                                                   and not target_reached)
     if row.schema_version != version or wrong_status or row.protected != spec.protected:
         reasons = []
         if row.schema_version != version:

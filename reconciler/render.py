@@ -19,7 +19,7 @@ SYMBOLS = {
     Kind.CREATE: "+", Kind.ADOPT: "=", Kind.RESTORE: "<", Kind.RELOCATE: ">",
     Kind.MIGRATE: "~", Kind.ARCHIVE: "-", Kind.CORRECT: "*", Kind.MISSING: "!",
     Kind.ORPHANED: "?", Kind.DOWNGRADE: "!", Kind.SUSPENDED: " ", Kind.FAILED: "!",
-    Kind.INVALID: "!",
+    Kind.INVALID: "!", Kind.PENDING: "!",
 }
 
 
