@@ -253,6 +253,7 @@ class _Checker:
         self.problems: list[Problem] = []
         self.region_names: set[str] = set()
         self.data_dir_ok = True  # False: paths derived from it are not judged again
+        self.central_node: yaml.Node | None = None  # where settings.central was written
         self._constructor = yaml.constructor.SafeConstructor()
 
     # -- reporting helpers
@@ -585,6 +586,7 @@ class _Checker:
                        f"settings.data_dir {data.path} lies inside the migrations directory "
                        f"{migrations.path}", "keep tenant data outside the migrations")
             self.data_dir_ok = False
+        self.central_node = central.node
         if central.node is not None or self.data_dir_ok:  # else: already reported
             self.check_central(central, data, migrations.path)
         latest = latest_for(migrations.path)
@@ -727,6 +729,12 @@ class _Checker:
             where = path_node or knode
             bad = _region_path_problem(path, settings) \
                 if path_node is not None or self.data_dir_ok else ""
+            if bad == _HOLDS_CENTRAL and path_node is None and self.central_node is not None:
+                # the region is where it always was: the registry was moved into it
+                self.error(self.central_node, f"settings.central {settings.central} lies "
+                           f"inside region '{name}' ({path})",
+                           "keep the registry out of region directories, e.g. data/central.db")
+                continue
             if bad:
                 self.error(where, f"region '{name}' directory {path} {bad}",
                            "give every region its own directory, e.g. under the data "
@@ -803,7 +811,9 @@ class _Checker:
                 b = self.boolean(v, f"tenants.{name}.{key}")
                 if b is not None:
                     fields[key] = b
-        if not has_region and not isinstance(vnode, yaml.SequenceNode):
+        merged = isinstance(vnode, yaml.MappingNode) and any(
+            k.tag == _YAML_TAG + "merge" for k, _v in vnode.value)  # reported as such
+        if not has_region and not merged and not isinstance(vnode, yaml.SequenceNode):
             self.error(knode, f"tenant '{name}' has no region",
                        f"write `{name}: {{region: {example}}}` with a declared region")
         return fields
@@ -819,7 +829,7 @@ class _Checker:
             return ()
         out: list[str] = []
         for item in node.value:
-            d = self.hostname(item, f"domain of tenant '{tenant}'")
+            d = self.hostname(item, f"tenants.{tenant}.domains entry")
             if d is None:
                 continue
             owner, onode = owners.get(d, (tenant, None))
@@ -885,6 +895,9 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
+_HOLDS_CENTRAL = "contains the central registry"
+
+
 def _region_path_problem(path: Path, settings: Settings) -> str:
     data = settings.data_dir
     if path == Path(path.anchor):
@@ -895,7 +908,7 @@ def _region_path_problem(path: Path, settings: Settings) -> str:
         return "overlaps a reserved folder (_archive/_retired)"
     if settings.central.is_relative_to(path) or _real(settings.central).is_relative_to(
             _real(path)):
-        return "contains the central registry"
+        return _HOLDS_CENTRAL
     if _nested(path, settings.migrations_dir) or _nested(_real(path),
                                                          _real(settings.migrations_dir)):
         return "overlaps the migrations directory"

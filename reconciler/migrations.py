@@ -280,10 +280,15 @@ def load(directory: Path) -> Catalog:
 
     found: dict[int, Migration] = {}
     for version, files in sorted(named.items()):
-        for extra, _slug, _kind in files[1:]:
-            problems.append(Problem(str(extra), None, None, f"duplicate migration number "
-                                    f"{version:04d} (also {files[0][0].name})",
-                                    f"give it the next free number, {max(named) + 1:04d}"))
+        if len(files) > 1:  # reported on each: which one was applied is for the user to say
+            for path, _slug, _kind in files:
+                others = ", ".join(p.name for p, _s, _k in files if p != path)
+                problems.append(Problem(str(path), None, None, f"duplicate migration number "
+                                        f"{version:04d} (also {others})",
+                                        "keep the number on the migration that was already "
+                                        "applied and renumber the other to "
+                                        f"{max(named) + 1:04d}"))
+            continue
         path, slug, kind = files[0]
         if version == 0:
             problems.append(Problem(str(path), None, None, "migration 0000 is not allowed",

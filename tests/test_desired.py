@@ -250,7 +250,7 @@ CASES: list[tuple[str, str, list[tuple[int, int]], str, str]] = [
     ("custom-tag", edit("batch: 25", "batch: !!python/object:os.system 25"), [(5, 31)],
      "YAML tag !!python/object:os.system is not supported", "plain value"),
     ("merge-key", edit("globex: {region: eu, schema: 2}", "globex: {<<: {region: eu}}"),
-     [(14, 3), (14, 12)], "merge keys (<<) are not supported", "write the keys out"),
+     [(14, 12)], "merge keys (<<) are not supported", "write the keys out"),
     # duplicate keys at every level
     ("dup-top", BASE + "version: 1\n", [(15, 1)], "duplicate key 'version' in the document "
      "(first at line 1, column 1)", "silently keep only the last one"),
@@ -306,7 +306,8 @@ CASES: list[tuple[str, str, list[tuple[int, int]], str, str]] = [
      "settings.schema 9 is above the newest migration (3)", "0 to 3"),
     # domains
     ("domain-uppercase", edit("acme.example.com", "Acme.Example.com"), [(13, 32)],
-     "'Acme.Example.com' is not a lowercase hostname", "write 'acme.example.com'"),
+     "tenants.acme.domains entry 'Acme.Example.com' is not a lowercase hostname",
+     "write 'acme.example.com'"),
     ("domain-url", edit("acme.example.com", "'https://acme.example.com:443/'"), [(13, 32)],
      "not a lowercase hostname", "write 'acme.example.com'"),
     ("domain-wildcard", edit("acme.example.com", "'*.example.com'"), [(13, 32)],
@@ -343,8 +344,11 @@ CASES: list[tuple[str, str, list[tuple[int, int]], str, str]] = [
      "overlaps region 'eu'", "outside the others"),
     ("region-nested", edit("us: {}", "us: {path: data/eu/us}"), [(10, 14)],
      "overlaps region 'eu'", "outside the others"),
-    ("region-holds-central", edit("domain: yoursaas.com", "central: data/eu/central.db"),
-     [(9, 3)], "contains the central registry", "its own directory"),
+    ("central-inside-region", edit("domain: yoursaas.com", "central: data/eu/central.db"),
+     [(3, 12)], "lies inside region 'eu'", "keep the registry out of region directories"),
+    ("region-holds-central", edit("us: {}", "us: {path: srv/us}").replace(
+        "domain: yoursaas.com", "central: srv/us/central.db"),
+     [(10, 14)], "contains the central registry", "its own directory"),
     ("region-is-migrations", edit("us: {}", "us: {path: migrations}"), [(10, 14)],
      "overlaps the migrations directory", "its own directory"),
     ("central-is-data-dir", edit("domain: yoursaas.com", "central: data"), [(3, 12)],

@@ -110,8 +110,8 @@ CASES: list[tuple[str, dict[str, str | bytes | None], list[tuple[str, int | None
     ("no-0001", {"0002_b.sql": OK}, [("0002_b.sql", None, None)], "0001 is missing",
      "0001_b.sql"),
     ("duplicate", {"0001_a.sql": OK, "0001_b.py": "def migrate(c): pass\n"},
-     [("0001_b.py", None, None)], "duplicate migration number 0001 (also 0001_a.sql)",
-     "next free number, 0002"),
+     [("0001_a.sql", None, None), ("0001_b.py", None, None)],
+     "duplicate migration number 0001 (also 0001_a.sql)", "renumber the other to 0002"),
     ("zero", {"0000_a.sql": OK, "0001_b.sql": OK}, [("0000_a.sql", None, None)],
      "migration 0000 is not allowed", "from 0001"),
     ("short-number", {"1_init.sql": OK}, [("1_init.sql", None, None)],
@@ -222,7 +222,7 @@ def test_every_problem_in_the_catalog_is_reported_at_once(tmp_path: Path) -> Non
         "0004_d.sql": "", "checks/0009_z.sql": "SELECT 1;\n"})
     assert sorted((Path(p.file).name, p.message.split(":")[0]) for p in found) == [
         ("0001_a.sql", "statement `COMMIT;` manages the transaction itself"),
-        ("0002_b.py", "Python migration has no migrate(conn) function"),
+        ("0002_b.py", "duplicate migration number 0002 (also 0002_c.sql)"),
         ("0002_c.sql", "duplicate migration number 0002 (also 0002_b.py)"),
         ("0004_d.sql", "migration is empty"),
         ("0004_d.sql", "migration numbers have a gap"),
