@@ -19,23 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Fleet
-
-BASE = """\
-version: 1
-settings:
-  domain: yoursaas.com
-  interval: 60s
-  rollout: {canary: 1, batch: 25, parallel: 4}
-globals:
-  support_email: help@yoursaas.com
-regions:
-  eu: {}
-  us: {}
-tenants:
-  aaron: {region: eu}
-  acme: {region: us, domains: [acme.example.com]}
-  globex: {region: eu, schema: 2}
-"""
+from tests.test_desired import BASE  # the same file, so locations match the unit tests
 
 
 @dataclass(frozen=True)
