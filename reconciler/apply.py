@@ -80,7 +80,7 @@ def apply(plan: Plan, ctx: Context) -> Result:
     halted = False
     if not stopped:
         migrations = [a for a in migrations if a.tenant not in blocked]
-        done, halted, stopped = rollout.run(migrations, plan.waves, ctx)
+        done, halted, stopped = rollout.run(migrations, plan, ctx)
         outcomes.extend(done)
     _sync_domains(plan, ctx)
     return Result(plan, tuple(outcomes), halted=halted, stopped=stopped)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, render, routing
+from reconciler import engine, log, progress, render, routing
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
+from reconciler.durations import parse_duration
 from reconciler.errors import InvalidInput, LockHeld, ReconcileError
 from reconciler.registry import Registry
 
@@ -79,6 +81,21 @@ def parser() -> argparse.ArgumentParser:
                    help="also fail unless the tenant is at schema N or later")
     r.add_argument("--central", default=None, metavar="PATH",
                    help="the registry to read (default: settings.central of tenants.yaml)")
+    rs = sub.add_parser("restore", help="verify a file and put it in service for a missing "
+                        "tenant")
+    _common(rs, sub=True)
+    rs.add_argument("tenant")
+    rs.add_argument("--from", dest="source", required=True, metavar="FILE",
+                    help="a retired or archived copy, or a backup (copied, never moved)")
+    rs.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
+    g = sub.add_parser("gc", help="delete retired copies older than a duration (the only "
+                       "command that deletes)")
+    _common(g, sub=True)
+    g.add_argument("--retired-older-than", required=True, metavar="DURATION",
+                   help="e.g. 30d, 12h; copies retired at least this long ago are deleted")
+    g.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                   help="list what would be deleted, delete nothing")
+    g.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
     return p
 
 
@@ -119,8 +136,14 @@ def _out(lines: Sequence[str] | str) -> None:
 
 def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
-    result = engine.run_pass(inputs, logger, wait=not args.no_wait,
-                             retry_failed=args.retry_failed)
+    line = progress.ProgressLine(sys.stderr)  # draws only on a terminal
+    try:
+        result = engine.run_pass(inputs, progress.LineSafeLogger(logger, line) if line.enabled
+                                 else logger, wait=not args.no_wait,
+                                 retry_failed=args.retry_failed,
+                                 progress=line if line.enabled else None)
+    finally:
+        line.close()
     summary = engine.summary(result)
     if args.json:
         _out(render.dumps({"plan": render.plan_json(result.plan), "summary": summary,
@@ -262,6 +285,40 @@ def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
     return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull)
 
 
+def cmd_restore(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import restore
+
+    inputs = engine.load(engine.config_path(args.config))
+    done = restore.restore_file(inputs, args.tenant, Path(args.source), logger,
+                                wait=not args.no_wait)
+    if args.json:
+        _out(render.dumps({k: str(v) if isinstance(v, Path) else v
+                           for k, v in done.__dict__.items()}))
+    else:
+        _out(f"restored {done.tenant} from {done.source} → {done.path} (region {done.region}, "
+             f"v{done.version}); run `reconcile` to bring it to the target schema")
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import gc
+
+    try:
+        older_than = parse_duration(args.retired_older_than)
+    except ValueError as exc:
+        _err(f"error: --retired-older-than: {exc} (write e.g. 30d, 12h or 90m)")
+        return EXIT_ERROR
+    inputs = engine.load(engine.config_path(args.config))
+    found = gc.collect(inputs, older_than, logger, dry_run=args.dry_run,
+                       wait=not args.no_wait)
+    if args.json:
+        _out(render.dumps([{"path": str(c.path), "bytes": c.size, "retired_at": c.retired_at,
+                            "delete": c.delete, "reason": c.reason} for c in found]))
+    else:
+        _out(gc.lines(found, older_than, args.dry_run, inputs.desired.settings.data_dir))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "apply": cmd_apply,
     "plan": cmd_plan,
@@ -270,6 +327,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "history": cmd_history,
     "route": cmd_route,
     "daemon": cmd_daemon,
+    "restore": cmd_restore,
+    "gc": cmd_gc,
 }
 
 

@@ -446,6 +446,10 @@ class Registry:
                               " updated_at=excluded.updated_at, detail=excluded.detail",
                               (key, state, utcnow(), json.dumps(dict(detail or {}))))
 
+    def clear_rollouts(self, keep: str | None = None) -> None:
+        """Forget finished rollouts (every row but ``keep``)."""
+        self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,))
+
     def record_run(self, started_at: str, revision: str, summary: str,
                    detail: Mapping[str, Any]) -> None:
         with self.transaction():

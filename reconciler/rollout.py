@@ -1,30 +1,47 @@
-"""Rolling migrations: canary first, then waves, a health gate after each, a halt switch.
+"""Rolling migrations: canary first, then waves, a health gate on each tenant, a halt switch.
 
 Why: a schema change that breaks on some customer's data must stop after a handful of
-tenants, not after ten thousand (DESIGN §6). Waves are computed by the planner
+tenants, not after ten thousand (DESIGN §6). The planner computes the waves
 (deterministic, sorted by name); this module runs them.
 
-Threading model: workers only touch their own tenant file (``tenantdb`` opens its own
-connection; SQLite releases the GIL while it works). Every registry write and every
-log line happens on the calling thread, in wave order, so the registry has one writer
-and ``parallel: N`` ends in exactly the state of ``parallel: 1``.
+Threading model: a worker touches only its own tenant file (and that file's snapshot):
+one connection per tenant for the migration, the snapshot and the health gate, opened
+and closed in the worker (SQLite releases the GIL while it works). Every registry
+write, every log line and every progress update happens on the calling thread, and
+results are recorded in wave order — so the registry has one writer, each tenant's
+log lines are whole, and ``parallel: N`` ends in exactly the state of ``parallel: 1``.
+
+Invariants:
+* more failures than ``rollout.max_failures`` halt the rollout: later waves do not
+  run, their tenants stay at their version with status ``pending``, and the registry's
+  ``rollout`` table remembers the halt under the plan's ``rollout_key`` so the planner
+  holds them until the desired state or migrations change (or ``--retry-failed``);
+* a busy tenant (an application holds its write lock beyond ``busy_timeout``) is
+  retried later in the same pass, and is never marked failed for being busy;
+* with ``rollout.snapshot`` a tenant whose migration or health gate fails is restored
+  from its copy (see ``snapshot``); copies are removed once a rollout passes.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from typing import Any
 
-from reconciler import tenantdb
+from reconciler import snapshot, tenantdb
 from reconciler.context import FAILED, OK, PENDING, RETRY, Context, Outcome, Timer, record
 from reconciler.errors import RetryableError
-from reconciler.plan import Action
+from reconciler.migrations import Catalog
+from reconciler.plan import Action, Kind, Plan
 
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0
 BUSY_ROUNDS = 3  # how often a busy tenant is retried later in the same pass
+BUSY_PAUSE = 0.2  # seconds before the first busy retry round (grows per round)
+HALTED = "halted"
 
 
 @dataclass(frozen=True)
@@ -35,48 +52,70 @@ class _Done:
     busy: str | None = None
 
 
+class _Tally:
+    """Counts finished tenants and reports progress (calling thread only)."""
+
+    def __init__(self, ctx: Context, total: int) -> None:
+        self.ctx = ctx
+        self.total = total
+        self.done = 0
+        self.failed = 0
+
+    def finished(self, d: _Done) -> None:
+        if d.busy is not None:
+            return
+        self.done += 1
+        self.failed += d.result is not None and d.result.error is not None
+        if self.ctx.progress is not None:
+            self.ctx.progress("migrate", self.done, self.total, self.failed)
+
+
 def backoff(failures: int) -> float:
     return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1)))
 
 
-def run(actions: list[Action], waves: tuple[tuple[str, ...], ...], ctx: Context
+def run(actions: list[Action], plan: Plan, ctx: Context
         ) -> tuple[list[Outcome], bool, bool]:
     """Migrate ``actions`` wave by wave. Returns (outcomes, halted, stopped)."""
     by_name = {a.tenant: a for a in actions}
-    ordered = [[n for n in wave if n in by_name] for wave in waves]
+    ordered = [[by_name[n] for n in wave if n in by_name] for wave in plan.waves]
     ordered = [w for w in ordered if w]
     settings = ctx.desired.settings.rollout
     outcomes: list[Outcome] = []
+    tally = _Tally(ctx, len(by_name))
     failures = 0
     busy: list[Action] = []
-    total = len(by_name)
     halted = stopped = False
     for number, wave in enumerate(ordered, start=1):
         if halted or stopped or ctx.stop():
             stopped = stopped or not halted
-            outcomes.extend(_pending(by_name[n], "rollout halted" if halted else "stopping")
-                            for n in wave)
+            outcomes.extend(_pending(a, "rollout halted" if halted else "stopping")
+                            for a in wave)
             continue
         timer = Timer()
-        done = _migrate_wave([by_name[n] for n in wave], ctx, settings.parallel)
-        wave_failed = 0
-        for d in done:
-            if d.busy is not None:
-                busy.append(d.action)
-                continue
-            assert d.result is not None
-            outcome = record_migrated(ctx, d.action, d.result, d.duration_ms)
-            outcomes.append(outcome)
-            wave_failed += outcome.failed
-        failures += wave_failed
-        if ctx.progress is not None:
-            ctx.progress("migrate", len(outcomes), total, failures)
-        halted = failures > settings.max_failures
+        done = migrate_wave(wave, ctx, settings.parallel, tally)
+        busy.extend(d.action for d in done if d.busy is not None)
+        left = [a for w in ordered[number:] for a in w] + busy
         with ctx.registry.transaction():
+            recorded = [record_migrated(ctx, d.action, d.result, d.duration_ms)
+                        for d in done if d.result is not None]
+            wave_failed = sum(o.failed for o in recorded)
+            failures += wave_failed
+            halted = failures > settings.max_failures and bool(left)
+            if halted:
+                _halt(ctx, plan, left, failures)
             record(ctx, "wave", None, FAILED if halted else OK, duration_ms=timer.ms,
-                   wave=number, waves=len(ordered), tenants=list(wave), failed=wave_failed,
-                   failures=failures, max_failures=settings.max_failures, halted=halted)
-    outcomes.extend(_retry_busy(busy, ctx, halted))
+                   wave=number, waves=len(ordered), tenants=[a.tenant for a in wave],
+                   failed=wave_failed, failures=failures, max_failures=settings.max_failures,
+                   halted=halted, pending=len(left) if halted else None)
+        outcomes.extend(recorded)
+    if halted:
+        outcomes.extend(_pending(a, "rollout halted") for a in busy)
+        busy = []
+    retried, failures = _retry_busy(busy, ctx, tally, failures)
+    outcomes.extend(retried)
+    if not halted and not stopped and plan.rollout_key:
+        _passed(ctx, plan, outcomes)
     return outcomes, halted, stopped
 
 
@@ -85,20 +124,50 @@ def _pending(action: Action, why: str) -> Outcome:
                    error=why)
 
 
-def _retry_busy(busy: list[Action], ctx: Context, halted: bool) -> list[Outcome]:
+def _halt(ctx: Context, plan: Plan, left: list[Action], failures: int) -> None:
+    """Registry bookkeeping for a halt (caller holds the wave's transaction)."""
+    for action in left:
+        ctx.registry.update_tenant(action.tenant, status="pending")
+    ctx.registry.set_rollout(plan.rollout_key, HALTED, {
+        "revision": ctx.revision, "failures": failures,
+        "max_failures": ctx.desired.settings.rollout.max_failures,
+        "pending": len(left)})
+
+
+def _passed(ctx: Context, plan: Plan, outcomes: list[Outcome]) -> None:
+    """The rollout passed: forget earlier halts, remove the snapshots it kept.
+
+    A failed tenant keeps its copy (an operator may need it); every other declared
+    tenant's copy goes."""
+    keep = {o.tenant for o in outcomes if o.failed}
+    keep.update(a.tenant for a in plan.actions if a.kind is Kind.FAILED)
+    d = ctx.desired
+    snapshot.remove_for(d.tenant_path(name, spec.region) for name, spec in d.tenants.items()
+                        if name not in keep)
+    with ctx.registry.transaction():
+        ctx.registry.clear_rollouts()
+
+
+def _retry_busy(busy: list[Action], ctx: Context, tally: _Tally, failures: int
+                ) -> tuple[list[Outcome], int]:
+    """Busy tenants get up to ``BUSY_ROUNDS`` more attempts, one at a time."""
     out: list[Outcome] = []
-    for round_ in range(BUSY_ROUNDS):
-        if not busy or halted or ctx.stop():
+    for round_ in range(1, BUSY_ROUNDS + 1):
+        if not busy or ctx.stop():
             break
-        time.sleep(min(1.0, 0.2 * (round_ + 1)))
-        still: list[Action] = []
-        for d in _migrate_wave(busy, ctx, 1):
-            if d.busy is not None:
-                still.append(d.action)
-            else:
-                assert d.result is not None
-                out.append(record_migrated(ctx, d.action, d.result, d.duration_ms))
-        busy = still
+        time.sleep(BUSY_PAUSE * round_)
+        timer = Timer()
+        done = migrate_wave(busy, ctx, 1, tally)
+        busy = [d.action for d in done if d.busy is not None]
+        with ctx.registry.transaction():
+            recorded = [record_migrated(ctx, d.action, d.result, d.duration_ms)
+                        for d in done if d.result is not None]
+            failed = sum(o.failed for o in recorded)
+            failures += failed
+            record(ctx, "wave", None, OK, duration_ms=timer.ms, retry=round_,
+                   tenants=[d.action.tenant for d in done], failed=failed, failures=failures,
+                   still_busy=[a.tenant for a in busy])
+        out.extend(recorded)
     for action in busy:
         outcome = Outcome(action.tenant, "migrate", RETRY, action.from_version, action.to_version,
                           error="tenant stayed busy (an application holds its write lock); "
@@ -106,58 +175,124 @@ def _retry_busy(busy: list[Action], ctx: Context, halted: bool) -> list[Outcome]
         with ctx.registry.transaction():
             record(ctx, action, action.tenant, outcome, level="warning")
         out.append(outcome)
-    return out
+    return out, failures
 
 
-def _migrate_wave(actions: list[Action], ctx: Context, parallel: int) -> list[_Done]:
+def migrate_wave(actions: list[Action], ctx: Context, parallel: int, tally: _Tally
+                 ) -> list[_Done]:
+    """Migrate one wave; results come back in wave order whatever finished first."""
+    take = ctx.desired.settings.rollout.snapshot
     if parallel <= 1 or len(actions) <= 1:
-        return [_migrate_one(a, ctx) for a in actions]
+        out = []
+        for a in actions:
+            out.append(migrate_one(a, ctx.catalog, ctx.desired.settings.busy_timeout, take))
+            tally.finished(out[-1])
+        return out
     with ThreadPoolExecutor(max_workers=min(parallel, len(actions))) as pool:
-        return list(pool.map(lambda a: _migrate_one(a, ctx), actions))
+        futures: list[Future[_Done]] = [
+            pool.submit(migrate_one, a, ctx.catalog, ctx.desired.settings.busy_timeout, take)
+            for a in actions]
+        waiting: set[Future[_Done]] = set(futures)
+        while waiting:
+            finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            for f in finished:
+                tally.finished(f.result())
+        return [f.result() for f in futures]
 
 
-def _migrate_one(action: Action, ctx: Context) -> _Done:
-    """Worker: touches only this tenant's file."""
+def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: bool) -> _Done:
+    """Worker: migrate, health-check and (on failure) restore one tenant. Touches only
+    this tenant's file and its snapshot; never the registry or the log."""
     assert action.path is not None and action.to_version is not None
     timer = Timer()
-    timeout = ctx.desired.settings.busy_timeout
+    start = action.from_version or 0
     try:
-        result = tenantdb.migrate_file(action.path, ctx.catalog, action.to_version, timeout)
-        if result.error is None and result.applied:
-            problem = health_gate(action, result.to_version, ctx)
+        conn = tenantdb.connect(action.path, busy_timeout)
+    except sqlite3.Error as exc:
+        return _Done(action, tenantdb.MigrateResult(start, start, (),
+                                                    f"{type(exc).__name__}: {exc}"), timer.ms)
+    try:
+        copy = _take(conn, action, busy_timeout) if take else None
+        result = tenantdb.migrate_conn(conn, catalog, action.to_version)
+        if result.error is None:
+            problem = health_gate(conn, result.to_version, catalog)
             if problem is not None:
-                result = tenantdb.MigrateResult(result.from_version, result.to_version,
-                                                result.applied, f"health gate: {problem}")
+                result = replace(result, error=f"health gate: {problem}")
+        if result.error is not None and copy is not None:
+            result = _restore(conn, copy, result, busy_timeout)
     except RetryableError as exc:
         return _Done(action, None, timer.ms, busy=str(exc))
     except (OSError, sqlite3.Error) as exc:
-        v = action.from_version or 0
-        result = tenantdb.MigrateResult(v, v, (), f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, sqlite3.OperationalError) and tenantdb.is_busy(exc):
+            return _Done(action, None, timer.ms, busy=str(exc))
+        result = tenantdb.MigrateResult(start, _version(conn, start), (),
+                                        f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
     return _Done(action, result, timer.ms)
 
 
-def health_gate(action: Action, version: int, ctx: Context) -> str | None:
-    """``PRAGMA quick_check`` plus every check up to ``version``: None when healthy."""
-    assert action.path is not None
-    timeout = ctx.desired.settings.busy_timeout
-    problem = tenantdb.quick_check(action.path, timeout)
-    if problem is not None:
-        return f"quick_check: {problem}"
-    checks = ctx.catalog.checks_up_to(version)
-    if not checks:
-        return None
-    conn = tenantdb.connect(action.path, timeout)
+def _version(conn: sqlite3.Connection, default: int) -> int:
     try:
-        for check in checks:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error:
+        return default
+
+
+def _take(conn: sqlite3.Connection, action: Action, busy_timeout: float
+          ) -> snapshot.Copy | None:
+    """Copy the tenant before its first step, under a read transaction (so a busy
+    file gives up after ``busy_timeout`` instead of waiting forever); no copy when the
+    file is already at its target (a retry after a busy health gate)."""
+    assert action.path is not None and action.to_version is not None
+    try:
+        conn.execute("BEGIN")
+        current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        copy = snapshot.take(conn, action.path) if current < action.to_version else None
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if tenantdb.is_busy(exc):
+            raise RetryableError(f"busy while taking the snapshot: {exc}") from exc
+        raise
+    return copy
+
+
+def _restore(conn: sqlite3.Connection, copy: snapshot.Copy, result: tenantdb.MigrateResult,
+             busy_timeout: float) -> tenantdb.MigrateResult:
+    why = snapshot.restore(conn, copy, busy_timeout)
+    if why is not None:
+        return replace(result, error=f"{result.error}; {why}")
+    return tenantdb.MigrateResult(result.from_version, result.from_version, (),
+                                  f"{result.error}; restored from its snapshot "
+                                  f"(v{result.from_version})")
+
+
+def health_gate(conn: sqlite3.Connection, version: int, catalog: Catalog) -> str | None:
+    """``PRAGMA quick_check`` plus every check up to ``version``: None when healthy.
+
+    A busy file raises ``RetryableError`` (its health is unknown, not bad)."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            return "quick_check: " + "; ".join(str(r) for r in rows[:5])
+        for check in catalog.checks_up_to(version):
             for st in check.statements:
                 try:
                     row = conn.execute(st.sql).fetchone()
+                except sqlite3.OperationalError as exc:
+                    if tenantdb.is_busy(exc):
+                        raise
+                    return f"{check.path.name}:{st.line}: {exc}"
                 except sqlite3.Error as exc:
                     return f"{check.path.name}:{st.line}: {exc}"
                 if row is not None:
                     return f"{check.path.name}:{st.line} returned rows (first: {tuple(row)!r})"
-    finally:
-        conn.close()
+    except sqlite3.OperationalError as exc:
+        if tenantdb.is_busy(exc):
+            raise RetryableError(f"busy during the health gate: {exc}") from exc
+        return f"quick_check: {exc}"
     return None
 
 
@@ -170,7 +305,7 @@ def mark_failed(ctx: Context, action: Action, version: int, error: str) -> None:
                                retry_at=time.time() + backoff(failures))
 
 
-def record_applied(ctx: Context, versions: tuple[int, ...]) -> None:
+def record_applied(ctx: Context, versions: Iterable[int]) -> None:
     for v in versions:
         m = ctx.catalog.migrations[v - 1]
         ctx.registry.record_migration(m.version, m.name, m.sha256)
@@ -178,18 +313,19 @@ def record_applied(ctx: Context, versions: tuple[int, ...]) -> None:
 
 def record_migrated(ctx: Context, action: Action, result: tenantdb.MigrateResult,
                     duration_ms: int) -> Outcome:
-    """Registry bookkeeping and event for one tenant's migration (ok or failed)."""
+    """Registry bookkeeping and event for one tenant's migration (ok or failed).
+
+    The caller holds a transaction (one per wave)."""
     ok = result.error is None
+    detail: dict[str, Any] = {"applied": list(result.applied), "target": action.to_version}
     outcome = Outcome(action.tenant, "migrate", OK if ok else FAILED, result.from_version,
-                      result.to_version, duration_ms, result.error,
-                      detail={"applied": list(result.applied), "target": action.to_version})
-    with ctx.registry.transaction():
-        record_applied(ctx, result.applied)
-        if ok:
-            ctx.registry.update_tenant(action.tenant, schema_version=result.to_version,
-                                       status="active", failure=None, failed_key=None,
-                                       failures=0, retry_at=None)
-        else:
-            mark_failed(ctx, action, result.to_version, result.error or "failed")
-        record(ctx, action, action.tenant, outcome)
+                      result.to_version, duration_ms, result.error, detail=detail)
+    record_applied(ctx, result.applied)
+    if ok:
+        ctx.registry.update_tenant(action.tenant, schema_version=result.to_version,
+                                   status="active", failure=None, failed_key=None,
+                                   failures=0, retry_at=None)
+    else:
+        mark_failed(ctx, action, result.to_version, result.error or "failed")
+    record(ctx, action, action.tenant, outcome)
     return outcome

@@ -44,7 +44,8 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
                            timeout=busy_timeout, check_same_thread=False)
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """The error means another connection holds a lock we need (retry, not fail)."""
     text = str(exc)
     return "locked" in text or "busy" in text
 
@@ -58,7 +59,7 @@ def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int) -> Mig
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise RetryableError(f"busy: another connection holds the write lock ({exc})"
                                      ) from exc
             raise
@@ -77,7 +78,7 @@ def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int) -> Mig
         except (MigrationError, sqlite3.Error, Exception) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
                 raise RetryableError(f"busy during migration: {exc}") from exc
             message = str(exc) if isinstance(exc, MigrationError) else \
                 f"{catalog.migrations[current].filename}: {type(exc).__name__}: {exc}"
