@@ -28,7 +28,7 @@ from typing import Any
 from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed
-from reconciler.registry import Snapshot, TenantRow
+from reconciler.registry import JournalRow, Snapshot, TenantRow
 
 
 class Kind(StrEnum):
@@ -237,6 +237,9 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
     key = fingerprint(catalog, target, region)
     base = Action(Kind.CREATE, name, region, path=want, key=key, protected=spec.protected)
     region_problem = observed.regions[region].problem if region in observed.regions else None
+    journal = observed.registry.journal.get(name)
+    if journal is not None:  # a killed run's unfinished operation comes first
+        return _resume(journal, row, observed, want, target, retry_failed, base)
 
     if spec.suspended:
         if row is None:
@@ -268,13 +271,6 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
                        detail=f"new database → v{target}")]
 
     current = Path(row.path)
-    journal = observed.registry.journal.get(name)
-    if journal is not None and journal.action == "relocate":
-        return [_a(base, Kind.RELOCATE, from_region=row.region, from_version=row.schema_version,
-                       to_version=row.schema_version, source=current,
-                       detail=f"resume interrupted relocation (phase {journal.phase})",
-                       status="active")]
-
     found = observed.file(current)
     if not found.exists:
         moved = observed.file(want) if want != current else None
@@ -320,6 +316,34 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
     return out + _then_migrate(None, version, target, row, retry_failed, base, observed.now)
 
 
+_RESUMABLE = {"relocate": Kind.RELOCATE, "archive": Kind.ARCHIVE, "restore": Kind.RESTORE}
+
+
+def _resume(journal: JournalRow, row: TenantRow | None, observed: Observed, want: Path | None,
+            target: int, retry_failed: bool, base: Action) -> list[Action]:
+    """Finish (or roll back) what a killed run journaled; the action module decides which
+    from the journal phase and the files. ``want`` is None for an undeclared tenant."""
+    kind = _RESUMABLE.get(journal.action)
+    if kind is None:
+        return [_a(base, Kind.INVALID, detail=f"unfinished {journal.action!r} in the journal, "
+                       "which this reconciler does not know — upgrade tenant-reconciler")]
+    source = Path(journal.source) if journal.source else None
+    version = row.schema_version if row is not None else None
+    for p in (source, Path(journal.dest) if journal.dest else None):
+        if p is not None and observed.file(p).usable:
+            version = observed.file(p).user_version
+            break
+    resume = _a(base, kind, path=want, source=source,
+                from_region=row.region if row is not None else None,
+                from_version=version, to_version=version,
+                status="archived" if kind is Kind.ARCHIVE else "active",
+                detail=f"resume interrupted {journal.action} (phase {journal.phase})")
+    if kind is Kind.ARCHIVE or want is None or journal.dest != str(want):
+        return [resume]
+    # it lands where it is wanted: what the file's version needs follows in this pass
+    return _then_migrate(resume, version, target, row, retry_failed, base, observed.now)
+
+
 def _restore(archive: Path, observed: Observed, target: int, row: TenantRow | None,
              retry_failed: bool, base: Action) -> list[Action]:
     copy = observed.file(archive)
@@ -363,10 +387,14 @@ def _plan_undeclared(desired: Desired, observed: Observed, notes: list[str]) -> 
     archived = 0
     undeclared = sorted((name, row) for name, row in observed.registry.tenants.items()
                         if name not in desired.tenants and row.status != "archived")
+    journal = observed.registry.journal
     for name, row in undeclared:
         path = Path(row.path)
         base = Action(Kind.ORPHANED, name, row.region, from_version=row.schema_version,
                       path=path, protected=row.protected)
+        if name in journal:
+            out.extend(_resume(journal[name], row, observed, None, 0, False, base))
+            continue
         found = observed.file(path)
         if not found.exists:
             out.append(_a(base, Kind.ORPHANED, status="orphaned", detail="not in tenants.yaml and "
