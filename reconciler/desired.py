@@ -436,6 +436,10 @@ class _Checker:
         if "\x00" in v:
             self.error(node, f"{what} contains a NUL character", "write a plain path")
             return None
+        if re.search(r"\$\{?[A-Za-z_]", v):
+            self.error(node, f"{what} '{v}' uses an environment variable, which is not "
+                       "expanded", "write the path out (~ for the home directory works)")
+            return None
         return Path(os.path.normpath(base / os.path.expanduser(v)))
 
     # -- the document
@@ -504,6 +508,8 @@ class _Checker:
                                          "write at least `version: 1`, a `regions:` and a "
                                          "`tenants:` mapping"))
             return None
+        if "&" not in self.text:
+            return root  # no anchor, so no alias: nothing can expand (the common case, fast)
         distinct, expanded, cycle = _measure(root)
         if cycle is not None:
             self.error(cycle, "an alias refers to a node that contains it (recursive alias)",
@@ -619,7 +625,7 @@ class _Checker:
                                                 MAX_BUSY_TIMEOUT, allow_zero=True)
         if "rollout" in nodes:
             raw["rollout"] = self.rollout(nodes["rollout"])
-        if "git" in nodes:
+        if "git" in nodes and not _is_null(nodes["git"]):  # `git:` left empty: pull mode off
             raw["git"] = self.git(nodes["git"])
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
@@ -803,8 +809,8 @@ class _Checker:
                                + f"declare it under regions:, or use one of: {known}")
             elif key == "schema":
                 good, version = self.schema(v, f"tenants.{name}.schema", latest)
-                if good:
-                    fields["schema"] = version
+                if good:  # a tenant's `latest` is the newest migration, whatever settings say
+                    fields["schema"] = latest if version is None else version
             elif key == "domains":
                 fields["domains"] = self.domains(v, name, owners)
             else:
@@ -946,6 +952,10 @@ def _not_a_registry(path: Path) -> str:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     return "" if head == _SQLITE_MAGIC else "is not a SQLite database"
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _YAML_TAG + "null"
 
 
 def _tag(tag: str) -> str:

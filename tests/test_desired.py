@@ -120,6 +120,23 @@ tenants:
     assert d.target_version(d.tenants["aaron"], 3) == 3
 
 
+def test_a_tenant_pinned_to_latest_follows_the_catalog_not_the_fleet_default(
+        tmp_path: Path) -> None:
+    d = load(tmp_path, edit("interval: 60s", "schema: 1").replace(
+        "aaron: {region: eu}", "aaron: {region: eu, schema: latest}"))
+    assert d.target_version(d.tenants["aaron"], 3) == 3
+    assert d.target_version(d.tenants["acme"], 3) == 1
+
+
+def test_empty_optional_sections_mean_their_defaults(tmp_path: Path) -> None:
+    d = load(tmp_path, "version: 1\nsettings:\n  git:\n  rollout:\nglobals:\n"
+             "regions: {eu: }\ntenants:\n")
+    assert d.settings.git is None
+    assert d.settings.rollout == Rollout()
+    assert (dict(d.globals), d.tenants) == ({}, {})
+    assert d.regions["eu"].path == tmp_path / "data" / "eu"
+
+
 def test_minimal_document_gets_documented_defaults(tmp_path: Path) -> None:
     d = load(tmp_path, "version: 1\nregions: {eu: {}}\ntenants: {}\n")
     s = d.settings
@@ -361,6 +378,8 @@ CASES: list[tuple[str, str, list[tuple[int, int]], str, str]] = [
      "is not a SQLite database", "registry file"),
     ("data-dir-in-migrations", edit("domain: yoursaas.com", "data_dir: migrations/data"),
      [(3, 13)], "lies inside the migrations directory", "outside the migrations"),
+    ("path-env-var", edit("us: {}", "us: {path: $SRV/us}"), [(10, 14)],
+     "environment variable, which is not expanded", "write the path out"),
     ("path-empty", edit("us: {}", "us: {path: ''}"), [(10, 14)], "regions.us.path is empty",
      "directory path"),
     # prune
