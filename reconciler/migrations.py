@@ -21,6 +21,7 @@ after an existing version and only reads. Loading raises only ``InvalidInput``.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import inspect
@@ -408,13 +409,18 @@ def _first_words(sql: str) -> str:
 def _load_function(path: Path, text: str, version: int,
                    problems: list[Problem]) -> MigrateFn | None:
     try:
-        code = compile(text, str(path), "exec")
+        tree = ast.parse(text, str(path))
+        code = compile(tree, str(path), "exec")
     except (SyntaxError, ValueError) as exc:
         line = getattr(exc, "lineno", None)
         col = getattr(exc, "offset", None) if line else None
         msg = getattr(exc, "msg", None) or str(exc)
         problems.append(Problem(str(path), line, col, f"Python syntax error: {msg}",
                                 "fix the migration's Python code"))
+        return None
+    found = _python_transaction_problems(path, tree)
+    if found:
+        problems.extend(found)
         return None
     spec = importlib.util.spec_from_loader(f"reconciler_migration_{version:04d}", loader=None)
     assert spec is not None
@@ -444,6 +450,42 @@ def _load_function(path: Path, text: str, version: int,
     except ValueError:
         pass  # no introspectable signature: trust it
     return fn  # type: ignore[no-any-return]
+
+
+_TXN_METHODS = {
+    "commit": "commits the reconciler's transaction half-way through the migration",
+    "rollback": "ends the reconciler's transaction",
+    "executescript": "COMMITs the reconciler's transaction before running the script",
+    "close": "closes the reconciler's connection",
+}
+
+
+def _python_transaction_problems(path: Path, tree: ast.AST) -> list[Problem]:
+    """Calls that would break "one migration, one transaction" (found statically, before
+    any tenant: at run time they would already have committed half a migration)."""
+    out: list[Problem] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AsyncFunctionDef) and node.name == "migrate":
+            out.append(Problem(str(path), node.lineno, node.col_offset + 1,
+                               "migrate must be a plain function, not async",
+                               "write `def migrate(conn):`"))
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        method = node.func.attr
+        if method in _TXN_METHODS:
+            out.append(Problem(str(path), node.lineno, node.col_offset + 1,
+                               f"`.{method}()` {_TXN_METHODS[method]}",
+                               "remove it: the reconciler wraps migrate(conn) in BEGIN "
+                               "IMMEDIATE … COMMIT; run statements with conn.execute"))
+        elif method in ("execute", "executemany") and node.args and isinstance(
+                node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            rejected = _rejected(node.args[0].value)
+            if rejected is not None:
+                why, hint = rejected
+                out.append(Problem(str(path), node.lineno, node.col_offset + 1,
+                                   f"statement `{_first_words(node.args[0].value)}` {why}",
+                                   hint))
+    return out
 
 
 def _raised_at(exc: BaseException, path: Path) -> int | None:

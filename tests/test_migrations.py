@@ -177,6 +177,16 @@ CASES: list[tuple[str, dict[str, str | bytes | None], list[tuple[str, int | None
      [("0001_a.py", 2, None)], "ModuleNotFoundError", "top-level code"),
     ("py-sys-exit", {"0001_a.py": "import sys\nsys.exit(2)\ndef migrate(c): pass\n"},
      [("0001_a.py", 2, None)], "SystemExit", "top-level code"),
+    ("py-commits", {"0001_a.py": "def migrate(conn):\n    conn.execute('CREATE TABLE t (a)')\n"
+                                 "    conn.commit()\n"}, [("0001_a.py", 3, 5)],
+     "`.commit()` commits the reconciler's transaction", "BEGIN IMMEDIATE"),
+    ("py-executescript", {"0001_a.py": "def migrate(conn):\n    conn.executescript('x')\n"},
+     [("0001_a.py", 2, 5)], "`.executescript()` COMMITs", "conn.execute"),
+    ("py-executes-commit", {"0001_a.py": "def migrate(c):\n    c.execute('CREATE TABLE t (a)')"
+                                         "\n\n    c.execute('COMMIT')\n"},
+     [("0001_a.py", 4, 5)], "`COMMIT` manages the transaction itself", "remove it"),
+    ("py-async", {"0001_a.py": "async def migrate(conn):\n    pass\n"}, [("0001_a.py", 1, 1)],
+     "not async", "def migrate(conn):"),
     ("py-empty", {"0001_a.py": ""}, [("0001_a.py", None, None)], "has no migrate(conn)",
      "def migrate(conn):"),
     ("check-beyond-latest", {"0001_a.sql": OK, "checks/0002_x.sql": "SELECT 1 WHERE 0;\n"},
@@ -305,10 +315,11 @@ def test_failing_step_rolls_back_its_ddl_and_names_the_line(tmp_path: Path) -> N
     assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
-def test_python_step_that_commits_is_refused(tmp_path: Path) -> None:
+def test_python_step_that_commits_is_refused_at_run_time_too(tmp_path: Path) -> None:
+    """What static checks cannot see (SQL built at run time) is caught after the call."""
     catalog = migrations.load(make(tmp_path, {
         "0001_a.py": "def migrate(conn):\n    conn.execute('CREATE TABLE t (a)')\n"
-                     "    conn.execute('COMMIT')\n"}))
+                     "    end = 'COMM' + 'IT'\n    conn.execute(end)\n"}))
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     with pytest.raises(MigrationError, match="committed or rolled back"):
