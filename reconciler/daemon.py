@@ -316,7 +316,8 @@ class Daemon:
             self._reject([Problem(str(self.config), None, None,
                                   f"not a committed state (revision {inputs.revision})",
                                   "pull mode applies only commits: commit and push the "
-                                  "change, or discard the local edits")])
+                                  "change, or discard the local edits")],
+                         headline=f"{self.config.name} has uncommitted changes, not applied")
             return
         if watch.signature() != before:
             # changed while we read it (a save in progress): the watcher reports that
@@ -334,16 +335,20 @@ class Daemon:
                           latest_migration=inputs.catalog.latest)
         self.inputs = inputs
 
-    def _reject(self, problems: tuple[Problem, ...] | list[Problem]) -> None:
+    def _reject(self, problems: tuple[Problem, ...] | list[Problem],
+                headline: str | None = None) -> None:
         first = str(problems[0]) if problems else "unknown problem"
         kept = (f"still applying rev {short(self.inputs.revision)}" if self.inputs is not None
                 else "nothing applied yet")
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        self.problem = f"{self.config.name} invalid ({count}; {first}) — {kept}"
-        self.log.error("invalid desired state: nothing applied from it", count=len(problems),
-                       problems=[str(p) for p in problems], kept=kept)
-        self._record("load", "failed", revision_of(self.config),
-                     problems=[str(p) for p in problems])
+        if headline is None:
+            self.problem = f"{self.config.name} invalid ({count}; {first}) — {kept}"
+        else:
+            self.problem = f"{headline} — {kept}"
+        self.log.error(headline or "invalid desired state: nothing applied from it",
+                       count=len(problems), problems=[str(p) for p in problems], kept=kept)
+        self._record("load", "failed" if headline is None else "refused",
+                     revision_of(self.config), problems=[str(p) for p in problems])
 
     # ------------------------------------------------------------------ git pull
     def _pull(self) -> bool:

@@ -23,6 +23,7 @@ import yaml
 from tests.conftest import RECONCILE, Fleet
 
 CONVERGE = 8.0  # "within a few seconds", with room for a loaded CI machine
+PATIENCE = 20.0  # for waits that prove nothing by their speed (start-up, a pass summary)
 
 
 class Notifications:
@@ -45,7 +46,7 @@ class Notifications:
             pass
         return self.messages
 
-    def wait_for(self, pred: Callable[[str], bool], timeout: float = CONVERGE,
+    def wait_for(self, pred: Callable[[str], bool], timeout: float = PATIENCE,
                  since: int = 0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,7 +90,7 @@ class Daemon:
     def ready(self) -> None:
         self.notify.wait_for(lambda m: m.startswith("READY=1"))
 
-    def wait_summary(self, text: str, timeout: float = CONVERGE) -> str:
+    def wait_summary(self, text: str, timeout: float = PATIENCE) -> str:
         """Wait for a pass summary (STATUS=) containing ``text``."""
         return self.notify.wait_for(lambda m: "STATUS=" in m and "reconciling" not in m
                                     and text in m, timeout)
