@@ -2,7 +2,8 @@
 
 Exit codes (DESIGN §8): apply 0 converged / 1 invalid or error / 3 failures or
 problems left; plan 0 nothing to do / 2 changes pending / 1 invalid; status 0 in
-sync / 2 drift; validate, history, route 0 / 1.
+sync / 2 drift; validate, history, route 0 / 1; daemon 0 after SIGTERM/SIGINT, 128+n
+after a second one.
 """
 
 from __future__ import annotations

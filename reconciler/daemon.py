@@ -24,7 +24,8 @@ Invariants:
 * SIGTERM/SIGINT stop between actions (an action in flight completes), exit 0; a
   second one raises ``ForcedStop`` at once in the main thread: the SQLite transaction
   in progress rolls back (every step is its own transaction, relocation is journaled)
-  and the process exits 128+signal;
+  and the process exits 128+signal (in a wave with ``parallel`` > 1 the tenants already
+  handed to the worker threads finish first: a thread cannot be interrupted);
 * ``WATCHDOG=1`` comes from its own thread, so a long pass does not get the service
   killed; the thread stops pinging if the main thread dies.
 """
