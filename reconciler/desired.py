@@ -593,6 +593,12 @@ class _Checker:
                        f"{migrations.path}", "keep tenant data outside the migrations")
             self.data_dir_ok = False
         self.central_node = central.node
+        blocker = _file_in_the_way(data.path)
+        if self.data_dir_ok and blocker is not None:
+            self.error(data.node, f"settings.data_dir {data.path} cannot be a directory: "
+                       f"{blocker} is a file", "point data_dir at a directory (or at a path "
+                       "that does not exist yet), or move that file away")
+            self.data_dir_ok = False
         if central.node is not None or self.data_dir_ok:  # else: already reported
             self.check_central(central, data, migrations.path)
         latest = latest_for(migrations.path)
@@ -643,6 +649,9 @@ class _Checker:
         elif _nested(c, migrations):
             self.error(where, f"settings.central {c} lies inside the migrations directory",
                        "write a file path such as data/central.db")
+        elif (blocker := _file_in_the_way(c.parent)) is not None:
+            self.error(where, f"settings.central {c} cannot be created: {blocker} is a file",
+                       "write a path whose folders are directories, e.g. data/central.db")
         else:
             problem = _not_a_registry(c)
             if problem:
@@ -931,6 +940,18 @@ def _real(path: Path) -> Path:
         return path.resolve()
     except (OSError, RuntimeError):
         return path
+
+
+def _file_in_the_way(directory: Path) -> Path | None:
+    """The nearest existing ``directory`` or ancestor of it, if that is not a directory
+    (then the directory can never be created: the run would fail half-way)."""
+    for p in (directory, *directory.parents):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        return None if stat.S_ISDIR(st.st_mode) else p
+    return None
 
 
 def _not_a_registry(path: Path) -> str:

@@ -497,6 +497,16 @@ def test_central_that_is_a_directory_is_refused(tmp_path: Path) -> None:
         (None, f"settings.central {tmp_path / 'data' / 'central.db'} is a directory")]
 
 
+def test_data_dir_or_registry_folder_blocked_by_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    found = problems(tmp_path, edit("domain: yoursaas.com", "data_dir: afile/data"))
+    assert [(p.line, p.column) for p in found] == [(3, 13)]
+    assert found[0].message.endswith(f"cannot be a directory: {tmp_path / 'afile'} is a file")
+    found = problems(tmp_path, edit("domain: yoursaas.com", "central: afile/central.db"))
+    assert [(p.line, p.column) for p in found] == [(3, 12)]
+    assert "cannot be created" in found[0].message
+
+
 def test_symlinked_spellings_of_one_region_directory_overlap(tmp_path: Path) -> None:
     (tmp_path / "disk").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "disk")

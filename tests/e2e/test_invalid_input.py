@@ -143,6 +143,8 @@ CASES = [
          "tenants.yaml:13:32", "its generated subdomain"),
     Case("data-dir-root", yaml_edit("domain: yoursaas.com", "data_dir: /"),
          "tenants.yaml:3:13", "must not be a filesystem root"),
+    Case("data-dir-is-a-file", yaml_edit("domain: yoursaas.com", "data_dir: tenants.yaml"),
+         "tenants.yaml:3:13", "is a file"),
     Case("region-is-data-dir", yaml_edit("us: {}", "us: {path: data}"), "tenants.yaml:10:14",
          "contains the data directory itself"),
     Case("regions-overlap", yaml_edit("us: {}", "us: {path: data/eu/us}"),
