@@ -352,6 +352,12 @@ def _read(path: Path, problems: list[Problem]) -> tuple[bytes, str] | None:
         problems.append(Problem(str(path), line, col, f"not UTF-8 text (byte "
                                 f"0x{data[exc.start]:02x})", "save it as UTF-8"))
         return None
+    nul = text.find("\x00")
+    if nul >= 0:  # SQLite's and Python's parsers both refuse it (with a ValueError)
+        problems.append(Problem(str(path), _line_at(text, nul), _col_at(text, nul),
+                                "contains a NUL character", "remove it — a NUL byte usually "
+                                "means a binary or corrupted file"))
+        return None
     return data, text.removeprefix(_BOM)
 
 

@@ -165,6 +165,10 @@ CASES: list[tuple[str, dict[str, str | bytes | None], list[tuple[str, int | None
      [("0001_a.sql", 2, 1)], "CREATE TRIGGER without END", "END;"),
     ("not-utf8", {"0001_a.sql": b"CREATE TABLE t (a);\n-- caf\xe9\n"}, [("0001_a.sql", 2, 7)],
      "not UTF-8 text (byte 0xe9)", "UTF-8"),
+    ("nul-byte", {"0001_a.sql": "CREATE TABLE t (a);\nSELECT\x00 1;\n"}, [("0001_a.sql", 2, 7)],
+     "contains a NUL character", "corrupted"),
+    ("check-nul-byte", {"0001_a.sql": OK, "checks/0001_x.sql": "SELECT 1 WHERE 0;\x00"},
+     [("0001_x.sql", 1, 18)], "contains a NUL character", "corrupted"),
     ("py-syntax", {"0001_a.py": "def migrate(conn):\n    conn.execute('x'\n"},
      [("0001_a.py", 2, 17)], "Python syntax error", "fix the migration's Python code"),
     ("py-no-migrate", {"0001_a.py": "def upgrade(conn):\n    pass\n"},
@@ -403,3 +407,28 @@ def test_catalog_value_is_immutable(tmp_path: Path) -> None:
     assert isinstance(catalog, Catalog)
     with pytest.raises(AttributeError):
         catalog.migrations[0].sha256 = "x"  # type: ignore[misc]
+
+
+def test_random_corruption_of_the_shipped_catalog_only_ever_yields_located_problems(
+        tmp_path: Path) -> None:
+    """Whatever a half-saved or mangled migration holds, loading (and the validate dry
+    run) reports problems; it never escapes as another exception."""
+    import random
+    import shutil
+    rng = random.Random(20261126)
+    tokens = [";", "'", '"', "--", "/*", "*/", "BEGIN", "END", "COMMIT;", "\n", "(", ")",
+              "\x00", "\ufeff", "def migrate(", "conn.commit()", "raise SystemExit", "\t",
+              "CREATE TRIGGER g AFTER INSERT ON notes BEGIN"]
+    for i in range(150):
+        d = tmp_path / f"m{i}"
+        shutil.copytree(REPO / "migrations", d, ignore=shutil.ignore_patterns("__pycache__"))
+        victim = rng.choice(sorted(p for p in d.rglob("*") if p.is_file()))
+        text = victim.read_text()
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(text) + 1)
+            text = text[:pos] + rng.choice(tokens) + text[pos + rng.randint(0, 2):]
+        victim.write_text(text)
+        try:
+            migrations.dry_run(migrations.load(d))
+        except InvalidInput as exc:
+            assert exc.problems and all(p.hint for p in exc.problems)
