@@ -6,7 +6,10 @@ Every catalog is a real directory in tmp_path; every run uses a real SQLite file
 from __future__ import annotations
 
 import hashlib
+import random
+import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -264,7 +267,6 @@ def test_unreadable_migration_is_a_problem_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_python_migration_is_not_imported_into_sys_modules(tmp_path: Path) -> None:
-    import sys
     migrations.load(make(tmp_path, {"0001_a.py": "def migrate(conn): pass\n"}))
     assert not any(name.startswith("reconciler_migration_") for name in sys.modules)
 
@@ -413,8 +415,6 @@ def test_random_corruption_of_the_shipped_catalog_only_ever_yields_located_probl
         tmp_path: Path) -> None:
     """Whatever a half-saved or mangled migration holds, loading (and the validate dry
     run) reports problems; it never escapes as another exception."""
-    import random
-    import shutil
     rng = random.Random(20261126)
     tokens = [";", "'", '"', "--", "/*", "*/", "BEGIN", "END", "COMMIT;", "\n", "(", ")",
               "\x00", "\ufeff", "def migrate(", "conn.commit()", "raise SystemExit", "\t",
