@@ -161,7 +161,8 @@ def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     if args.json:
         _out(render.dumps(render.plan_json(the_plan)))
     else:
-        _out(render.plan_lines(the_plan, inputs.config.name))
+        _out(render.plan_lines(the_plan, inputs.config.name,
+                               inputs.desired.settings.rollout))
     return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
 
 

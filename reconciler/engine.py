@@ -135,12 +135,15 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
 def summary(result: Result) -> str:
     """One line, e.g. ``42 in sync, 1 failed, 2 problems, rev 3f2a9c1``."""
     plan_ = result.plan
-    failed = {o.tenant for o in result.unfinished}
-    problems = {a.tenant for a in plan_.problems} - failed
-    in_sync = len(set(plan_.declared) - failed - problems)
+    failed = {o.tenant for o in result.failed}
+    waiting = {o.tenant for o in result.unfinished} - failed  # halted, busy or stopped
+    problems = {a.tenant for a in plan_.problems} - failed - waiting
+    in_sync = len(set(plan_.declared) - failed - waiting - problems)
     parts = [f"{in_sync} in sync"]
     if failed:
         parts.append(f"{len(failed)} failed")
+    if waiting:
+        parts.append(f"{len(waiting)} pending")
     if problems:
         parts.append(f"{len(problems)} problems")
     if result.halted:

@@ -175,9 +175,9 @@ def _hold_halted(actions: list[Action], reg: Snapshot) -> list[Action]:
             out.append(_a(a, Kind.FAILED, status="failed", detail=f"{row.failure or 'failed'}"
                           " — rollout halted; fix it, then run with --retry-failed"))
         else:
-            out.append(_a(a, Kind.PENDING, status="pending", detail="rollout halted (failures "
-                          "exceeded rollout.max_failures) — stays at its version until "
-                          "tenants.yaml or the migrations change, or --retry-failed"))
+            out.append(_a(a, Kind.PENDING, status="pending",
+                          detail=f"rollout halted — stays at v{a.from_version} (→ v{a.to_version}"
+                          " once it resumes)"))
     return out
 
 

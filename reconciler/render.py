@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reconciler.apply import Result
+from reconciler.desired import Rollout
 from reconciler.plan import Action, Kind, Plan
 from reconciler.revision import short
 
@@ -42,7 +43,7 @@ def _columns(a: Action) -> tuple[str, str, str]:
     return region, _v(a.from_version), a.detail
 
 
-def plan_lines(plan: Plan, config_name: str) -> list[str]:
+def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None) -> list[str]:
     lines = [f"Plan for {config_name} @ {short(plan.revision)} — {plan.tenant_count} tenants, "
              f"target schema {plan.target}"]
     rows = [(SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a)) for a in plan.actions]
@@ -62,27 +63,57 @@ def plan_lines(plan: Plan, config_name: str) -> list[str]:
             line = (f"  {sym} {kind:<9} {name:<{w_name}}  {region:<{w_region}}  "
                     f"{ver:<{w_ver}}  {tail}")
             lines.append(line.rstrip())
-    for wave_text in wave_lines(plan):
-        lines.append(wave_text)
+    lines.extend(wave_lines(plan, rollout))
+    lines.extend(halted_lines(plan))
     for note in plan.notes:
         lines.append(f"  note: {note}")
     lines.append(plan_summary(plan))
     return lines
 
 
-def wave_lines(plan: Plan) -> list[str]:
-    if len(plan.waves) <= 1 and not plan.waves:
+MAX_WAVE_LINES = 12  # a 10k-tenant plan shows its first waves, not 400 lines of them
+
+
+def wave_lines(plan: Plan, rollout: Rollout | None = None) -> list[str]:
+    """The rollout as the next pass would run it: waves in order, the canary first."""
+    if not plan.waves:
         return []
-    out = [f"Rollout: {sum(len(w) for w in plan.waves)} tenants in {len(plan.waves)} wave(s)"]
-    for i, wave in enumerate(plan.waves, start=1):
-        label = "canary" if i == 1 and len(plan.waves) > 0 and _is_canary(plan) else f"wave {i}"
-        names = ", ".join(wave[:8]) + (f", … (+{len(wave) - 8})" if len(wave) > 8 else "")
-        out.append(f"  {label}: {names}")
+    count = sum(len(w) for w in plan.waves)
+    head = f"Rollout: {count} tenant{'s' if count != 1 else ''} in {len(plan.waves)} wave" \
+        f"{'s' if len(plan.waves) != 1 else ''}"
+    if rollout is not None:
+        head += (f" — canary {rollout.canary}, batch {rollout.batch}, up to {rollout.parallel} "
+                 f"at once, halts after more than {rollout.max_failures} failure"
+                 f"{'s' if rollout.max_failures != 1 else ''}"
+                 f"{', snapshot before each' if rollout.snapshot else ''}")
+    out = [head]
+    canary = rollout.canary > 0 if rollout is not None else False
+    shown = plan.waves if len(plan.waves) <= MAX_WAVE_LINES else plan.waves[:MAX_WAVE_LINES - 1]
+    for i, wave in enumerate(shown, start=1):
+        label = f"wave {i}" + (" (canary)" if i == 1 and canary else "")
+        out.append(f"  {label:<16} {len(wave):>4}  {_names(wave)}")
+    if len(shown) < len(plan.waves):
+        rest = plan.waves[len(shown):]
+        out.append(f"  … {len(rest)} more waves, {sum(len(w) for w in rest)} tenants "
+                   f"({rest[0][0]} … {rest[-1][-1]})")
     return out
 
 
-def _is_canary(plan: Plan) -> bool:
-    return len(plan.waves) > 1 or len(plan.waves[0]) < 2
+def _names(names: Sequence[str], limit: int = 6) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit - 1]) + f", … {names[-1]}"
+
+
+def halted_lines(plan: Plan) -> list[str]:
+    pending = [a.tenant for a in plan.actions if a.kind is Kind.PENDING]
+    if not pending:
+        return []
+    failed = [a.tenant for a in plan.actions if a.kind is Kind.FAILED]
+    return [f"Rollout halted: {len(pending)} pending ({_names(pending)}), {len(failed)} failed"
+            + (f" ({_names(failed)})" if failed else "")
+            + " — fix the failed tenants or the migration, then `reconcile apply "
+            "--retry-failed` (editing tenants.yaml or the migrations also resumes it)"]
 
 
 def plan_summary(plan: Plan) -> str:
@@ -125,9 +156,10 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 def result_lines(result: Result, summary: str) -> list[str]:
     lines: list[str] = []
+    pending = [o.tenant for o in result.outcomes if o.outcome == "pending"]
     for o in result.outcomes:
-        if o.outcome == "reported":
-            continue
+        if o.outcome == "reported" or o.outcome == "pending":
+            continue  # pending tenants get one line below, not one each
         versions = ""
         if o.from_version is not None or o.to_version is not None:
             versions = f" {_v(o.from_version)} → {_v(o.to_version)}".replace(" → ", " → ", 1)
@@ -135,6 +167,10 @@ def result_lines(result: Result, summary: str) -> list[str]:
         lines.append(f"  {o.outcome:<8} {o.action:<9} {o.tenant}{versions}{err}")
     for a in result.plan.problems:
         lines.append(f"  {'problem':<8} {a.kind.value:<9} {a.tenant}: {a.detail}")
+    if pending:
+        lines.append(f"  {'pending':<8} {'migrate':<9} {len(pending)} tenant"
+                     f"{'s' if len(pending) != 1 else ''} stay at their version: "
+                     f"{_names(pending)}")
     if result.halted:
         lines.append("  rollout halted: failures exceeded rollout.max_failures; remaining "
                      "tenants stay at their version (pending) — fix and re-run, or "

@@ -114,7 +114,8 @@ def run(actions: list[Action], plan: Plan, ctx: Context
         busy = []
     retried, failures = _retry_busy(busy, ctx, tally, failures)
     outcomes.extend(retried)
-    if not halted and not stopped and plan.rollout_key:
+    held = any(a.kind is Kind.PENDING for a in plan.actions)  # an earlier halt still holds
+    if not halted and not stopped and not held and plan.rollout_key:
         _passed(ctx, plan, outcomes)
     return outcomes, halted, stopped
 
