@@ -628,3 +628,24 @@ def test_suggestions_are_valid_names() -> None:
         assert re.fullmatch(desired.LABEL, name)
     for bad in ("", "-a", "a-", "A", "a_b", "x" * 64, "a.b"):
         assert not re.fullmatch(desired.LABEL, bad)
+
+
+def _fleet_text(n: int) -> str:
+    return "version: 1\nsettings: {domain: yoursaas.com}\nregions: {eu: {}, us: {}}\n" \
+        "tenants:\n" + "".join(f"  t{i}: {{region: {'eu' if i % 2 else 'us'}, "
+                               f"domains: [t{i}.example.com]}}\n" for i in range(n))
+
+
+def test_ten_thousand_tenants_load_quickly(tmp_path: Path) -> None:
+    started = time.monotonic()
+    d = load(tmp_path, _fleet_text(10_000))
+    assert len(d.tenants) == 10_000 and len(d.domains()) == 20_000
+    assert time.monotonic() - started < 5  # ~0.5 s measured; generous for a busy machine
+
+
+@pytest.mark.slow
+def test_hundred_thousand_tenants_load_in_seconds(tmp_path: Path) -> None:
+    started = time.monotonic()
+    d = load(tmp_path, _fleet_text(100_000))
+    assert len(d.tenants) == 100_000
+    assert time.monotonic() - started < 30  # ~5 s measured (5 MiB of YAML)

@@ -5,6 +5,9 @@ copies that fleet, breaks its ``tenants.yaml`` or ``migrations/`` in one distinc
 runs ``reconcile apply``, ``reconcile --dry-run`` and ``reconcile validate``. Each must
 exit 1, name the file (with line and column where there is one), print no traceback, and
 leave every byte of the project folder — data directory, registry, lock file — as it was.
+(The copy's registry still names the template's paths; that is harmless because every
+case must be refused before anything is observed — and if one were not, its run would
+try to act and the byte comparison would catch it.)
 """
 
 from __future__ import annotations
@@ -257,3 +260,32 @@ def test_invalid_input_exits_1_located_without_traceback_and_changes_nothing(
         assert case.says in result.stderr, f"{args}: {result.stderr}"
         assert "nothing was changed" in result.stderr
         assert snapshot(fleet.root) == before, f"{args} changed files"
+
+
+def test_edited_migration_refuses_pending_work_until_restored(fleet: Fleet) -> None:
+    """With real work pending (a new tenant, a new migration), an edited applied
+    migration still stops the whole run before any tenant is touched; restoring the
+    file lets the same run go through. (Converged in place, not copied: the registry
+    holds absolute paths, and this run goes on to act.)"""
+    fleet.write_config(BASE)
+    first = fleet.run("apply")
+    assert first.returncode == 0, first.stdout + first.stderr
+    fleet.config.write_text(BASE + "  newco: {region: us}\n")
+    fleet.write_migration("0004_tags.sql", "CREATE TABLE tags (name TEXT PRIMARY KEY);\n")
+    original = (fleet.migrations / "0002_pin_notes.sql").read_text()
+    (fleet.migrations / "0002_pin_notes.sql").write_text(original + "-- tweak\n")
+    tenants_before = fleet.tenant_digests()
+
+    refused = fleet.run("apply")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "0002_pin_notes.sql: edited after it was applied: 3 tenants have version 2" \
+        in refused.stderr
+    assert not fleet.path("newco", "us").exists()
+    assert fleet.tenant_digests() == tenants_before
+
+    (fleet.migrations / "0002_pin_notes.sql").write_text(original)
+    done = fleet.run("apply")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fleet.user_version(fleet.path("newco", "us")) == 4
+    assert fleet.user_version(fleet.path("aaron", "eu")) == 4
+    assert fleet.user_version(fleet.path("globex", "eu")) == 2  # pinned
