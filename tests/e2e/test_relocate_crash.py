@@ -157,3 +157,92 @@ def test_random_sigkills_over_a_mixed_plan_converge_long_run(fleet: Fleet) -> No
     interrupted = _kill_loop(fleet, rounds=80,
                              rng=random.Random(int(os.environ.get("SEED", "7"))))
     assert interrupted > 0  # the loop did exercise resumption
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_relocation_to_an_undeclared_region_is_invalid_input_and_changes_nothing(
+        fleet: Fleet) -> None:
+    seed(fleet, {"aaron": "eu"}, notes=10)
+    before = fleet.digests()
+    fleet.declare({"aaron": {"region": "ap"}})
+    bad = fleet.run("apply")
+    assert bad.returncode == 1
+    assert "ap" in bad.stderr and "nothing was changed" in bad.stderr
+    assert fleet.digests() == before
+
+
+def test_region_symlinked_out_of_the_data_tree_blocks_only_its_tenants(
+        fleet: Fleet, tmp_path: Path) -> None:
+    before = seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=10)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (fleet.data / "us").symlink_to(outside)
+    fleet.declare({"aaron": {"region": "us"}, "bob": {"region": "eu"},
+                   "carol": {"region": "us"}, "dave": {"region": "eu"}})
+    done = fleet.run("apply")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "outside the data directory" in done.stdout
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    rows = dict(fleet.registry("SELECT name, region || ' ' || status FROM tenants"))
+    assert rows == {"aaron": "eu active", "bob": "eu active", "dave": "eu active"}
+    assert content(fleet, fleet.path("aaron", "eu")) == before["aaron"]
+
+
+def test_unwritable_destination_fails_that_tenant_only_and_changes_nothing_for_it(
+        fleet: Fleet, tmp_path: Path) -> None:
+    locked = tmp_path / "us"
+    locked.mkdir()
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")  # root ignores permission bits
+    try:
+        config = {"version": 1, "settings": {"domain": "yoursaas.com"},
+                  "regions": {"eu": {}, "ap": {}, "us": {"path": str(locked)}}}
+        fleet.write_config({**config, "tenants": {"aaron": {"region": "eu"},
+                                                  "bob": {"region": "eu"}}})
+        assert fleet.run("apply").returncode == 0
+        fill(fleet.path("aaron", "eu"), 50, "a")
+        before = content(fleet, fleet.path("aaron", "eu"))
+        fleet.write_config({**config, "tenants": {"aaron": {"region": "us"},
+                                                  "bob": {"region": "ap"}}})
+        done = fleet.run("apply")
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "failed   relocate  aaron" in done.stdout and str(locked) in done.stdout
+        assert "Operation not permitted" in done.stdout
+        rows = dict(fleet.registry("SELECT name, region || ' ' || status FROM tenants"))
+        assert rows == {"aaron": "eu active", "bob": "ap active"}  # bob proceeded
+        assert fleet.registry("SELECT * FROM journal") == []
+        assert content(fleet, fleet.path("aaron", "eu")) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert list(locked.iterdir()) == []
+
+
+def test_relocation_across_filesystems_copies_both_ways(fleet: Fleet) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(fleet.root).st_dev:
+        pytest.skip("no second filesystem here")
+    far = shm / f"reconciler-{os.getpid()}-{fleet.root.parent.name}"
+    config = {"version": 1, "settings": {"domain": "yoursaas.com"},
+              "regions": {"eu": {}, "us": {"path": str(far / "us")}}}
+    try:
+        fleet.write_config({**config, "tenants": {"aaron": {"region": "eu"}}})
+        assert fleet.run("apply").returncode == 0
+        fill(fleet.path("aaron", "eu"), 400, "a")
+        before = content(fleet, fleet.path("aaron", "eu"))
+        for region, path in (("us", far / "us" / "aaron.db"),
+                             ("eu", fleet.path("aaron", "eu"))):
+            fleet.write_config({**config, "tenants": {"aaron": {"region": region}}})
+            done = fleet.run("apply")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert fleet.registry("SELECT region, path FROM tenants") == [(region, str(path))]
+            assert content(fleet, path) == before
+        assert not (far / "us" / "aaron.db").exists()
+        retired = sorted((fleet.data / "_retired").glob("aaron-*.db"))
+        assert [content(fleet, p) for p in retired] == [before, before]  # eu's and us's
+    finally:
+        for p in sorted(far.rglob("*"), reverse=True):
+            p.unlink() if not p.is_dir() else p.rmdir()
+        if far.exists():
+            far.rmdir()
