@@ -62,7 +62,7 @@ def versions(fleet: Fleet, names: list[str]) -> dict[str, int]:
 
 
 def statuses(fleet: Fleet) -> dict[str, str]:
-    return dict(fleet.registry("SELECT name, status FROM tenants"))  # type: ignore[arg-type]
+    return {str(n): str(s) for n, s in fleet.registry("SELECT name, status FROM tenants")}
 
 
 def events(fleet: Fleet, action: str) -> list[dict[str, Any]]:
@@ -85,7 +85,8 @@ def test_max_failures_0_runs_only_the_canary_wave_then_halts_and_holds(fleet: Fl
     waves = events(fleet, "wave")
     assert [(w["wave"], w["tenants"], w["halted"]) for w in waves] == [(1, ["t000"], True)]
     assert waves[0]["pending"] == 199
-    assert "rollout halted" in result.stdout and "199 tenants stay at their version" in result.stdout
+    assert "rollout halted" in result.stdout
+    assert "199 tenants stay at their version" in result.stdout
 
     # not retried in a loop: the next pass migrates nothing and says why
     migrations_before = len(events(fleet, "migrate"))
@@ -165,7 +166,8 @@ def test_editing_tenants_yaml_resumes_a_halted_rollout(fleet: Fleet) -> None:
 def dump(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
-        return list(conn.iterdump()) + [f"user_version={conn.execute('PRAGMA user_version').fetchone()[0]}"]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        return [*conn.iterdump(), f"user_version={version}"]
     finally:
         conn.close()
 
