@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
-from bench import fleets
+from bench import daemon, fleets, migrate, noop, relocate, routing
 from bench.timing import Row, markdown, print_row
 
 SIZES = {"1k": 1_000, "10k": 10_000, "100k": 100_000}
@@ -30,7 +32,6 @@ def machine() -> str:
     except OSError:
         model = platform.processor()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import sqlite3
     return (f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, "
             f"SQLite {sqlite3.sqlite_version}")
@@ -38,23 +39,37 @@ def machine() -> str:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="under a minute: 1k fleets, 100 WAL tenants migrated, 3 repeats, "
+                   "10 idle daemon seconds, no relocation (1 GB per run)")
     p.add_argument("--size", default="1k",
-                   help="fleet sizes for the no-op and daemon scenarios, comma separated: "
-                   "1k, 10k, 100k (default 1k: the quick run)")
+                   help="fleet sizes for the no-op, routing and daemon scenarios, comma "
+                   "separated: 1k, 10k, 100k (default 1k)")
     p.add_argument("--only", default=",".join(SCENARIOS),
                    help=f"scenarios to run, comma separated (default: all of {SCENARIOS})")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per contender")
     p.add_argument("--migrate-tenants", type=int, default=1000,
                    help="tenants migrated v0 → v3 (default 1000)")
+    p.add_argument("--migrate-modes", default="wal,delete",
+                   help="journal modes of the migrated fleet: wal (files reconcile "
+                   "creates), delete (legacy rollback-journal files); default both")
     p.add_argument("--parallel", default="2,4",
                    help="parallel settings tried besides 1; the best is reported")
+    p.add_argument("--idle", type=float, default=30.0,
+                   help="seconds the idle daemon is watched (CPU is scaled to 30 s)")
     p.add_argument("--root", type=Path, default=fleets.DEFAULT_ROOT,
-                   help=f"where generated fleets live (default {fleets.DEFAULT_ROOT})")
+                   help=f"where generated fleets live (default {fleets.DEFAULT_ROOT}, "
+                   "env RECONCILER_BENCH_ROOT)")
     p.add_argument("--no-cli", action="store_true",
                    help="skip the whole-process `reconcile --dry-run` measurement")
     p.add_argument("--markdown", type=Path,
                    help="also write the results as a markdown table to this file")
     args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.repeats, args.migrate_tenants, args.idle = "1k", 3, 100, 10.0
+        args.parallel, args.migrate_modes = "4", "wal"
+        if args.only == ",".join(SCENARIOS):
+            args.only = "noop,migrate,routing,daemon"
     bad = [s for s in args.size.split(",") if s not in SIZES]
     if bad:
         p.error(f"unknown size {bad[0]!r}; use 1k, 10k or 100k")
@@ -64,27 +79,39 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(argv)
+def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]]]:
     sizes = [SIZES[s] for s in args.size.split(",")]
     only = set(args.only.split(","))
+    out: list[tuple[str, Callable[[], list[Row]]]] = []
+    if "noop" in only:
+        for size in sizes:
+            out.append(("noop", partial(noop.run, size, args.repeats, args.root,
+                                        cli=not args.no_cli)))
+    if "migrate" in only:
+        parallels = [int(x) for x in args.parallel.split(",") if x.strip()]
+        for mode in args.migrate_modes.split(","):
+            out.append(("migrate", partial(migrate.run, args.migrate_tenants, args.repeats,
+                                           args.root, parallels, mode)))
+    if "relocate" in only:
+        out.append(("relocate", partial(relocate.run, 3, args.root)))
+    if "routing" in only:
+        for size in sizes:
+            out.append(("routing", partial(routing.run, size, args.repeats, args.root)))
+    if "daemon" in only:
+        for size in sizes:
+            if size >= 10_000 or len(sizes) == 1:
+                out.append(("daemon", partial(daemon.run, size, args.root, args.idle)))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
     print(f"machine: {machine()}")
     print(f"fleets:  {args.root}   repeats: {args.repeats}   started "
           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC\n", flush=True)
     rows: list[Row] = []
-    runners: list[tuple[str, Callable[[], list[Row]]]] = []
-    if "noop" in only:
-        from bench import noop
-        for size in sizes:
-            runners.append(("noop", lambda size=size: noop.run(size, args.repeats, args.root,
-                                                                 cli=not args.no_cli)))
-    if "migrate" in only:
-        from bench import migrate
-        parallels = [int(x) for x in args.parallel.split(",") if x.strip()]
-        runners.append(("migrate", lambda: migrate.run(args.migrate_tenants,
-                                                       max(3, args.repeats // 2),
-                                                       args.root, parallels)))
-    for name, runner in runners:
+    began = time.perf_counter()
+    for name, runner in runners(args):
         print(f"[{name}]", flush=True)
         t0 = time.perf_counter()
         for row in runner():
@@ -92,11 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
         print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)
     print(markdown(rows))
+    print(f"\ntotal {time.perf_counter() - began:.0f} s")
     if args.markdown:
         args.markdown.write_text(f"machine: {machine()}\n\n{markdown(rows)}\n")
     missed = [r for r in rows if r.verdict == "MISSED"]
     if missed:
-        print(f"\n{len(missed)} target(s) missed: " + "; ".join(r.scenario for r in missed))
+        print(f"{len(missed)} target(s) missed: " + "; ".join(r.scenario for r in missed))
     return 0
 
 

@@ -8,6 +8,7 @@ Baselines, all over the same files and the same three SQL scripts (bench/migrati
   ``user_version``), which says what the contract costs apart from our overhead;
 * the loop a user would write with yoyo-migrations (``get_backend`` + ``apply_migrations``
   per file), a bench-only extra (bench/requirements.txt).
+Files are WAL (what ``reconcile`` creates) or rollback-journal (legacy files it adopted).
 Ours is the real ``reconcile`` process (start-up included) with ``parallel: 1`` and
 with each ``--parallel`` setting; the fastest is reported as "best". Every contender
 starts from the same pristine v0 fleet (reset before each run, untimed) and is checked
@@ -67,7 +68,7 @@ def lean_loop_per_step(paths: Sequence[str]) -> None:
 
 
 def yoyo_loop(paths: Sequence[str], directory: Path) -> None:
-    from yoyo import get_backend, read_migrations  # type: ignore[import-untyped]
+    from yoyo import get_backend, read_migrations  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     migrations = read_migrations(str(directory))
     for p in paths:
@@ -111,8 +112,9 @@ def _yoyo_done(path: str) -> bool:
     return bool(n == len(SCRIPTS))
 
 
-def run(n: int, repeats: int, root: Path, parallels: Sequence[int]) -> list[Row]:
-    fleet = fleets.get(fleets.FleetSpec(n, mode="delete", version=0), root)
+def run(n: int, repeats: int, root: Path, parallels: Sequence[int], mode: str = "wal"
+        ) -> list[Row]:
+    fleet = fleets.get(fleets.FleetSpec(n, mode=mode, version=0), root)
     migrations = fleet.root / "migrations"
     runs: dict[str, Callable[[], object]] = {
         "lean": partial(lean_loop, fleet.paths),
@@ -132,7 +134,7 @@ def run(n: int, repeats: int, root: Path, parallels: Sequence[int]) -> list[Row]
     fleet.reset()
     med = {label: median(xs) for label, xs in t.items()}
     best = min((f"p{p}" for p in parallels), key=lambda k: med[k], default="p1")
-    what = f"migrate {n} tenants v0 → v3"
+    what = f"migrate {n} tenants v0 → v3, {'WAL' if mode == 'wal' else 'rollback-journal'}"
     return [
         Row(f"{what}, parallel 1", "`reconcile`, parallel: 1", med["p1"],
             "lean loop (serial)", med["lean"], "≤ 1.2×", 1.2),

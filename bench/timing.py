@@ -78,14 +78,16 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def fmt_value(value: float, unit: str) -> str:
+    return fmt_time(value) if unit == "s" else f"{value:.3g} {unit}"
+
+
 def fmt_ratio(row: Row) -> str:
     return f"{row.ratio:.2f}×"
 
 
 def print_row(row: Row) -> None:
-    ours = fmt_time(row.ours_median) if row.unit == "s" else f"{row.ours_median:.1f} {row.unit}"
-    base = fmt_time(row.baseline_median) if row.unit == "s" else \
-        f"{row.baseline_median:.1f} {row.unit}"
+    ours, base = fmt_value(row.ours_median, row.unit), fmt_value(row.baseline_median, row.unit)
     target = f"  target {row.target}: {row.verdict}" if row.target else ""
     print(f"  {row.scenario}\n"
           f"    ours     {row.ours:<44} {ours:>10}\n"
@@ -98,8 +100,8 @@ def markdown(rows: Sequence[Row]) -> str:
     out = ["| scenario | ours | baseline | ours (median) | baseline (median) | ratio | target |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        fmt = fmt_time if r.unit == "s" else (lambda v, u=r.unit: f"{v:.1f} {u}")
-        out.append(f"| {r.scenario} | {r.ours} | {r.baseline} | {fmt(r.ours_median)} | "
-                   f"{fmt(r.baseline_median)} | {fmt_ratio(r)} | "
+        out.append(f"| {r.scenario} | {r.ours} | {r.baseline} | "
+                   f"{fmt_value(r.ours_median, r.unit)} | "
+                   f"{fmt_value(r.baseline_median, r.unit)} | {fmt_ratio(r)} | "
                    f"{(r.target + ' ' + r.verdict) if r.target else ''} |")
     return "\n".join(out)

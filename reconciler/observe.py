@@ -118,6 +118,21 @@ class Observed:
 
 def read_user_version(path: Path, busy_timeout: float = 5.0) -> FileState:
     """The file's ``user_version``, read the cheapest way that is always right."""
+    problem = _not_a_plain_file(path)
+    if problem is not None:
+        return problem
+    base = os.fspath(path)
+    wal = os.path.exists(base + "-wal")
+    if not wal and not os.path.exists(base + "-journal"):
+        try:
+            return _from_header(path, _read_header(base))
+        except OSError as exc:
+            return FileState(path, exists=True, error=f"cannot read: {exc.strerror}")
+    return _pragma_user_version(path, busy_timeout, wal)
+
+
+def _not_a_plain_file(path: Path) -> FileState | None:
+    """The FileState of anything but an existing regular file; None for one."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -128,14 +143,7 @@ def read_user_version(path: Path, busy_timeout: float = 5.0) -> FileState:
         return FileState(path, exists=True, error="is a symbolic link; refusing to follow it")
     if not stat.S_ISREG(st.st_mode):
         return FileState(path, exists=True, error="is not a regular file")
-    base = os.fspath(path)
-    wal = os.path.exists(base + "-wal")
-    if not wal and not os.path.exists(base + "-journal"):
-        try:
-            return _from_header(path, _read_header(base))
-        except OSError as exc:
-            return FileState(path, exists=True, error=f"cannot read: {exc.strerror}")
-    return _pragma_user_version(path, busy_timeout, wal)
+    return None
 
 
 def read_user_versions(paths: Iterable[Path], busy_timeout: float = 5.0
@@ -161,8 +169,12 @@ def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, FileState
             listing = listings[directory]
         else:
             listing = listings[directory] = _listing(directory)
-        if listing is None or name in listing[1]:
+        if listing is None:
             out[text] = read_user_version(Path(text), busy_timeout)
+        elif name in listing[1]:  # a -wal or -journal beside it: only SQLite knows
+            path = Path(text)
+            out[text] = _not_a_plain_file(path) or _pragma_user_version(
+                path, busy_timeout, wal=name + "-wal" in listing[0])
         elif name not in listing[0]:
             out[text] = FileState(Path(text), exists=False)
         else:
