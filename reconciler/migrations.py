@@ -127,18 +127,40 @@ def split_statements(text: str) -> list[Statement]:
     """Split SQL into complete statements, each with the line of its first SQL character
     (leading comments are dropped). ``CREATE TRIGGER … BEGIN …; …; END;``, strings and
     comments holding ``;`` stay whole: SQLite's own ``complete_statement`` decides."""
-    return [Statement(_line_at(text, start), sql) for start, sql in _split(text)]
+    parts = _split(text)
+    return [Statement(line, sql)
+            for line, (_start, sql) in zip(_lines_of(text, parts), parts, strict=True)]
 
 
 def _split(text: str) -> list[tuple[int, str]]:
-    """(offset of the first SQL character, statement text) for each statement."""
+    """(offset of the first SQL character, statement text) for each statement.
+
+    Only a ``;`` outside strings, quoted names and comments is offered to
+    ``complete_statement`` (which still decides about trigger bodies), so a statement
+    with many semicolons inside its strings costs linear, not quadratic, time."""
     out: list[tuple[int, str]] = []
-    start = 0
-    for i, ch in enumerate(text):
+    start = i = 0
+    n = len(text)
+    closers = {"'": "'", '"': '"', "`": "`", "[": "]"}
+    while i < n:
+        ch = text[i]
+        if ch in closers:
+            close = text.find(closers[ch], i + 1)
+            i = n if close < 0 else close + 1  # '' and "" escapes re-enter the same branch
+            continue
+        if text.startswith("--", i):
+            nl = text.find("\n", i)
+            i = n if nl < 0 else nl + 1
+            continue
+        if text.startswith("/*", i):
+            close = text.find("*/", i + 2)
+            i = n if close < 0 else close + 2
+            continue
         if ch == ";" and sqlite3.complete_statement(text[start : i + 1]):
             _append(out, text, start, i + 1)
             start = i + 1
-    _append(out, text, start, len(text))
+        i += 1
+    _append(out, text, start, n)
     return out
 
 
@@ -163,6 +185,17 @@ def _skip_blank(text: str, pos: int, end: int) -> int:
         else:
             break
     return pos
+
+
+def _lines_of(text: str, parts: list[tuple[int, str]]) -> list[int]:
+    """The line of each part's start, in one pass (parts are in text order)."""
+    out: list[int] = []
+    line, last = 1, 0
+    for start, _sql in parts:
+        line += text.count("\n", last, start)
+        last = start
+        out.append(line)
+    return out
 
 
 def _line_at(text: str, offset: int) -> int:
@@ -403,7 +436,8 @@ def _sql_statements(path: Path, text: str, problems: list[Problem],
             ok = False
     if not ok or not _syntax_problems(path, text, parts, problems):
         return None
-    return tuple(Statement(_line_at(text, start), sql) for start, sql in parts)
+    return tuple(Statement(line, sql)
+                 for line, (_start, sql) in zip(_lines_of(text, parts), parts, strict=True))
 
 
 def _first_words(sql: str) -> str:
