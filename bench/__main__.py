@@ -62,6 +62,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    "env RECONCILER_BENCH_ROOT)")
     p.add_argument("--no-cli", action="store_true",
                    help="skip the whole-process `reconcile --dry-run` measurement")
+    p.add_argument("--profile", action="store_true",
+                   help="print a pyinstrument profile of the in-process no-op pass")
     p.add_argument("--markdown", type=Path,
                    help="also write the results as a markdown table to this file")
     args = p.parse_args(argv)
@@ -86,7 +88,7 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
     if "noop" in only:
         for size in sizes:
             out.append(("noop", partial(noop.run, size, args.repeats, args.root,
-                                        cli=not args.no_cli)))
+                                        cli=not args.no_cli, profiled=args.profile)))
     if "migrate" in only:
         parallels = [int(x) for x in args.parallel.split(",") if x.strip()]
         for mode in args.migrate_modes.split(","):

@@ -77,8 +77,24 @@ def _cli(config: Path) -> None:
         raise SystemExit(f"reconcile --dry-run exited {r.returncode}: {r.stderr[-2000:]}")
 
 
-def run(size: int, repeats: int, root: Path, cli: bool = True, wal_held_max: int = 10_000
-        ) -> list[Row]:
+def profile(inputs: engine.Inputs, runs: int = 3) -> None:
+    """Print where ``engine.preview`` spends its time (pyinstrument, a bench-only extra)."""
+    from pyinstrument import Profiler  # type: ignore[import-not-found,unused-ignore]
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for _ in range(runs):
+        engine.preview(inputs)
+    profiler.stop()
+    print(profiler.output_text(unicode=True, color=False))
+
+
+def per_tenant(seconds: float, size: int) -> str:
+    return f"{seconds / size * 1e6:.1f} µs per tenant"
+
+
+def run(size: int, repeats: int, root: Path, cli: bool = True, wal_held_max: int = 10_000,
+        profiled: bool = False) -> list[Row]:
     rows: list[Row] = []
     per = f"{size // 1000}k" if size >= 1000 else str(size)
     for mode in ("delete", "wal"):
@@ -89,7 +105,10 @@ def run(size: int, repeats: int, root: Path, cli: bool = True, wal_held_max: int
                      Contender("floor", partial(floor, fleet.paths))], repeats)
         rows.append(Row(f"no-op pass, {per} tenants, {label}", "engine.preview (observe+plan)",
                         median(t["ours"]), "floor: stat + 4 header bytes", median(t["floor"]),
-                        "≤ 3×", 3.0))
+                        "≤ 3×", 3.0, note=f"ours {per_tenant(median(t['ours']), size)}, "
+                        f"floor {per_tenant(median(t['floor']), size)}"))
+        if profiled and mode == "delete":
+            profile(inputs)
         if cli and mode == "delete":
             with tempfile.NamedTemporaryFile("w", suffix=".txt") as listfile:
                 listfile.write("\n".join(fleet.paths))
@@ -110,5 +129,5 @@ def run(size: int, repeats: int, root: Path, cli: bool = True, wal_held_max: int
             rows.append(Row(f"no-op pass, {per} tenants, WAL with -wal present (held open)",
                             "engine.preview (observe+plan)", median(t["ours"]),
                             "connect + PRAGMA user_version loop", median(t["pragma"]),
-                            "≤ 1.2×", 1.2))
+                            "≤ 1.2×", 1.2, note=per_tenant(median(t["ours"]), size)))
     return rows

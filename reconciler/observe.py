@@ -271,15 +271,17 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> O
     """Read everything plan() needs. Touches no file except to read it."""
     timeout = desired.settings.busy_timeout
     declared = _declared_texts(desired)
-    texts = set(declared.values())
+    # a dict as an ordered set: files are read in tenant order (deterministic) with no
+    # sort of 100k strings; each directory is listed once whatever the order
+    texts = dict.fromkeys(declared.values())
     for row in registry.tenants.values():
         if row.status != "archived" and row.path not in texts:
-            texts.add(os.fspath(Path(row.path)))  # normalised, as a Path key would be
+            texts[os.fspath(Path(row.path))] = None  # normalised, as a Path key would be
     archives = list_archives(desired.settings.archive_dir)
     for spec in desired.tenants.values():
         if spec.name in archives:
-            texts.add(os.fspath(archives[spec.name][-1]))  # restore needs its version
-    files = FileStates(_read_many(sorted(texts), timeout))
+            texts[os.fspath(archives[spec.name][-1])] = None  # restore needs its version
+    files = FileStates(_read_many(texts, timeout))
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
     return Observed(
