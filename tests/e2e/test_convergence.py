@@ -355,3 +355,15 @@ def test_usage_errors_exit_1_not_2_which_means_changes_pending(fleet: Fleet) -> 
         r = fleet.run(*args)
         assert r.returncode == 1, (args, r.stderr)
         assert "usage:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_migration_that_cannot_work_on_any_database_refuses_the_run_untouched(
+        fleet: Fleet) -> None:
+    fleet.declare(TENANTS)
+    assert fleet.run("apply").returncode == 0
+    before = fleet.tenant_digests()
+    fleet.write_migration("0004_typo.sql", "ALTER TABLE nots ADD COLUMN x INTEGER;\n")
+    r = fleet.run("apply")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "0004_typo.sql" in r.stderr and "no such table" in r.stderr
+    assert fleet.tenant_digests() == before
