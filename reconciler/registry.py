@@ -446,9 +446,9 @@ class Registry:
                               " updated_at=excluded.updated_at, detail=excluded.detail",
                               (key, state, utcnow(), json.dumps(dict(detail or {}))))
 
-    def clear_rollouts(self, keep: str | None = None) -> None:
-        """Forget finished rollouts (every row but ``keep``)."""
-        self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,))
+    def clear_rollouts(self, keep: str | None = None) -> int:
+        """Forget finished rollouts (every row but ``keep``); returns how many."""
+        return self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,)).rowcount
 
     def record_run(self, started_at: str, revision: str, summary: str,
                    detail: Mapping[str, Any]) -> None:

@@ -139,14 +139,17 @@ def _passed(ctx: Context, plan: Plan, outcomes: list[Outcome]) -> None:
     """The rollout passed: forget earlier halts, remove the snapshots it kept.
 
     A failed tenant keeps its copy (an operator may need it); every other declared
-    tenant's copy goes."""
+    tenant's copy goes — looked for only when snapshots are on or a halted rollout
+    (which may have kept some) is being forgotten."""
+    with ctx.registry.transaction():
+        forgotten = ctx.registry.clear_rollouts()
+    if not (forgotten or ctx.desired.settings.rollout.snapshot):
+        return
     keep = {o.tenant for o in outcomes if o.failed}
     keep.update(a.tenant for a in plan.actions if a.kind is Kind.FAILED)
     d = ctx.desired
     snapshot.remove_for(d.tenant_path(name, spec.region) for name, spec in d.tenants.items()
                         if name not in keep)
-    with ctx.registry.transaction():
-        ctx.registry.clear_rollouts()
 
 
 def _retry_busy(busy: list[Action], ctx: Context, tally: _Tally, failures: int
@@ -213,6 +216,12 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
         return _Done(action, tenantdb.MigrateResult(start, start, (),
                                                     f"{type(exc).__name__}: {exc}"), timer.ms)
     try:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            # Steps need no fsync each: a WAL file stays consistent at the last synced
+            # commit, and closing the connection checkpoints (and syncs) them all. The
+            # worst a power cut can do is leave the tenant at an earlier step, which the
+            # next pass observes and migrates again — never a torn version.
+            conn.execute("PRAGMA synchronous = NORMAL")
         copy = _take(conn, action, busy_timeout) if take else None
         result = tenantdb.migrate_conn(conn, catalog, action.to_version)
         if result.error is None:
