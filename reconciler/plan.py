@@ -293,8 +293,10 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
         # failed its health gate at the target: stays failed until someone looks
         return [_a(base, Kind.FAILED, from_version=version, to_version=target, status="failed",
                    detail=f"{row.failure or 'failed'} — fix it, then run with --retry-failed")]
-    wrong_status = row.status != "active" and not (row.status in ("failed", "pending")
-                                                   and not target_reached)
+    # "migrating" at the target: a pass died between a migration and its health gate
+    unverified = row.status == "migrating" and version == target
+    wrong_status = row.status != "active" and not unverified and not (
+        row.status in ("failed", "pending", "migrating") and not target_reached)
     if row.schema_version != version or wrong_status or row.protected != spec.protected:
         reasons = []
         if row.schema_version != version:
@@ -304,7 +306,8 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
         if row.protected != spec.protected:
             reasons.append(f"protected → {str(spec.protected).lower()}")
         out.append(_a(base, Kind.CORRECT, from_version=row.schema_version, to_version=version,
-                          source=current, status="active", detail="; ".join(reasons)))
+                          source=current, status="migrating" if unverified else "active",
+                          detail="; ".join(reasons)))
 
     if row.region != region or current != want:
         if region_problem:
@@ -378,6 +381,11 @@ def _then_migrate(first: Action | None, version: int | None, target: int, row: T
         out.append(_a(base, Kind.DOWNGRADE, from_version=version, to_version=target,
                           detail=f"file is at v{version}, target is v{target} — refused; "
                           "migrations never run backwards"))
+    elif row is not None and row.status == "migrating":
+        # at its target, but the pass that migrated it died before its health gate:
+        # migrate again (a no-op) so the gate runs before it counts as done
+        out.append(_a(base, Kind.MIGRATE, from_version=version, to_version=target,
+                          status="active", detail="health gate of an interrupted migration"))
     return out
 
 

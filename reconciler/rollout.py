@@ -31,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reconciler import snapshot, tenantdb
+from reconciler import context, snapshot, tenantdb
 from reconciler.context import FAILED, OK, PENDING, RETRY, Context, Outcome, Timer, record
 from reconciler.errors import RetryableError
 from reconciler.migrations import Catalog
@@ -93,12 +93,13 @@ def run(actions: list[Action], plan: Plan, ctx: Context
                             for a in wave)
             continue
         timer = Timer()
+        _starting(ctx, wave)
         done = migrate_wave(wave, ctx, settings.parallel, tally)
+        context.crash_point("rollout:before-record")
         busy.extend(d.action for d in done if d.busy is not None)
         left = [a for w in ordered[number:] for a in w] + busy
         with ctx.registry.transaction():
-            recorded = [record_migrated(ctx, d.action, d.result, d.duration_ms)
-                        for d in done if d.result is not None]
+            recorded = _record(ctx, done)
             wave_failed = sum(o.failed for o in recorded)
             failures += wave_failed
             halted = failures > settings.max_failures and bool(left)
@@ -118,6 +119,26 @@ def run(actions: list[Action], plan: Plan, ctx: Context
     if not halted and not stopped and not held and plan.rollout_key:
         _passed(ctx, plan, outcomes)
     return outcomes, halted, stopped
+
+
+def _starting(ctx: Context, actions: list[Action]) -> None:
+    """Mark a wave ``migrating`` before its files change: a pass killed before the
+    wave is recorded leaves them so, and the planner then re-runs their health gate."""
+    with ctx.registry.transaction():
+        for a in actions:
+            ctx.registry.update_tenant(a.tenant, status="migrating")
+
+
+def _record(ctx: Context, done: list[_Done]) -> list[Outcome]:
+    """Record a finished wave (caller holds the transaction); busy tenants wait as
+    ``pending`` for their retry."""
+    out = []
+    for d in done:
+        if d.result is None:
+            ctx.registry.update_tenant(d.action.tenant, status="pending")
+        else:
+            out.append(record_migrated(ctx, d.action, d.result, d.duration_ms))
+    return out
 
 
 def _pending(action: Action, why: str) -> Outcome:
@@ -161,11 +182,11 @@ def _retry_busy(busy: list[Action], ctx: Context, tally: _Tally, failures: int
             break
         time.sleep(BUSY_PAUSE * round_)
         timer = Timer()
+        _starting(ctx, busy)
         done = migrate_wave(busy, ctx, 1, tally)
         busy = [d.action for d in done if d.busy is not None]
         with ctx.registry.transaction():
-            recorded = [record_migrated(ctx, d.action, d.result, d.duration_ms)
-                        for d in done if d.result is not None]
+            recorded = _record(ctx, done)
             failed = sum(o.failed for o in recorded)
             failures += failed
             record(ctx, "wave", None, OK, duration_ms=timer.ms, retry=round_,
@@ -223,13 +244,19 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
             # next pass observes and migrates again — never a torn version.
             conn.execute("PRAGMA synchronous = NORMAL")
         copy = _take(conn, action, busy_timeout) if take else None
+        context.crash_point("rollout:after-snapshot")
         result = tenantdb.migrate_conn(conn, catalog, action.to_version)
+        context.crash_point("rollout:after-migrate")
         if result.error is None:
             problem = health_gate(conn, result.to_version, catalog)
             if problem is not None:
                 result = replace(result, error=f"health gate: {problem}")
         if result.error is not None and copy is not None:
             result = _restore(conn, copy, result, busy_timeout)
+        elif result.error is not None and snapshot.path_for(action.path).exists():
+            result = replace(result, error=f"{result.error}; a snapshot from an earlier, "
+                             f"interrupted attempt is kept at {snapshot.path_for(action.path)}"
+                             " (not restored: the tenant may have changed since)")
     except RetryableError as exc:
         return _Done(action, None, timer.ms, busy=str(exc))
     except (OSError, sqlite3.Error) as exc:

@@ -310,3 +310,15 @@ def test_progress_on_a_terminal_is_throttled_and_log_lines_clear_it_first() -> N
     assert first < third < log < drawn.index("migrate 4/4 (100%) · 1 failed")
     assert drawn[log - len(clear):log] == clear  # the log line starts on a cleared line
     assert drawn.endswith(clear)  # closed: nothing left on the terminal
+
+
+def test_a_tenant_left_migrating_at_its_target_is_migrated_again_so_its_gate_runs() -> None:
+    d = desired({"a": {"region": "eu"}, "b": {"region": "eu"}})
+    obs = observed([row("a", version=2, status="migrating"),
+                    row("b", version=2, status="migrating")],
+                   files={"eu/a.db": 3, "eu/b.db": 2})
+    p = plan(d, obs, catalog(3))
+    got = [(a.tenant, a.kind, a.status, a.from_version, a.to_version) for a in p.actions]
+    assert got == [("a", Kind.CORRECT, "migrating", 2, 3), ("a", Kind.MIGRATE, "active", 3, 3),
+                   ("b", Kind.MIGRATE, "active", 2, 3)]
+    assert p.waves == (("a",), ("b",))

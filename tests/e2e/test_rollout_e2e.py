@@ -180,24 +180,29 @@ def pages(path: Path) -> bytes:
     return data[:24] + data[28:40] + data[44:92] + data[100:]
 
 
-def test_failed_health_check_with_snapshot_restores_the_tenant_byte_for_byte(
-        fleet: Fleet) -> None:
-    names = NAMES_200[:8]
+def health_check_fleet(fleet: Fleet, names: list[str], bad: str) -> None:
+    """v3 tenants whose 0004 migration works everywhere but whose health check fails
+    on ``bad``'s data (a user e-mail without a dotted domain)."""
     fleet.declare(tenants(names), schema=3)
     assert fleet.run("apply").returncode == 0
     for n in names:
-        email = "root@localhost" if n == "t003" else f"{n}@example.com"
+        email = "root@localhost" if n == bad else f"{n}@example.com"
         conn = sqlite3.connect(fleet.path(n, region_of(fleet, n)))
-        conn.execute("INSERT INTO users (email, display_name) VALUES (?, 'x')", (email,))
-        conn.execute("INSERT INTO notes (user_id, title, body) VALUES (1, 'hello', 'world')")
+        conn.execute("INSERT INTO users (email, display_name, created_at) "
+                     "VALUES (?, 'x', '2026-01-01T00:00:00Z')", (email,))
         conn.commit()
         conn.close()
-    # the migration itself works everywhere; its health check fails on t003's data
     fleet.write_migration("0004_email_domain.sql",
                           "ALTER TABLE users ADD COLUMN domain TEXT;\n"
                           "UPDATE users SET domain = substr(email, instr(email, '@') + 1);\n")
     fleet.write_migration("checks/0004_email_domain.sql",
                           "SELECT id, domain FROM users WHERE domain NOT LIKE '%.%' LIMIT 1;\n")
+
+
+def test_failed_health_check_with_snapshot_restores_the_tenant_byte_for_byte(
+        fleet: Fleet) -> None:
+    names = NAMES_200[:8]
+    health_check_fleet(fleet, names, bad="t003")
     fleet.declare(tenants(names), rollout={"canary": 1, "batch": 3, "parallel": 2,
                                            "max_failures": 1, "snapshot": True})
     victim = fleet.path("t003", "eu")
@@ -318,7 +323,7 @@ def test_tenant_busy_beyond_every_retry_is_left_for_the_next_pass_not_failed(
     try:
         result = fleet.run("apply")
         assert result.returncode == 3, result.stdout + result.stderr
-        assert statuses(fleet)["t001"] == "active"  # busy is not a failure
+        assert statuses(fleet)["t001"] == "pending"  # busy is not a failure
         assert "1 pending" in result.stdout
         assert versions(fleet, names) == {"t000": 4, "t001": 3, "t002": 4}
     finally:
@@ -409,6 +414,36 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(fleet: Fleet) -> None:
     assert "elapsed" not in result.stderr and "\x1b[K" not in result.stderr
     for line in result.stderr.splitlines():
         json.loads(line)
+
+
+@pytest.mark.parametrize("point", ["rollout:after-snapshot", "rollout:after-migrate",
+                                   "rollout:before-record"])
+def test_killed_mid_rollout_the_next_pass_converges_and_still_gates_every_tenant(
+        fleet: Fleet, point: str) -> None:
+    names = NAMES_200[:6]
+    health_check_fleet(fleet, names, bad="t000")  # the canary is the unhealthy one
+    fleet.declare(tenants(names), rollout={"canary": 1, "batch": 5, "parallel": 2,
+                                           "max_failures": 0, "snapshot": True})
+    killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": point})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    again = fleet.run("apply")
+    assert again.returncode == 3, again.stdout + again.stderr
+    # the unhealthy canary never counts as migrated, whatever the kill skipped
+    st = statuses(fleet)
+    assert st["t000"] == "failed"
+    assert {n for n, s in st.items() if s == "pending"} == set(names) - {"t000"}
+    assert set(versions(fleet, names[1:]).values()) == {3}
+    # the registry agrees with every file
+    for name, version in fleet.registry("SELECT name, schema_version FROM tenants"):
+        assert versions(fleet, [name])[name] == version
+    failure = fleet.registry("SELECT failure FROM tenants WHERE name = 't000'")[0][0]
+    if point == "rollout:after-migrate":  # migrated, then killed before gate and restore
+        assert versions(fleet, ["t000"]) == {"t000": 4}
+        assert "snapshot from an earlier, interrupted attempt is kept" in failure
+        assert (fleet.data / "us" / ".t000.db.snapshot").exists()
+    else:
+        assert versions(fleet, ["t000"]) == {"t000": 3}
+        assert "restored from its snapshot" in failure
 
 
 @pytest.mark.slow
