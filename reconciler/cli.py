@@ -238,6 +238,11 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
         parts = []
         if "from_version" in d or "to_version" in d:
             parts.append(f"v{d.get('from_version', '?')} → v{d.get('to_version', '?')}")
+        if e["action"] == "wave":  # a rollout's summary event
+            parts.append((f"wave {d['wave']}/{d['waves']}" if "wave" in d else
+                          f"busy retry {d.get('retry')}") + f": {len(d.get('tenants', []))} "
+                         f"tenants, {d.get('failed', 0)} failed ({d.get('failures', 0)} in "
+                         f"the rollout)" + (" — halted" if d.get("halted") else ""))
         for key in ("error", "reason", "domain", "key"):
             if key in d:
                 parts.append(f"{key}: {d[key]}")
