@@ -107,9 +107,9 @@ def _add(db: TenantConnection, form: dict[str, str]) -> tuple[int, Any]:
     if not title:
         raise HTTPError(400, "a note needs a title (title=...)")
     limit = _setting(db, "plan_limit_notes")
-    # BEGIN IMMEDIATE: the count and the insert see the same notes, so concurrent
-    # requests cannot overshoot the plan limit
-    db.execute("BEGIN IMMEDIATE")
+    # the write lock first (the count and the insert see the same notes, so concurrent
+    # requests cannot overshoot the plan limit), and the route confirmed under it
+    db.begin_write()
     count = db.execute("SELECT count(*) FROM notes").fetchone()[0]
     if limit is not None and limit.isdigit() and count >= int(limit):
         raise HTTPError(403, f"this plan holds at most {limit} notes")

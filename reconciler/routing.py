@@ -26,12 +26,11 @@ Invariants:
 * the cache is dropped whenever the registry changes (``PRAGMA data_version`` on a held
   read-only connection, one cheap query per request), so a relocation, a new tenant or
   a removed domain is seen on the very next request;
-* a connection is returned only after it holds SQLite's shared lock on the tenant file
-  (a WAL-mode connection, as tenant files are, keeps it from its first read until it
-  closes) and the registry was re-checked *after* that lock was taken: a relocation
-  that marks the tenant ``relocating`` and then waits for every open connection to
-  close therefore either sees this connection and waits for it, or this call sees
-  the relocation and refuses;
+* a connection is returned only after the registry was re-checked *after* the file
+  was opened, and every commit re-checks it while holding the file's write lock
+  (``TenantConnection``): a relocation marks the tenant ``relocating``, takes that
+  write lock before copying and holds it until the registry points at the new file,
+  so a write either lands in the live file before the copy or is rolled back;
 * ``Router`` is thread-safe; connections are per request (closed by their context
   manager) and are never pooled, because a pooled connection would pin a file that a
   relocation is waiting to retire.
@@ -185,17 +184,50 @@ def normalize_host(host: str) -> str:
 class TenantConnection(sqlite3.Connection):
     """A ``sqlite3.Connection`` to one tenant's file, with ``central`` attached.
 
+    Every commit is *confirmed*: holding the tenant file's write lock, the connection
+    checks with the registry that its host still routes to this very file and that the
+    tenant is servable; if not (it was relocated, archived, suspended meanwhile) the
+    transaction is rolled back and ``TenantUnavailable`` raised, so a write can never
+    land in a file the reconciler has retired. Commit with ``commit()`` or the context
+    manager (not ``executescript`` or a literal ``COMMIT``, which skip the check);
+    ``begin_write()`` starts a write transaction and confirms up front.
+
     As a context manager it commits on success, rolls back on an exception, and then
     closes (a plain ``sqlite3.Connection`` would stay open): requests must not keep
     tenant files open.
     """
 
     tenant: Tenant
+    _router: Router
+    _host: str
+
+    def begin_write(self) -> None:
+        """``BEGIN IMMEDIATE`` (take the write lock now), then confirm the route."""
+        self.execute("BEGIN IMMEDIATE")
+        self._confirm()
+
+    def commit(self) -> None:
+        if self.in_transaction:
+            self._confirm()
+        super().commit()
+
+    def _confirm(self) -> None:
+        # The route is read after the write lock is held (the transaction wrote, or
+        # began IMMEDIATE). A relocation takes that same lock before copying and keeps
+        # it until the registry points elsewhere: either it is still waiting for us
+        # (the file is live) or the switch is already visible here.
+        reason = self._router._still_routed(self._host, self.tenant)
+        if reason is not None:
+            self.rollback()
+            raise TenantUnavailable(self.tenant, reason)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:
         try:
-            super().__exit__(exc_type, exc, tb)
+            if exc_type is None:
+                self.commit()
+            else:
+                self.rollback()
         finally:
             self.close()
         return False
@@ -331,6 +363,18 @@ class Router:
                 return True
             return self._cached_lookup(host, key) == entry
 
+    def _still_routed(self, host: str, tenant: Tenant) -> str | None:
+        """None if ``host`` still routes to ``tenant``'s file and it is servable, else
+        why not. Costs one ``PRAGMA data_version`` while the registry is unchanged."""
+        try:
+            now = self._entry(host)[0].tenant
+        except TenantNotFound:
+            return "the host no longer routes to this tenant; retry the request"
+        if (now.name, now.path) != (tenant.name, tenant.path):
+            return ("the tenant was relocated while this request was running; nothing was "
+                    "written, retry the request")
+        return now.unavailable_reason()
+
     def _lookup(self, key: str) -> _Entry | None:
         """Read one host's route from the registry (lock held)."""
         try:
@@ -362,7 +406,7 @@ class Router:
             raise TenantUnavailable(tenant, f"its database file cannot be opened ({exc}); "
                                             "the reconciler will report it missing") from exc
         try:
-            conn.tenant = tenant
+            conn.tenant, conn._router, conn._host = tenant, self, entry.key
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("ATTACH DATABASE ? AS central", (self._central_uri,))
             version: int = conn.execute("PRAGMA user_version").fetchone()[0]

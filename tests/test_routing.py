@@ -6,8 +6,10 @@ writes it; every tenant file is a real WAL-mode SQLite file.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -255,26 +257,98 @@ def test_the_context_manager_commits_then_closes_and_rolls_back_on_error(
     assert fleet.rows(path, "SELECT v FROM t") == [("kept",)]
 
 
-def test_a_connection_pins_its_file_so_a_relocation_can_wait_for_it(
-        reg: Registry, router: Router) -> None:
-    path = add_tenant(reg, "aaron")
-
-    def exclusive() -> bool:
-        other = sqlite3.connect(path, timeout=0, isolation_level=None)
-        try:
-            other.execute("PRAGMA locking_mode = EXCLUSIVE")
-            other.execute("BEGIN EXCLUSIVE")
-            other.execute("ROLLBACK")
-            return True
-        except sqlite3.OperationalError:
-            return False
-        finally:
-            other.close()
-
+def test_a_commit_after_the_route_moved_is_rolled_back_and_refused(
+        fleet: Fleet, reg: Registry, router: Router) -> None:
+    old = add_tenant(reg, "aaron")
+    new = make_db(reg.path.parent / "us" / "aaron.db", 3, wal=True)
     conn = router.connect("aaron.yoursaas.com")
-    assert not exclusive()  # held before the application ran a single query
+    conn.execute("INSERT INTO t (v) VALUES ('late')")
+    with reg.transaction():
+        reg.update_tenant("aaron", region="us", path=new)
+    with pytest.raises(TenantUnavailable, match="relocated while this request"):
+        conn.commit()
+    assert not conn.in_transaction
     conn.close()
-    assert exclusive()
+    assert fleet.rows(old, "SELECT v FROM t") == []
+    assert fleet.rows(new, "SELECT v FROM t") == []
+
+
+@pytest.mark.parametrize("status", ["relocating", "archived", "suspended"])
+def test_the_context_manager_refuses_to_commit_once_the_tenant_is_unservable(
+        fleet: Fleet, reg: Registry, router: Router, status: str) -> None:
+    path = add_tenant(reg, "aaron")
+    with pytest.raises(TenantUnavailable, match=status), \
+            router.connect("aaron.yoursaas.com") as conn:
+        conn.execute("INSERT INTO t (v) VALUES ('late')")
+        with reg.transaction():
+            reg.update_tenant("aaron", status=status)
+    assert fleet.rows(path, "SELECT v FROM t") == []
+
+
+def test_begin_write_confirms_the_route_under_the_write_lock(reg: Registry, router: Router
+                                                             ) -> None:
+    add_tenant(reg, "aaron")
+    with router.connect("aaron.yoursaas.com") as conn:
+        conn.begin_write()
+        assert conn.in_transaction
+        conn.execute("INSERT INTO t (v) VALUES ('ok')")
+    conn = router.connect("aaron.yoursaas.com")
+    with reg.transaction():
+        reg.update_tenant("aaron", status="relocating")
+    with pytest.raises(TenantUnavailable, match="relocating"):
+        conn.begin_write()
+    assert not conn.in_transaction
+    conn.close()
+
+
+def test_a_write_waiting_on_a_relocation_is_rolled_back_not_written_to_the_retired_file(
+        fleet: Fleet, reg: Registry, router: Router) -> None:
+    # The relocation protocol (reconciler.relocate): mark relocating, take the source's
+    # write lock, copy, switch the registry, retire the source, release the lock. An
+    # application connection opened before all that, writing meanwhile, must not commit.
+    source = add_tenant(reg, "aaron")
+    dest = reg.path.parent / "us" / "aaron.db"
+    retired = reg.path.parent / "_retired" / "aaron.db"
+    opened, go = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def application() -> None:
+        conn = router.connect("aaron.yoursaas.com")
+        opened.set()
+        go.wait()
+        try:
+            conn.execute("INSERT INTO t (v) VALUES ('late')")  # waits for the lock
+            conn.commit()
+            outcome.append("committed")
+        except TenantUnavailable as exc:
+            outcome.append(exc.reason)
+        finally:
+            conn.close()
+
+    app = threading.Thread(target=application)
+    app.start()
+    opened.wait()
+    with reg.transaction():
+        reg.update_tenant("aaron", status="relocating")
+    lock = sqlite3.connect(source, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    go.set()
+    time.sleep(0.2)  # the application is now blocked on the write lock
+    dest.parent.mkdir(parents=True)
+    reader, copy = sqlite3.connect(source), sqlite3.connect(dest)
+    reader.backup(copy)
+    reader.close()
+    copy.close()
+    with reg.transaction():
+        reg.update_tenant("aaron", region="us", path=dest, status="active")
+    retired.parent.mkdir()
+    os.rename(source, retired)
+    lock.execute("ROLLBACK")
+    lock.close()
+    app.join()
+    assert len(outcome) == 1 and "relocated while this request" in outcome[0]
+    assert fleet.rows(retired, "SELECT v FROM t") == []
+    assert fleet.rows(dest, "SELECT v FROM t") == []
 
 
 def test_a_missing_registry_is_an_error_and_is_not_created(tmp_path: Path) -> None:
