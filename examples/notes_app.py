@@ -147,6 +147,13 @@ def make_app(router: Router, min_schema: int = MIN_SCHEMA
             status, body = exc.http_status, {"error": str(exc)}
         except HTTPError as exc:
             status, body = exc.status, {"error": exc.message}
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            # the tenant stayed write-locked beyond the busy timeout (a long migration
+            # or relocation step): ask the client to come back rather than fail
+            headers.append(("Retry-After", "1"))
+            status, body = 503, {"error": f"tenant busy: {exc}", "reason": "busy"}
         payload = json.dumps(body).encode() + b"\n"
         start_response(f"{status} {_REASONS.get(status, '')}",
                        [("Content-Type", "application/json"),

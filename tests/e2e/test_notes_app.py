@@ -11,8 +11,11 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from reconciler.registry import Registry
-from tests.conftest import REPO, Fleet, make_db
+from tests.conftest import REPO, Fleet
 
 APP = REPO / "examples" / "notes_app.py"
 
@@ -211,28 +213,28 @@ def test_crafted_hosts_never_open_a_file_and_get_400_or_404(server: NotesServer,
 
 
 def test_a_name_that_exists_only_as_an_archived_tenant_is_never_served(
-        shipped: Fleet, tmp_path: Path) -> None:
-    # The reconciler's archiver (issue 3) is not in the tree yet; the registry is put in
-    # the state it leaves: the row `archived`, the file under _archive/, routes removed.
-    archived = make_db(shipped.data / "_archive" / "oldco-20260101T000000Z.db", 3, rows=5)
-    digest = shipped.digests(archived.parent)
-    reg = Registry.open(shipped.central)
-    try:
-        with reg.transaction():
-            reg.upsert_tenant("oldco", "eu", archived, 3, "archived")
-            reg.upsert_tenant("oldlegacy", "eu", archived, 3, "archived")
-            reg.set_domain("legacy.oldco.example", "oldlegacy")  # a route left behind
-    finally:
-        reg.close()
-    server = NotesServer(shipped, tmp_path)
-    try:
-        assert server.add("oldco.yoursaas.com", "x")[0] == 404
-        status, body = server.add("legacy.oldco.example", "x")
-        assert status == 503 and "archived" in body["reason"]
-        assert server.opened() == []
-    finally:
-        server.stop()
-    assert shipped.digests(archived.parent) == digest
+        server: NotesServer, shipped: Fleet) -> None:
+    assert server.add("umbrella.yoursaas.com", "kept in the archive")[0] == 201
+
+    def archive_umbrella(c: dict[str, Any]) -> None:
+        c["settings"]["prune"] = "archive"
+        del c["tenants"]["umbrella"]
+
+    edit_config(shipped, archive_umbrella)  # the real reconciler archives it
+    assert shipped.registry("SELECT status FROM tenants WHERE name = 'umbrella'") == \
+        [("archived",)]
+    archive = shipped.data / "_archive"
+    digest = shipped.digests(archive)
+    assert len([k for k in digest if k.startswith("umbrella-")]) == 1, digest
+    server.opened()
+    for host in ("umbrella.yoursaas.com", "UMBRELLA.yoursaas.com.:80"):
+        status, body = server.add(host, "after archiving")
+        assert status == 404, body
+    assert server.opened() == []
+    assert shipped.digests(archive) == digest
+    assert not shipped.path("umbrella", "eu").exists()  # never recreated empty
+    route = shipped.run("route", "umbrella.yoursaas.com")
+    assert route.returncode == 1 and "no tenant is routed" in route.stderr
 
 
 def test_a_suspended_tenant_gets_503_and_its_file_is_not_touched(
@@ -331,3 +333,115 @@ def test_route_reports_a_vanished_file_without_recreating_it(shipped: Fleet) -> 
     assert f"file     {path}" in result.stdout
     assert "cannot be opened" in result.stderr
     assert not path.exists()
+
+
+# --------------------------------------------------------------------------- relocation
+
+
+class Traffic:
+    """Threads posting notes to one host as fast as the server answers."""
+
+    def __init__(self, server: NotesServer, host: str, threads: int = 4) -> None:
+        self.server, self.host = server, host
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.results: list[tuple[float, str, int, dict[str, Any]]] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, worker: int) -> None:
+        i = 0
+        while not self.stop.is_set():
+            title = f"w{worker}-{i}"
+            status, body = self.server.add(self.host, title)
+            with self.lock:
+                self.results.append((time.monotonic(), title, status, body))
+            i += 1
+
+    def ok(self) -> int:
+        with self.lock:
+            return sum(1 for r in self.results if r[2] == 201)
+
+    def wait_for(self, successes: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ok() < successes:
+            assert time.monotonic() < deadline, self.results[-5:]
+            with self.lock:
+                odd = [r for r in self.results if r[2] not in (201, 503)]
+            assert not odd, odd[:5]
+            time.sleep(0.01)
+
+    def finish(self) -> list[tuple[float, str, int, dict[str, Any]]]:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        return self.results
+
+
+def relocate_under_traffic(fleet: Fleet, server: NotesServer, moves: list[str]) -> None:
+    """Relocate aaron through ``moves`` (regions) while traffic posts notes to it."""
+    live = fleet.path("aaron", "eu")
+    conn = sqlite3.connect(live)  # a tenant with some data: the copy takes a moment
+    conn.executemany("INSERT INTO users (email, display_name) VALUES (?, ?)",
+                     [(f"user{i}@aaron.example", "x" * 200) for i in range(20_000)])
+    conn.commit()
+    conn.close()
+    traffic = Traffic(server, "aaron.yoursaas.com")
+    retired: dict[str, str] = {}
+    windows = []
+    try:
+        for region in moves:
+            traffic.wait_for(traffic.ok() + 20)
+            config = yaml.safe_load(fleet.config.read_text())
+            config["tenants"]["aaron"]["region"] = region
+            config["globals"]["plan_limit_notes"] = 10**9  # the traffic is not the test
+            fleet.write_config(config)
+            started = time.monotonic()
+            result = fleet.run("apply")
+            windows.append((started, time.monotonic()))
+            assert result.returncode == 0, result.stdout + result.stderr
+            live = fleet.path("aaron", region)
+            assert fleet.registry("SELECT path, status FROM tenants WHERE name = 'aaron'") == \
+                [(str(live), "active")]
+            new = {k: v for k, v in fleet.digests(fleet.data / "_retired").items()
+                   if k not in retired}
+            assert any(k.endswith(".db") for k in new), fleet.digests()
+            retired.update(new)
+        traffic.wait_for(traffic.ok() + 20)  # and traffic goes on against the new file
+    finally:
+        results = traffic.finish()
+        server.stop()
+
+    assert {status for _, _, status, _ in results} <= {201, 503}, \
+        [r for r in results if r[2] not in (201, 503)][:5]
+    refused = [body for _, _, status, body in results if status == 503]
+    expected = ("relocating", "its database file cannot be opened", "the tenant was relocated")
+    assert all(b["reason"].startswith(expected) for b in refused), \
+        [b for b in refused if not b["reason"].startswith(expected)][:5]
+    print(f"{len(results)} requests, {len(refused)} refused with 503:",
+          sorted({b["reason"][:40] for b in refused}))
+    during = [r for r in results if any(a <= r[0] <= b for a, b in windows)]
+    assert during, "no request overlapped a relocation"
+    # every acknowledged write is in the live file ...
+    stored = set(notes_in(fleet, live))
+    acknowledged = {title for _, title, status, _ in results if status == 201}
+    assert acknowledged <= stored, sorted(acknowledged - stored)[:10]
+    # ... and none reached a retired file: each is byte-for-byte as it was retired,
+    # and holds nothing the live file lacks
+    assert {k: v for k, v in fleet.digests(fleet.data / "_retired").items()
+            if k in retired} == retired
+    for name in retired:
+        if name.endswith(".db"):
+            assert set(notes_in(fleet, fleet.data / "_retired" / name)) <= stored
+
+
+def test_a_relocation_during_traffic_serves_the_live_file_or_503_and_never_the_retired_one(
+        server: NotesServer, shipped: Fleet) -> None:
+    relocate_under_traffic(shipped, server, ["us"])
+
+
+@pytest.mark.slow
+def test_repeated_relocations_under_traffic_lose_no_acknowledged_write(
+        server: NotesServer, shipped: Fleet) -> None:
+    relocate_under_traffic(shipped, server, ["us", "eu"] * 5)
