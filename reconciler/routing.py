@@ -393,10 +393,10 @@ class Router:
         return _Entry(tenant, uri, key)
 
     def _open(self, entry: _Entry) -> tuple[TenantConnection, int]:
-        """Open the tenant file (never creating it), attach central, take the shared lock.
+        """Open the tenant file (never creating it) and attach central read-only.
 
-        Returns the connection and the file's ``user_version``; reading it is what takes
-        SQLite's shared lock, which a WAL-mode connection keeps until it is closed.
+        Returns the connection and the file's own ``user_version`` (the truth for
+        ``min_schema``; the registry's copy may lag a migration that just finished).
         """
         tenant = entry.tenant
         try:
