@@ -285,7 +285,7 @@ class Router:
         """
         for _ in range(3):
             entry, seen, key = self._entry(host)
-            reason = entry.tenant.unavailable_reason(min_schema)
+            reason = entry.tenant.unavailable_reason()  # schema: the file says, below
             if reason is None and not entry.uri:
                 reason = f"the registry holds a relative path ({entry.tenant.path})"
             if reason is not None:

@@ -207,8 +207,7 @@ def test_a_relative_path_in_the_registry_is_never_opened_relative_to_the_cwd(
     assert decoy.read_bytes() == before
 
 
-def test_min_schema_refuses_a_tenant_the_registry_records_below_it(
-        reg: Registry, router: Router) -> None:
+def test_min_schema_refuses_a_tenant_below_it(reg: Registry, router: Router) -> None:
     add_tenant(reg, "aaron", version=2)
     with router.connect("aaron.yoursaas.com", min_schema=2) as conn:
         assert conn.tenant.schema_version == 2
@@ -219,9 +218,12 @@ def test_min_schema_refuses_a_tenant_the_registry_records_below_it(
 
 def test_min_schema_trusts_the_files_own_user_version_over_the_registry(
         reg: Registry, router: Router) -> None:
-    add_tenant(reg, "aaron", version=3, file_version=1)  # registry lags the file
+    add_tenant(reg, "behind", version=3, file_version=1)  # the registry claims more
     with pytest.raises(TenantUnavailable, match="at v1"):
-        router.connect("aaron.yoursaas.com", min_schema=2)
+        router.connect("behind.yoursaas.com", min_schema=2)
+    add_tenant(reg, "ahead", version=2, file_version=3)  # a migration just finished
+    with router.connect("ahead.yoursaas.com", min_schema=3) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 # --------------------------------------------------------------------------- connections
