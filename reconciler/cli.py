@@ -261,7 +261,7 @@ def cmd_route(args: argparse.Namespace, logger: Any) -> int:
     try:
         with routing.Router(central) as router:
             tenant = router.resolve(args.host)
-            reason = tenant.unavailable_reason(args.min_schema)
+            reason = tenant.unavailable_reason()  # the schema: judged on the file itself
             if reason is None:  # prove the file opens, exactly as an application would
                 try:
                     router.connect(args.host, args.min_schema).close()
