@@ -154,9 +154,9 @@ def make_app(router: Router, min_schema: int = MIN_SCHEMA
             # or relocation step): ask the client to come back rather than fail
             headers.append(("Retry-After", "1"))
             status, body = 503, {"error": f"tenant busy: {exc}", "reason": "busy"}
-        payload = json.dumps(body).encode() + b"\n"
+        payload = json.dumps(body, ensure_ascii=False).encode() + b"\n"
         start_response(f"{status} {_REASONS.get(status, '')}",
-                       [("Content-Type", "application/json"),
+                       [("Content-Type", "application/json; charset=utf-8"),
                         ("Content-Length", str(len(payload))), *headers])
         return [payload]
 
