@@ -429,6 +429,11 @@ def _plan_undeclared(desired: Desired, observed: Observed, notes: list[str]) -> 
         archived += 1
         out.append(_a(base, Kind.ARCHIVE, status="archived", source=path,
                           detail="not in tenants.yaml — archived (prune: archive)"))
+    for name in sorted(set(journal) - set(desired.tenants) - {n for n, _ in undeclared}):
+        # e.g. a restore killed midway, then the tenant was undeclared again
+        gone = observed.registry.tenants.get(name)
+        out.extend(_resume(journal[name], gone, observed, None, 0, False,
+                           Action(Kind.ORPHANED, name, gone.region if gone else None)))
     return out
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import tenantdb
-from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
+from reconciler.context import OK, Context, Outcome, crash_point, record
 from reconciler.errors import PermanentError, RetryableError
 from reconciler.plan import Action
 from reconciler.registry import JournalRow
@@ -233,6 +233,16 @@ def unstamp(text: str) -> float | None:
     if millis is None:
         return None
     return calendar.timegm(base) + millis / 1000
+
+
+def elapsed_ms(started_at: str) -> int:
+    """Milliseconds since a registry timestamp (``utcnow()``): an operation's duration
+    across the runs it took."""
+    try:
+        base = calendar.timegm(time.strptime(started_at[:19], "%Y-%m-%dT%H:%M:%S"))
+        return max(0, int((time.time() - base - float(started_at[19:-1] or 0)) * 1000))
+    except ValueError:
+        return 0
 
 
 def free_name(directory: Path, stem: str) -> Path:
@@ -444,16 +454,15 @@ def _switch(action: Action, journal: JournalRow, lock: sqlite3.Connection, ctx: 
 
 def _retire(action: Action, journal: JournalRow, ctx: Context) -> Outcome:
     assert journal.source and journal.dest
-    timer = Timer()
     detail = _detail(journal)
     source, retired = Path(journal.source), Path(detail["retired_path"])
     move_out(source, retired, ctx.desired.settings.busy_timeout, "relocate:during-retire")
+    resumed = action.detail if action.detail.startswith("resume") else None
     outcome = Outcome(action.tenant, "relocate", OK, action.from_version, action.to_version,
-                      timer.ms, detail={"from_region": detail.get("from_region"),
-                                        "region": detail.get("to_region"),
-                                        "path": journal.dest, "retired": str(retired),
-                                        "resumed": journal.phase if action.detail.startswith(
-                                            "resume") else None})
+                      elapsed_ms(journal.started_at),
+                      detail={"from_region": detail.get("from_region"),
+                              "region": detail.get("to_region"), "path": journal.dest,
+                              "retired": str(retired), "resumed": resumed})
     with ctx.registry.transaction():
         ctx.registry.journal_clear(action.tenant)
         record(ctx, action, action.tenant, outcome)

@@ -165,3 +165,20 @@ def test_restore_refuses_to_overwrite_a_file_already_at_the_tenant_path(fleet: F
     assert done.returncode == 3 and "already exists" in done.stdout
     assert {k: v for k, v in fleet.digests().items() if not k.startswith("central")} == {
         k: v for k, v in digest.items() if not k.startswith("central")}
+
+
+def test_restore_killed_then_undeclared_again_is_finished_then_archived_again(
+        fleet: Fleet) -> None:
+    before = seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=20, prune="archive")
+    _declare(fleet, {"bob": {"region": "eu"}})
+    assert fleet.run("apply").returncode == 0
+    _declare(fleet, {"aaron": {"region": "eu"}, "bob": {"region": "eu"}})
+    killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": "restore:after-link"})
+    assert killed.returncode == -signal.SIGKILL
+    _declare(fleet, {"bob": {"region": "eu"}})  # changed their mind again
+    finish = fleet.run("apply")  # finishes the restore: never leaves it half done
+    assert finish.returncode == 0, finish.stdout + finish.stderr
+    assert fleet.registry("SELECT * FROM journal") == []
+    again = fleet.run("apply")  # and archives the now-undeclared tenant once more
+    assert again.returncode == 0, again.stdout + again.stderr
+    _assert_archived(fleet, "aaron", before["aaron"])
