@@ -291,13 +291,13 @@ class Router:
             if reason is not None:
                 raise TenantUnavailable(entry.tenant, reason)
             try:
-                conn, version = self._open(entry)
+                conn, version = self._open(entry, min_schema is not None)
             except TenantUnavailable:
                 if self._still(host, key, entry, seen):
                     raise
                 continue  # the file moved because its route changed: follow the route
             if self._still(host, key, entry, seen):
-                if min_schema is not None and version < min_schema:
+                if min_schema is not None and version is not None and version < min_schema:
                     conn.close()
                     raise TenantUnavailable(entry.tenant, _too_old(version, min_schema))
                 return conn
@@ -392,11 +392,13 @@ class Router:
         uri = f"{tenant.path.as_uri()}?mode=rw" if tenant.path.is_absolute() else ""
         return _Entry(tenant, uri, key)
 
-    def _open(self, entry: _Entry) -> tuple[TenantConnection, int]:
+    def _open(self, entry: _Entry, read_version: bool
+              ) -> tuple[TenantConnection, int | None]:
         """Open the tenant file (never creating it) and attach central read-only.
 
-        Returns the connection and the file's own ``user_version`` (the truth for
-        ``min_schema``; the registry's copy may lag a migration that just finished).
+        Returns the connection and, if asked, the file's own ``user_version`` (the
+        truth for ``min_schema``: the registry's copy may lag a migration that just
+        finished). Not read otherwise: it is a file read on every request.
         """
         tenant = entry.tenant
         try:
@@ -409,7 +411,9 @@ class Router:
             conn.tenant, conn._router, conn._host = tenant, self, entry.key
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("ATTACH DATABASE ? AS central", (self._central_uri,))
-            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            version: int | None = None
+            if read_version:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
             conn.close()
             raise TenantUnavailable(tenant, f"its database cannot be read ({exc})") from exc
