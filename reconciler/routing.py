@@ -63,7 +63,7 @@ REASONS = {
 }
 
 DEFAULT_BUSY_TIMEOUT = 5.0
-MAX_CACHED_HOSTS = 4096  # bounds memory when clients send many distinct bogus hosts
+MAX_CACHED_HOSTS = 65536  # bounds memory (a few MB) when clients send many bogus hosts
 
 # RFC 1123 hostname: dot-separated labels of letters, digits and inner hyphens, at most
 # 63 characters each and 253 in all. ASCII only (checked before lowercasing, because
