@@ -19,11 +19,14 @@ Endpoints (JSON in and out; form-encoded bodies work too):
                   tenant holds ``plan_limit_notes`` notes (a global setting)
 
 Status codes: 400 a Host that is not a hostname; 404 no tenant at that host (or an
-unknown path); 503 the tenant is relocating, missing, archived, suspended, failed or
-below this application's schema (with ``Retry-After``); 405 wrong method.
+unknown path); 503 the tenant is relocating, missing, archived, suspended, failed,
+below this application's schema, was relocated while the request ran (its write was
+rolled back), or stayed write-locked past the busy timeout (with ``Retry-After``);
+405 wrong method.
 
-Invariants: one tenant connection per request, closed when the request ends (so a
-relocation waiting for open connections is never kept waiting); the application
+Invariants: one tenant connection per request, closed when the request ends; writes
+go through ``begin_write()`` and the connection's confirmed commit, so a write racing
+a relocation is rolled back rather than left in the retired file; the application
 never builds a path itself; nothing it does can write to the registry.
 """
 
