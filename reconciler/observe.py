@@ -23,6 +23,7 @@ when asked for: at 100k tenants, building them all costs more than reading the f
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -30,11 +31,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import quote_from_bytes
 
 from reconciler.desired import Desired
 from reconciler.registry import Snapshot
 
 MAGIC = b"SQLite format 3\x00"
+# characters a file name may hold and still be put in a file: URI as it is (RFC 3986
+# unreserved): every tenant file name (a DNS label + ".db") is one
+_URI_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ class FileState:
         return self.exists and self.error is None and self.user_version is not None
 
 
+# what _read_many keeps per file (see FileStates)
+Read = FileState | int | tuple[int, bool]
+
+
 @dataclass(frozen=True)
 class RegionState:
     name: str
@@ -60,12 +69,13 @@ class RegionState:
 class FileStates(Mapping[Path, FileState]):
     """The observed files, keyed by ``Path`` like any mapping, stored by path text.
 
-    Immutable once built. A plain regular file read from its header is kept as its bare
-    ``user_version`` and turned into a ``FileState`` on access."""
+    Immutable once built. A usable file is kept as its bare ``user_version`` (read from
+    the header) or as ``(user_version, wal)`` (read by SQLite), and turned into a
+    ``FileState`` on access."""
 
     __slots__ = ("_by_text",)
 
-    def __init__(self, by_text: Mapping[str, FileState | int]) -> None:
+    def __init__(self, by_text: Mapping[str, Read]) -> None:
         self._by_text = by_text
 
     def __getitem__(self, key: Path) -> FileState:
@@ -73,8 +83,10 @@ class FileStates(Mapping[Path, FileState]):
         v = self._by_text[text]
         if isinstance(v, FileState):
             return v
-        return FileState(key if isinstance(key, Path) else Path(text), exists=True,
-                         user_version=v)
+        path = key if isinstance(key, Path) else Path(text)
+        if isinstance(v, tuple):
+            return FileState(path, exists=True, user_version=v[0], wal=v[1])
+        return FileState(path, exists=True, user_version=v)
 
     def __iter__(self) -> Iterator[Path]:
         return (Path(t) for t in self._by_text)
@@ -90,7 +102,7 @@ class FileStates(Mapping[Path, FileState]):
         v = self._by_text.get(text)
         if isinstance(v, FileState):
             return v.user_version if v.usable else None
-        return v
+        return v[0] if isinstance(v, tuple) else v
 
 
 @dataclass(frozen=True)
@@ -157,11 +169,12 @@ def read_user_versions(paths: Iterable[Path], busy_timeout: float = 5.0
     return {p: states[p] for p in paths}
 
 
-def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, FileState | int]:
-    """Path text → its ``FileState``, or just its ``user_version`` when read from the
-    header of a regular file (the common case, kept small)."""
+def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, Read]:
+    """Path text → what was read: a bare ``user_version`` (regular file, from its
+    header: the common case, kept small), ``(user_version, wal)`` (read by SQLite), or
+    the ``FileState`` of anything else (missing, unusable)."""
     listings: dict[str, tuple[frozenset[str], frozenset[str]] | None] = {}
-    out: dict[str, FileState | int] = {}
+    out: dict[str, Read] = {}
     for text in texts:
         i = text.rfind("/")  # os.path.split, minus its cost: texts are normalised paths
         directory, name = (text[:i] or "/", text[i + 1:]) if i >= 0 else ("", text)
@@ -172,9 +185,8 @@ def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, FileState
         if listing is None:
             out[text] = read_user_version(Path(text), busy_timeout)
         elif name in listing[1]:  # a -wal or -journal beside it: only SQLite knows
-            path = Path(text)
-            out[text] = _not_a_plain_file(path) or _pragma_user_version(
-                path, busy_timeout, wal=name + "-wal" in listing[0])
+            out[text] = _ask_sqlite(text, directory, name, busy_timeout,
+                                    wal=name + "-wal" in listing[0])
         elif name not in listing[0]:
             out[text] = FileState(Path(text), exists=False)
         else:
@@ -188,6 +200,29 @@ def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, FileState
             else:
                 out[text] = _from_header(Path(text), header)
     return out
+
+
+def _ask_sqlite(text: str, directory: str, name: str, busy_timeout: float, wal: bool) -> Read:
+    """``_pragma_user_version`` of a plain file without building its Path or URI the slow
+    way (the per-file cost beside SQLite's own, where applications hold files open);
+    anything unusual goes to ``read_user_version``, which says exactly what it is."""
+    try:
+        regular = stat.S_ISREG(os.lstat(text).st_mode)
+    except OSError:
+        regular = False
+    if not regular or not directory.startswith("/") or not _URI_SAFE.fullmatch(name):
+        return read_user_version(Path(text), busy_timeout)
+    # what Path.as_uri() gives, for a name that needs no quoting
+    uri = f"file://{quote_from_bytes(os.fsencode(directory.rstrip('/')))}/{name}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return read_user_version(Path(text), busy_timeout)  # reports the error
+    return version, wal
 
 
 def _listing(directory: str) -> tuple[frozenset[str], frozenset[str]] | None:
