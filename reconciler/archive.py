@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from reconciler import relocate, tenantdb
 from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError
-from reconciler.plan import Action
+from reconciler.plan import Action, Kind
 from reconciler.registry import JournalRow
 
 
@@ -63,12 +64,18 @@ def archive(action: Action, ctx: Context) -> Outcome:
     version = relocate.fingerprint_file(target, ctx.desired.settings.busy_timeout).user_version
     outcome = Outcome(name, "archive", OK, version, version, timer.ms,
                       detail={"path": str(target), "from": str(source)})
+    # declared again while a killed run was archiving it: brought straight back below,
+    # keeping the domains this pass's plan counts on
+    back = action.path is not None and action.detail.startswith("resume")
     with ctx.registry.durable_transaction():
         ctx.registry.update_tenant(name, status="archived", path=target,
                                    schema_version=version)
-        ctx.registry.delete_domains(name)  # out of routing together with the status
+        if not back:
+            ctx.registry.delete_domains(name)  # out of routing together with the status
         ctx.registry.journal_clear(name)
         record(ctx, action, name, outcome)
+    if back:
+        return restore(replace(action, kind=Kind.RESTORE, source=target), ctx)
     return outcome
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
-from reconciler.observe import Observed
+from reconciler.observe import FileStates, Observed
 from reconciler.registry import JournalRow, Snapshot, TenantRow
 
 
@@ -188,8 +188,21 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
     latest = catalog.latest
     notes: list[str] = []
 
+    declared_at, journal = observed.declared, reg.journal
+    version_at = (observed.files.version_of if isinstance(observed.files, FileStates)
+                  else observed.version_at)
     for name, spec in desired.tenants.items():
         row = reg.tenants.get(name)
+        if (row is not None and row.status == "active" and not spec.suspended
+                and row.region == spec.region and row.protected == spec.protected
+                and row.path == declared_at.get(name) and name not in journal):
+            target = desired.target_version(spec, latest)
+            if row.schema_version == target and version_at(row.path) == target:
+                # the steady state, checked first because a daemon sees little else:
+                # registry and file agree, at the declared path and the target — exactly
+                # the case _plan_declared turns into no action, decided here without a
+                # Path, an Action or even a call per tenant
+                continue
         # a failed tenant's backoff has run out: retry it as if asked to
         due = row is not None and row.retry_at is not None and row.retry_at <= observed.now
         actions.extend(_plan_declared(desired, observed, catalog, spec, row,
@@ -224,15 +237,6 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
                    row: TenantRow | None, retry_failed: bool) -> list[Action]:
     name, region = spec.name, spec.region
     target = desired.target_version(spec, catalog.latest)
-    if (row is not None and row.status == "active" and not spec.suspended
-            and row.region == region and row.schema_version == target
-            and row.protected == spec.protected and name not in observed.registry.journal
-            and row.path == observed.declared.get(name)
-            and observed.version_at(row.path) == target):
-        # the steady state, checked first because a daemon sees little else: registry
-        # and file agree, at the declared path and the target — exactly the case the
-        # rules below turn into no action, decided without building a Path or an Action
-        return []
     want = desired.tenant_path(name, region)
     key = fingerprint(catalog, target, region)
     base = Action(Kind.CREATE, name, region, path=want, key=key, protected=spec.protected)
@@ -341,9 +345,11 @@ def _resume(journal: JournalRow, row: TenantRow | None, observed: Observed, want
                 from_version=version, to_version=version,
                 status="archived" if kind is Kind.ARCHIVE else "active",
                 detail=f"resume interrupted {journal.action} (phase {journal.phase})")
-    if kind is Kind.ARCHIVE or want is None or journal.dest != str(want):
+    if want is None or (kind is Kind.RESTORE and journal.dest != str(want)):
         return [resume]
-    # it lands where it is wanted: what the file's version needs follows in this pass
+    # the file ends up at ``want`` (a resumed relocation whose destination changed
+    # meanwhile goes on there; a tenant declared again while it was being archived is
+    # restored right after): what its version needs follows in this pass
     return _then_migrate(resume, version, target, row, retry_failed, base, observed.now)
 
 

@@ -326,7 +326,13 @@ def _detail(journal: JournalRow) -> dict[str, Any]:
 def run(action: Action, ctx: Context) -> Outcome:
     journal = ctx.registry.journal_row(action.tenant)
     if journal is not None and journal.action == "relocate":
-        return _resume(action, journal, ctx)
+        outcome = _resume(action, journal, ctx)
+        row = ctx.registry.tenant(action.tenant)
+        if action.path is None or row is None or Path(row.path) == action.path:
+            return outcome
+        # the desired region changed while the relocation was interrupted: it was
+        # finished or rolled back above, and now goes where it is wanted, this pass
+        return _start(action, ctx)
     if journal is not None:
         raise PermanentError(f"{action.tenant} has an unfinished {journal.action} "
                              f"(phase {journal.phase}); it is finished first")

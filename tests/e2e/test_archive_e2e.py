@@ -182,3 +182,18 @@ def test_restore_killed_then_undeclared_again_is_finished_then_archived_again(
     again = fleet.run("apply")  # and archives the now-undeclared tenant once more
     assert again.returncode == 0, again.stdout + again.stderr
     _assert_archived(fleet, "aaron", before["aaron"])
+
+
+def test_archive_killed_then_declared_again_is_restored_in_the_same_run(fleet: Fleet) -> None:
+    before = seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=20, prune="archive")
+    _declare(fleet, {"bob": {"region": "eu"}})
+    killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": "archive:during-move"})
+    assert killed.returncode == -signal.SIGKILL
+    _declare(fleet, {"aaron": {"region": "us"}, "bob": {"region": "eu"}})
+    again = fleet.run("apply")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert fleet.run("plan").returncode == 0
+    assert fleet.registry("SELECT region, status FROM tenants WHERE name = 'aaron'") == [
+        ("us", "active")]
+    assert content(fleet, fleet.path("aaron", "us")) == before["aaron"]
+    assert not fleet.path("aaron", "eu").exists() and _archives(fleet, "aaron") == []
