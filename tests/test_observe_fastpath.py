@@ -1,4 +1,5 @@
-"""The header fast path in ``observe`` agrees with ``PRAGMA user_version`` — always.
+"""The header fast path in ``observe`` agrees with ``PRAGMA user_version`` — always,
+and the planner's steady-state short-cut answers exactly what its full rules answer.
 
 Why: the no-op pass reads ``user_version`` straight from the 4 bytes at offset 60 when
 neither a ``-wal`` nor a ``-journal`` sits beside the file, and asks SQLite otherwise.
@@ -18,11 +19,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 
-from reconciler.observe import FileState, read_user_version, read_user_versions
+from reconciler import engine
+from reconciler.observe import FileState, Observed, observe, read_user_version, read_user_versions
+from reconciler.plan import Plan, plan
+from reconciler.registry import Registry, Snapshot
+from tests.conftest import Fleet
 
 
 def pragma(path: Path) -> int:
@@ -240,3 +248,116 @@ def test_batch_reader_answers_exactly_like_the_single_reader(tmp_path: Path) -> 
     assert "not a SQLite database" in (together[d / "junk.db"].error or "")
     assert not together[d / "missing.db"].exists
     assert not together[tmp_path / "nowhere" / "x.db"].exists
+
+
+# ------------------------------------------------------------------ the planner's short-cut
+# The planner decides in-sync tenants with a short-cut (registry row, declared path text
+# and the file's version all agree at the target) before its full rules. It must be
+# exactly those rules' answer: every plan below is compared with the plan of the same
+# observation with the short-cut disabled (no declared path texts).
+
+
+def full_rules(observed: Observed) -> Observed:
+    return replace(observed, declared=MappingProxyType({}))
+
+
+def converged(fleet: Fleet, tenants: dict[str, dict[str, Any]]) -> None:
+    fleet.declare(tenants, regions=("eu", "us"))
+    result = fleet.run("apply")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def plans(fleet: Fleet) -> tuple[Plan, Plan, Observed]:
+    inputs = engine.load(fleet.config)
+    snapshot = registry_snapshot(inputs.desired.settings.central)
+    observed = observe(inputs.desired, snapshot)
+    fast = plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision)
+    slow = plan(inputs.desired, full_rules(observed), inputs.catalog, revision=inputs.revision)
+    return fast, slow, observed
+
+
+def registry_snapshot(central: Path) -> Snapshot:
+    reg = Registry.open_readonly(central)
+    assert reg is not None
+    try:
+        return reg.snapshot()
+    finally:
+        reg.close()
+
+
+TENANTS: dict[str, dict[str, Any]] = {
+    "aaron": {"region": "eu"}, "acme": {"region": "us"}, "globex": {"region": "eu"},
+    "hooli": {"region": "us", "schema": 2}, "initech": {"region": "eu", "protected": True},
+}
+
+
+def test_declared_path_texts_are_exactly_the_desired_tenant_paths(fleet: Fleet) -> None:
+    converged(fleet, TENANTS)
+    inputs = engine.load(fleet.config)
+    observed = observe(inputs.desired, registry_snapshot(inputs.desired.settings.central))
+    assert dict(observed.declared) == {
+        name: os.fspath(inputs.desired.tenant_path(name, spec.region))
+        for name, spec in inputs.desired.tenants.items()}
+
+
+def test_shortcut_plans_nothing_on_a_converged_fleet_like_the_full_rules(fleet: Fleet) -> None:
+    converged(fleet, TENANTS)
+    fast, slow, observed = plans(fleet)
+    assert fast.is_empty and slow.is_empty
+    assert fast == slow
+    for name in TENANTS:  # and the short-cut really was taken for every one of them
+        assert observed.version_at(observed.declared[name]) is not None
+
+
+def set_file_version(path: Path, version: int) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def set_registry(fleet: Fleet, sql: str, *args: object) -> None:
+    conn = sqlite3.connect(fleet.central)
+    try:
+        conn.execute(sql, args)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+DRIFTS: dict[str, Callable[[Fleet], object]] = {
+    "file behind the target": lambda f: set_file_version(f.path("aaron", "eu"), 2),
+    "registry disagrees with the file": lambda f: set_registry(
+        f, "UPDATE tenants SET schema_version = 1 WHERE name = 'acme'"),
+    "status not active": lambda f: set_registry(
+        f, "UPDATE tenants SET status = 'failed' WHERE name = 'globex'"),
+    "registry path elsewhere": lambda f: set_registry(
+        f, "UPDATE tenants SET path = path || '.old' WHERE name = 'acme'"),
+    "region changed": lambda f: f.declare({**TENANTS, "aaron": {"region": "us"}},
+                                          regions=("eu", "us")),
+    "protection changed": lambda f: f.declare({**TENANTS, "acme": {"region": "us",
+                                                                    "protected": True}},
+                                              regions=("eu", "us")),
+    "suspended": lambda f: f.declare({**TENANTS, "globex": {"region": "eu",
+                                                             "suspended": True}},
+                                     regions=("eu", "us")),
+    "pin lowered below the file": lambda f: f.declare({**TENANTS, "aaron": {"region": "eu",
+                                                                             "schema": 1}},
+                                                      regions=("eu", "us")),
+    "file gone": lambda f: os.unlink(f.path("initech", "eu")),
+    "file replaced by junk": lambda f: f.path("hooli", "us").write_bytes(b"junk" * 40),
+    "hot journal beside the file": lambda f: f.path("aaron", "eu").with_name(
+        "aaron.db-journal").write_bytes(b""),
+}
+
+
+@pytest.mark.parametrize("drift", DRIFTS)
+def test_shortcut_leaves_every_drift_to_the_full_rules(fleet: Fleet, drift: str) -> None:
+    converged(fleet, TENANTS)
+    DRIFTS[drift](fleet)
+    fast, slow, _ = plans(fleet)
+    assert fast == slow
+    if drift != "hot journal beside the file":  # an empty journal is cold: no drift
+        assert fast.actions, f"{drift}: the plan should hold an action or a report"
