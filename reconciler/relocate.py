@@ -26,7 +26,9 @@ Resume rules (next run, from the journal phase plus what is on disk): before
 (or, when the tenant no longer wants that destination, the relocation is rolled back);
 from ``rename`` on, a copy at the destination that verifies equal to the source is
 finished forward; one that differs (the source changed after the crash) is retired
-and the copy redone; from ``retire`` on, only the retirement is left.
+and the copy redone; from ``retire`` on, only the retirement is left. When the desired
+region changed while the relocation was interrupted, the tenant then relocates again,
+in the same run, to where it is wanted now.
 
 Applications must resolve the path from the registry before each transaction and,
 holding their write lock, check the tenant is still ``active`` at that path (see the
@@ -360,7 +362,8 @@ def _start(action: Action, ctx: Context) -> Outcome:
     tenantdb.remove_quietly(temp)  # a leftover of a killed run that journaled nothing
     fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, tenantdb.FILE_MODE)
     os.close(fd)  # proves the destination is writable; copy_into starts it afresh
-    detail = {"from_region": row.region, "to_region": action.region, "status": row.status}
+    previous = row.status if row.status != "relocating" else "active"  # restored on roll back
+    detail = {"from_region": row.region, "to_region": action.region, "status": previous}
     with ctx.registry.durable_transaction():
         ctx.registry.journal_set(name, "relocate", "copy", source=str(source), dest=str(dest),
                                  temp=str(temp), detail=detail)
