@@ -34,7 +34,7 @@ LATEST = len(list(MIGRATIONS.glob("*.sql")))
 REGIONS = ("eu", "us", "ap")
 DEFAULT_ROOT = Path(os.environ.get("RECONCILER_BENCH_ROOT", "/tmp/reconciler-bench"))
 MARKER = ".bench-fleet.json"
-GENERATOR = 3  # bump when the layout changes, so stale fleets are rebuilt
+GENERATOR = 4  # bump when the layout changes, so stale fleets are rebuilt
 
 
 @dataclass(frozen=True)
