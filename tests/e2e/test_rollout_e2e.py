@@ -274,20 +274,21 @@ def test_parallel_8_ends_in_exactly_the_state_of_parallel_1(tmp_path: Path) -> N
 
 
 HOLDER = """
-import sqlite3, sys, time
+import select, sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN IMMEDIATE")
 conn.execute("INSERT INTO users (email, display_name) VALUES ('app@example.com', 'App')")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+select.select([sys.stdin], [], [], float(sys.argv[2]))  # until released, or the time is up
 conn.execute("COMMIT")
 """
 
 
 def hold(path: Path, seconds: float) -> subprocess.Popen[str]:
-    """Another process (an application) holding the tenant's write lock."""
+    """Another process (an application) holding the tenant's write lock for ``seconds``
+    or until its stdin is closed."""
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -321,7 +322,7 @@ def test_tenant_busy_beyond_every_retry_is_left_for_the_next_pass_not_failed(
     build(fleet, names)
     fleet.declare(tenants(names), busy_timeout="0.2s",
                   rollout={"canary": 1, "batch": 2, "parallel": 2, "max_failures": 0})
-    holder = hold(fleet.path("t001", "eu"), 4.0)
+    holder = hold(fleet.path("t001", "eu"), 120.0)
     try:
         result = fleet.run("apply")
         assert result.returncode == 3, result.stdout + result.stderr
@@ -329,6 +330,8 @@ def test_tenant_busy_beyond_every_retry_is_left_for_the_next_pass_not_failed(
         assert "1 pending" in result.stdout
         assert versions(fleet, names) == {"t000": 4, "t001": 3, "t002": 4}
     finally:
+        assert holder.stdin is not None
+        holder.stdin.close()  # the application lets go
         holder.wait(timeout=30)
     again = fleet.run("apply")
     assert again.returncode == 0, again.stdout + again.stderr
