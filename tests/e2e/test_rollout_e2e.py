@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import RECONCILE, Fleet
 
@@ -28,13 +27,13 @@ UNIQUE_EMAIL = "CREATE UNIQUE INDEX users_email_ci ON users (lower(email));\n"
 NAMES_200 = [f"t{i:03d}" for i in range(200)]
 
 
+def region_for(name: str) -> str:
+    """Odd-numbered tenants live in eu, even ones in us (t001 → eu, t002 → us)."""
+    return "eu" if int(name[1:]) % 2 else "us"
+
+
 def tenants(names: list[str]) -> dict[str, dict[str, Any]]:
-    return {n: {"region": "eu" if i % 2 else "us"} for i, n in enumerate(names)}
-
-
-def region_of(fleet: Fleet, name: str) -> str:
-    spec = yaml.safe_load(fleet.config.read_text())["tenants"][name]
-    return str(spec["region"])
+    return {n: {"region": region_for(n)} for n in names}
 
 
 def build(fleet: Fleet, names: list[str], break_on: set[str] = frozenset(),  # type: ignore[assignment]
@@ -45,7 +44,7 @@ def build(fleet: Fleet, names: list[str], break_on: set[str] = frozenset(),  # t
     done = fleet.run("apply")
     assert done.returncode == 0, done.stdout + done.stderr
     for n in names:
-        conn = sqlite3.connect(fleet.path(n, region_of(fleet, n)))
+        conn = sqlite3.connect(fleet.path(n, region_for(n)))
         conn.execute("PRAGMA synchronous = OFF")  # test setup: no need to survive a crash
         emails = ["Bob@example.com", "bob@example.com"] if n in break_on else [f"{n}@x.com"]
         conn.executemany("INSERT INTO users (email, display_name, created_at) "
@@ -58,7 +57,7 @@ def build(fleet: Fleet, names: list[str], break_on: set[str] = frozenset(),  # t
 
 
 def versions(fleet: Fleet, names: list[str]) -> dict[str, int]:
-    return {n: fleet.user_version(fleet.path(n, region_of(fleet, n))) for n in names}
+    return {n: fleet.user_version(fleet.path(n, region_for(n))) for n in names}
 
 
 def statuses(fleet: Fleet) -> dict[str, str]:
@@ -189,7 +188,7 @@ def health_check_fleet(fleet: Fleet, names: list[str], bad: str) -> None:
     assert fleet.run("apply").returncode == 0
     for n in names:
         email = "root@localhost" if n == bad else f"{n}@example.com"
-        conn = sqlite3.connect(fleet.path(n, region_of(fleet, n)))
+        conn = sqlite3.connect(fleet.path(n, region_for(n)))
         conn.execute("INSERT INTO users (email, display_name, created_at) "
                      "VALUES (?, 'x', '2026-01-01T00:00:00Z')", (email,))
         conn.commit()
@@ -244,7 +243,7 @@ def end_state(fleet: Fleet, names: list[str]) -> dict[str, Any]:
     root = str(fleet.root)
     ev = fleet.registry("SELECT tenant, action, outcome, detail FROM events ORDER BY id")
     return {
-        "files": {n: dump(fleet.path(n, region_of(fleet, n))) for n in names},
+        "files": {n: dump(fleet.path(n, region_for(n))) for n in names},
         "tenants": fleet.registry("SELECT name, region, schema_version, status, failure, "
                                   "failures, protected FROM tenants ORDER BY name"),
         "events": [(t, a, o, d.replace(root, "ROOT")) for t, a, o, d in ev],
