@@ -19,7 +19,10 @@ Invariants:
 * a busy tenant (an application holds its write lock beyond ``busy_timeout``) is
   retried later in the same pass, and is never marked failed for being busy;
 * with ``rollout.snapshot`` a tenant whose migration or health gate fails is restored
-  from its copy (see ``snapshot``); copies are removed once a rollout passes.
+  from its copy (see ``snapshot``); copies are removed once a rollout passes;
+* a wave's tenants are ``migrating`` in the registry before their files change, and
+  ``active``, ``failed`` or ``pending`` (busy, or held by a halt) once it is recorded:
+  a pass killed in between leaves ``migrating``, which the planner re-gates.
 """
 
 from __future__ import annotations
