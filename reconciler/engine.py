@@ -24,7 +24,7 @@ from reconciler.errors import InvalidInput, Problem
 from reconciler.lock import FleetLock
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed, observe
-from reconciler.plan import Kind, Plan, plan
+from reconciler.plan import Plan, plan
 from reconciler.registry import Registry, Snapshot, utcnow
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
@@ -116,12 +116,6 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
             observed = observe(inputs.desired, snapshot)
             the_plan = plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
                             retry_failed=retry_failed)
-            if any(a.kind in (Kind.CREATE, Kind.MIGRATE) for a in the_plan.actions):
-                # a step that fails on an empty database would fail every tenant: refuse
-                # the run (exit 1) before touching any of them
-                broken = migrations_mod.dry_run(inputs.catalog)
-                if broken:
-                    raise InvalidInput(broken)
             ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
                           log.bind(revision=short(inputs.revision)), stop or (lambda: False),
                           retry_failed, progress)

@@ -357,13 +357,17 @@ def test_usage_errors_exit_1_not_2_which_means_changes_pending(fleet: Fleet) -> 
         assert "usage:" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_migration_that_cannot_work_on_any_database_refuses_the_run_untouched(
-        fleet: Fleet) -> None:
-    fleet.declare(TENANTS)
+
+def test_migration_that_cannot_work_on_any_database_stops_at_the_canary(fleet: Fleet) -> None:
+    fleet.declare(TENANTS)  # canary 1, max_failures 0 by default
     assert fleet.run("apply").returncode == 0
-    before = fleet.tenant_digests()
-    fleet.write_migration("0004_typo.sql", "ALTER TABLE nots ADD COLUMN x INTEGER;\n")
+    untouched = {k: v for k, v in fleet.tenant_digests().items() if "aaron" not in k}
+    fleet.write_migration("0004_typo.sql", "ALTER TABLE notes ADD COLUMN x INTEGER;\n"
+                          "UPDATE nots SET x = 1;\n")
     r = fleet.run("apply")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "0004_typo.sql" in r.stderr and "no such table" in r.stderr
-    assert fleet.tenant_digests() == before
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "no such table: nots" in r.stdout
+    assert fleet.user_version(fleet.path("aaron", "eu")) == 3  # canary rolled back
+    assert {k: v for k, v in fleet.tenant_digests().items() if "aaron" not in k} == untouched
+    assert dict(fleet.registry("SELECT name, status FROM tenants")) == {
+        "aaron": "failed", "acme": "pending", "globex": "pending"}
