@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import pty
+import select
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -269,16 +270,18 @@ def test_progress_draws_nothing_when_the_stream_is_not_a_terminal() -> None:
 
 
 def read_all(fd: int) -> str:
-    os.set_blocking(fd, False)
+    """Everything written to the pty so far. The kernel moves pty data asynchronously, so
+    under load a bare non-blocking read can come back short: wait until it goes quiet."""
     out = b""
-    while True:
+    while select.select([fd], [], [], 1.0)[0]:
         try:
             chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return out.decode()
+        except OSError:  # EIO: the other side is closed and drained
+            break
         if not chunk:
-            return out.decode()
+            break
         out += chunk
+    return out.decode()
 
 
 def test_progress_on_a_terminal_is_throttled_and_log_lines_clear_it_first() -> None:
