@@ -103,7 +103,8 @@ def ensure_dir(path: Path) -> None:
     os.chmod(path, DIR_MODE)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file's data, or a directory's entries (what makes a rename durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -111,12 +112,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_file = fsync_dir = fsync_path  # the names at call sites say which is meant
 
 
 def remove_quietly(path: Path) -> None:
