@@ -203,10 +203,9 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
                 # the case _plan_declared turns into no action, decided here without a
                 # Path, an Action or even a call per tenant
                 continue
-        # a failed tenant's backoff has run out: retry it as if asked to
-        due = row is not None and row.retry_at is not None and row.retry_at <= observed.now
-        actions.extend(_plan_declared(desired, observed, catalog, spec, row,
-                                      retry_failed or due))
+        # (a failed tenant whose backoff ran out is retried by _then_migrate; one that
+        # failed its health gate at the target waits for --retry-failed, backoff or not)
+        actions.extend(_plan_declared(desired, observed, catalog, spec, row, retry_failed))
 
     undeclared = _plan_undeclared(desired, observed, notes)
     actions.extend(undeclared)

@@ -239,3 +239,12 @@ def test_tenant_that_failed_its_health_gate_at_target_stays_failed_until_retry()
     obs = observed([failed], {"eu/a.db": 3})
     assert kinds(plan(d, obs, catalog())) == ["failed"]
     assert kinds(plan(d, obs, catalog(), retry_failed=True)) == ["correct"]
+
+
+def test_health_gate_failure_at_target_stays_failed_after_its_backoff_expires() -> None:
+    d = desired({"a": {"region": "eu"}}, domain=None)
+    key = fingerprint(catalog(), 3, "eu")
+    failed = row("a", version=3, status="failed", failed_key=key, failure="health gate: x",
+                 failures=1, retry_at=10.0)
+    assert kinds(plan(d, observed([failed], {"eu/a.db": 3}, now=5000.0), catalog())) == [
+        "failed"]
