@@ -9,7 +9,9 @@ Invariants:
 * a tenant whose earlier action failed gets no later action in the same pass;
 * the registry is written only after the file operation it describes succeeded,
   so a crash between the two is seen next pass as drift and corrected from the file;
-* ``ctx.stop()`` is honoured only between actions: an action in flight completes.
+* ``ctx.stop()`` is honoured only between actions: an action in flight completes;
+  ``ctx.stop_now()`` also inside one, at its next committed point (see ``context``),
+  and then nothing more is written in this pass but its record.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from reconciler import archive, relocate, rollout, tenantdb
 from reconciler.context import (
     FAILED,
     OK,
+    PENDING,
     REPORTED,
     RETRY,
     SKIPPED,
@@ -70,7 +73,7 @@ def apply(plan: Plan, ctx: Context) -> Result:
         if action.kind is Kind.MIGRATE:
             migrations.append(action)
             continue
-        if action.is_change and ctx.stop():
+        if (action.is_change and ctx.stopping()) or ctx.stop_now():
             stopped = True
             break
         outcome = _run(action, ctx)
@@ -82,7 +85,9 @@ def apply(plan: Plan, ctx: Context) -> Result:
         migrations = [a for a in migrations if a.tenant not in blocked]
         done, halted, stopped = rollout.run(migrations, plan, ctx)
         outcomes.extend(done)
-    _sync_domains(plan, ctx)
+    stopped = stopped or ctx.stop_now()
+    if not ctx.stop_now():
+        _sync_domains(plan, ctx)
     return Result(plan, tuple(outcomes), halted=halted, stopped=stopped)
 
 
@@ -107,7 +112,13 @@ def create(action: Action, ctx: Context) -> Outcome:
     assert action.path is not None and action.to_version is not None
     timer = Timer()
     result = tenantdb.create(action.path, ctx.catalog, action.to_version,
-                             ctx.desired.settings.busy_timeout)
+                             ctx.desired.settings.busy_timeout, ctx.stop_now)
+    if result.stopped:  # the unfinished file was discarded: created on the next pass
+        outcome = Outcome(action.tenant, "create", PENDING, 0, None, timer.ms,
+                          "stopped at once (second signal) before it was complete")
+        with ctx.registry.transaction():
+            record(ctx, action, action.tenant, outcome, level="warning")
+        return outcome
     if result.error is not None:
         # nothing was registered and the temporary file is gone: the next pass retries
         outcome = Outcome(action.tenant, "create", FAILED, 0, result.to_version, timer.ms,

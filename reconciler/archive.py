@@ -16,7 +16,8 @@ phases ``copy`` → ``link`` → ``retire``: a verified copy of the archive is p
 tenant's path (never over an existing file) and registered ``active``; the archive
 itself then moves to ``_retired/`` (it is stale from now on; ``gc`` may delete it). A
 killed run redoes the unfinished phase: a temp copy is discarded, a placed copy that
-verifies equal to the archive is kept.
+verifies equal to the archive is kept. A stop-now (``ctx.stop_now``, the daemon's second
+signal) ends either action at a journaled phase boundary; the next pass resumes there.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def archive(action: Action, ctx: Context) -> Outcome:
             ctx.registry.delete_domains(name)  # out of routing together with the status
         ctx.registry.journal_clear(name)
         record(ctx, action, name, outcome)
+    if back and (stopped := relocate.stopped_between(ctx, action, "restore", "start")):
+        return stopped
     if back:
         return restore(replace(action, kind=Kind.RESTORE, source=target), ctx)
     return outcome
@@ -106,6 +109,8 @@ def restore(action: Action, ctx: Context) -> Outcome:
                 ctx.registry.journal_set(name, "restore", "link")
             relocate.link_into_place(temp, dest)
             crash_point("restore:after-link")
+            if (stopped := relocate.stopped_between(ctx, action, "restore", "link")):
+                return stopped
         retired = relocate.free_name(ctx.desired.settings.retired_dir, f"{name}-archive")
         with ctx.registry.durable_transaction():
             ctx.registry.upsert_tenant(name, detail.get("region", action.region or ""), dest,
@@ -116,6 +121,8 @@ def restore(action: Action, ctx: Context) -> Outcome:
             ctx.registry.journal_set(name, "restore", "retire",
                                      detail={**detail, "retired_path": str(retired)})
         crash_point("restore:after-register")
+        if (stopped := relocate.stopped_between(ctx, action, "restore", "retire")):
+            return stopped
         journal = ctx.registry.journal_row(name)
         assert journal is not None and journal.detail
         detail = json.loads(journal.detail)

@@ -3,8 +3,10 @@
 Why: every action (create, migrate, relocate, archive, …) must leave the same trace —
 one structured log event and one row in ``events`` with tenant, action, versions,
 duration and the desired-state revision — and must be able to stop cleanly when the
-daemon is asked to. Keeping that in one place makes the action modules small and
-makes the trace impossible to forget.
+daemon is asked to: ``stop`` between actions, ``stop_now`` between transactions
+(an action may then end half-way, at a committed, journaled point the next pass
+continues from — reported as ``pending``). Keeping that in one place makes the action
+modules small and makes the trace impossible to forget.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ OK, FAILED, RETRY, SKIPPED, REPORTED, PENDING = (
     "ok", "failed", "retry", "skipped", "reported", "pending")
 
 
-def _never() -> bool:
+def never() -> bool:
+    """The default stop flag: never set."""
     return False
 
 
@@ -38,9 +41,16 @@ class Context:
     registry: Registry
     revision: str
     log: Logger
-    stop: Callable[[], bool] = _never  # checked between actions, never inside one
+    stop: Callable[[], bool] = never  # checked between actions, never inside one
     retry_failed: bool = False
     progress: Callable[[str, int, int, int], None] | None = None  # (phase, done, total, failed)
+    # checked between transactions, also inside an action (after each committed
+    # migration step, between journaled phases): the daemon's second signal
+    stop_now: Callable[[], bool] = never
+
+    def stopping(self) -> bool:
+        """No new action may start (a graceful stop, or a stop-now)."""
+        return self.stop() or self.stop_now()
 
 
 @dataclass(frozen=True)

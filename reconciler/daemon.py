@@ -21,11 +21,19 @@ Invariants:
   and in the pass summary stored in the registry, and is retried on the next change;
 * in pull mode only committed states are applied: a working tree with local edits is
   refused like an invalid file, and the git work tree is only ever fast-forwarded;
-* SIGTERM/SIGINT stop between actions (an action in flight completes), exit 0; a
-  second one raises ``ForcedStop`` at once in the main thread: the SQLite transaction
-  in progress rolls back (every step is its own transaction, relocation is journaled)
-  and the process exits 128+signal (in a wave with ``parallel`` > 1 the tenants already
-  handed to the worker threads finish first: a thread cannot be interrupted);
+* SIGTERM/SIGINT stop between actions (an action in flight completes), exit 0;
+* a second one stops right after the transaction in flight commits: no new transaction
+  starts — a migration ends after its current step (the file and the registry both at
+  that step's version, the tenant ``pending``), a relocation, archive or restore at its
+  next journaled phase, a rollout wave starts no more tenants (with ``parallel`` > 1
+  each worker stops after its own current step) — then the pass records what finished
+  and the process exits 128+signal (143 for SIGTERM, which the unit counts as success:
+  nothing is half done, and the next pass continues from the committed state);
+* a third one, while a pass runs, raises ``ForcedStop`` in the main thread at once:
+  the transaction in progress rolls back (every step is its own transaction, phases
+  are journaled) and the process exits 128+signal — the operator's last resort, for
+  a step that will not finish (worker threads cannot be interrupted: their current
+  step still ends first);
 * ``WATCHDOG=1`` comes from its own thread, so a long pass does not get the service
   killed; the thread stops pinging if the main thread dies.
 """
@@ -66,8 +74,8 @@ PROGRESS_EVERY = 1.0  # seconds between STATUS= updates during a pass
 
 
 class ForcedStop(BaseException):
-    """A second SIGTERM/SIGINT: leave now. BaseException so that no ``except Exception``
-    in an action mistakes it for that action failing."""
+    """A third SIGTERM/SIGINT during a pass: leave now. BaseException so that no
+    ``except Exception`` in an action mistakes it for that action failing."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -195,7 +203,9 @@ class Daemon:
         self.pull_problem: str | None = None
         self._recorded_pull: str | None = None
         self.summary = "starting"
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # the first SIGTERM/SIGINT: graceful
+        self.stop_now_signal: int | None = None  # the second: after this transaction
+        self._stop_now_logged = False
         self.hup = False
         self.in_pass = False
         self._stop_logged = False
@@ -245,9 +255,15 @@ class Daemon:
                 if self.stop_signal is None:
                     self._cycle(start=False)
             self._stopping()  # logs why
+            if self.stop_now_signal is not None:
+                self._stopping_now()  # logs it, if no check in the pass did
+                code = 128 + self.stop_now_signal
+                self.log.warning("stopped after the transaction in flight committed; the "
+                                 "next pass continues from there",
+                                 signal=signal.Signals(self.stop_now_signal).name)
         except ForcedStop as exc:
             code = 128 + exc.signum
-            self.log.warning("stopped at once by a second signal: the transaction in "
+            self.log.warning("stopped at once by a third signal: the transaction in "
                              "progress was rolled back; the next pass completes the work",
                              signal=str(exc))
         finally:
@@ -395,7 +411,8 @@ class Daemon:
         self.in_pass = True
         try:
             result = engine.run_pass(inputs, self.log, wait=False, stop=self._stopping,
-                                     progress=self._progress, note=note)
+                                     stop_now=self._stopping_now, progress=self._progress,
+                                     note=note)
         except LockHeld as exc:
             self._could_not_run("another reconciler holds the lock", holder=exc.holder)
             return
@@ -446,8 +463,23 @@ class Daemon:
             return False
         if not self._stop_logged:
             self._stop_logged = True
-            self.log.info("stopping after the action in flight (signal again to stop at once)",
+            self.log.info("stopping after the action in flight (signal again to stop "
+                          "after the transaction in flight)",
                           signal=signal.Signals(self.stop_signal).name)
+        return True
+
+    def _stopping_now(self) -> bool:
+        """The stop-now flag (read by worker threads too: a plain attribute read, no
+        lock, so the signal handler that sets it can never deadlock with a reader)."""
+        signum = self.stop_now_signal
+        if signum is None:
+            return False
+        if not self._stop_now_logged and threading.current_thread() is threading.main_thread():
+            # logged from the main thread only: rollout workers never log
+            self._stop_now_logged = True
+            self.log.warning("second signal: stopping right after the transaction in flight "
+                             "(signal a third time to roll it back and stop at once)",
+                             signal=signal.Signals(signum).name)
         return True
 
     def _progress(self, phase: str, done: int, total: int, failed: int) -> None:
@@ -540,11 +572,13 @@ class Daemon:
         if signum == signal.SIGHUP:
             self.hup = True
             return
-        if self.stop_signal is not None and self.in_pass:
-            raise ForcedStop(signum)
+        # no logging here: the handler may interrupt a log write holding its lock
         if self.stop_signal is None:
-            # no logging here: the handler may interrupt a log write holding its lock
             self.stop_signal = signum
+        elif self.stop_now_signal is None:
+            self.stop_now_signal = signum
+        elif self.in_pass:
+            raise ForcedStop(signum)
 
     def _install_signals(self) -> dict[int, Any]:
         previous: dict[int, Any] = {s: signal.signal(s, self._on_signal)

@@ -18,7 +18,7 @@ from pathlib import Path
 from reconciler import desired as desired_mod
 from reconciler import migrations as migrations_mod
 from reconciler.apply import Result, apply
-from reconciler.context import Context, Logger
+from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
 from reconciler.errors import InvalidInput, Problem
 from reconciler.lock import FleetLock
@@ -97,12 +97,15 @@ def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]
 
 def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bool = False,
              stop: Callable[[], bool] | None = None,
+             stop_now: Callable[[], bool] | None = None,
              progress: Callable[[str, int, int, int], None] | None = None,
              note: str = "") -> Result:
     """Observe, plan and apply under the fleet lock; record the pass in ``runs``.
 
-    ``note``: appended to the recorded summary (the daemon's "tenants.yaml invalid —
-    still applying rev X" or "pull refused: …"), so ``reconcile status`` shows it."""
+    ``stop``: no new action starts once true; ``stop_now``: no new transaction starts
+    (see ``context.Context``). ``note``: appended to the recorded summary (the
+    daemon's "tenants.yaml invalid — still applying rev X" or "pull refused: …"), so
+    ``reconcile status`` shows it."""
     settings = inputs.desired.settings
     lock = FleetLock(settings.central)
     lock.acquire(wait, on_wait=lambda holder: log.warning(
@@ -118,7 +121,7 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
                             retry_failed=retry_failed)
             ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
                           log.bind(revision=short(inputs.revision)), stop or (lambda: False),
-                          retry_failed, progress)
+                          retry_failed, progress, stop_now or never)
             result = apply(the_plan, ctx)
             registry.record_run(started, inputs.revision,
                                 summary(result) + (f"; {note}" if note else ""),

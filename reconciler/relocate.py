@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import tenantdb
-from reconciler.context import OK, Context, Outcome, crash_point, record
+from reconciler.context import OK, PENDING, Context, Outcome, crash_point, record
 from reconciler.errors import PermanentError, RetryableError
 from reconciler.plan import Action
 from reconciler.registry import JournalRow
@@ -334,6 +334,8 @@ def run(action: Action, ctx: Context) -> Outcome:
             return outcome
         # the desired region changed while the relocation was interrupted: it was
         # finished or rolled back above, and now goes where it is wanted, this pass
+        if outcome.outcome == PENDING:
+            return outcome
         return _start(action, ctx)
     if journal is not None:
         raise PermanentError(f"{action.tenant} has an unfinished {journal.action} "
@@ -421,6 +423,8 @@ def _forward(action: Action, journal: JournalRow, ctx: Context) -> Outcome:
             crash_point("relocate:after-copy")
             with ctx.registry.durable_transaction():
                 ctx.registry.journal_set(name, "relocate", "verify")
+            if (stopped := stopped_between(ctx, action, "relocate", "verify")) is not None:
+                return stopped
             verify_copy(temp, fingerprint(lock), timeout)
             set_journal_mode(temp, mode, timeout)
             crash_point("relocate:after-verify")
@@ -428,6 +432,8 @@ def _forward(action: Action, journal: JournalRow, ctx: Context) -> Outcome:
                 ctx.registry.journal_set(name, "relocate", "rename")
             link_into_place(temp, dest)
             crash_point("relocate:after-rename")
+            if (stopped := stopped_between(ctx, action, "relocate", "rename")) is not None:
+                return stopped
             switched = _switch(action, journal, lock, ctx)
     except (PermanentError, RetryableError, OSError, sqlite3.Error) as exc:
         # before the switch the source is still the tenant's file: put it back in
@@ -437,7 +443,22 @@ def _forward(action: Action, journal: JournalRow, ctx: Context) -> Outcome:
             _roll_back(action, journal, ctx, str(exc), record_it=False)
         raise
     crash_point("relocate:after-switch")
+    if (stopped := stopped_between(ctx, action, "relocate", "retire")) is not None:
+        return stopped
     return _retire(action, switched, ctx)
+
+
+def stopped_between(ctx: Context, action: Action, kind: str, phase: str) -> Outcome | None:
+    """At a journaled phase boundary: when ``ctx.stop_now()``, record that the action
+    stopped there (the next pass resumes from the journal) and return that outcome."""
+    if not ctx.stop_now():
+        return None
+    outcome = Outcome(action.tenant, kind, PENDING, action.from_version, action.to_version,
+                      error=f"stopped at once before phase {phase} (second signal); the "
+                      "next pass resumes from the journal", detail={"phase": phase})
+    with ctx.registry.transaction():
+        record(ctx, action, action.tenant, outcome, level="warning")
+    return outcome
 
 
 def _switch(action: Action, journal: JournalRow, lock: sqlite3.Connection, ctx: Context

@@ -22,14 +22,17 @@ Invariants:
   from its copy (see ``snapshot``); copies are removed once a rollout passes;
 * a wave's tenants are ``migrating`` in the registry before their files change, and
   ``active``, ``failed`` or ``pending`` (busy, or held by a halt) once it is recorded:
-  a pass killed in between leaves ``migrating``, which the planner re-gates.
+  a pass killed in between leaves ``migrating``, which the planner re-gates;
+* ``ctx.stop_now`` (the daemon's second signal) reaches the workers: a tenant not yet
+  started is not started, one in flight ends after its committed step (no health gate)
+  and is recorded ``pending`` at exactly that version; no further wave starts.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
@@ -53,6 +56,11 @@ class _Done:
     result: tenantdb.MigrateResult | None
     duration_ms: int
     busy: str | None = None
+    not_started: bool = False  # ``stop_now`` was set before this tenant's turn
+
+    @property
+    def stopped(self) -> bool:
+        return self.not_started or (self.result is not None and self.result.stopped)
 
 
 class _Tally:
@@ -65,7 +73,7 @@ class _Tally:
         self.failed = 0
 
     def finished(self, d: _Done) -> None:
-        if d.busy is not None:
+        if d.busy is not None or d.not_started:
             return
         self.done += 1
         self.failed += d.result is not None and d.result.error is not None
@@ -90,7 +98,7 @@ def run(actions: list[Action], plan: Plan, ctx: Context
     busy: list[Action] = []
     halted = stopped = False
     for number, wave in enumerate(ordered, start=1):
-        if halted or stopped or ctx.stop():
+        if halted or stopped or ctx.stopping():
             stopped = stopped or not halted
             outcomes.extend(_pending(a, "rollout halted" if halted else "stopping")
                             for a in wave)
@@ -100,6 +108,7 @@ def run(actions: list[Action], plan: Plan, ctx: Context
         done = migrate_wave(wave, ctx, settings.parallel, tally)
         context.crash_point("rollout:before-record")
         busy.extend(d.action for d in done if d.busy is not None)
+        stopped = any(d.stopped for d in done)
         left = [a for w in ordered[number:] for a in w] + busy
         with ctx.registry.transaction():
             recorded = _record(ctx, done)
@@ -139,6 +148,8 @@ def _record(ctx: Context, done: list[_Done]) -> list[Outcome]:
     for d in done:
         if d.result is None:
             ctx.registry.update_tenant(d.action.tenant, status="pending")
+            if d.not_started:
+                out.append(_pending(d.action, "stopping: not started"))
         else:
             out.append(record_migrated(ctx, d.action, d.result, d.duration_ms))
     return out
@@ -181,7 +192,7 @@ def _retry_busy(busy: list[Action], ctx: Context, tally: _Tally, failures: int
     """Busy tenants get up to ``BUSY_ROUNDS`` more attempts, one at a time."""
     out: list[Outcome] = []
     for round_ in range(1, BUSY_ROUNDS + 1):
-        if not busy or ctx.stop():
+        if not busy or ctx.stopping():
             break
         time.sleep(BUSY_PAUSE * round_)
         timer = Timer()
@@ -210,15 +221,16 @@ def migrate_wave(actions: list[Action], ctx: Context, parallel: int, tally: _Tal
                  ) -> list[_Done]:
     """Migrate one wave; results come back in wave order whatever finished first."""
     take = ctx.desired.settings.rollout.snapshot
+    timeout = ctx.desired.settings.busy_timeout
     if parallel <= 1 or len(actions) <= 1:
         out = []
         for a in actions:
-            out.append(migrate_one(a, ctx.catalog, ctx.desired.settings.busy_timeout, take))
+            out.append(migrate_one(a, ctx.catalog, timeout, take, ctx.stop_now))
             tally.finished(out[-1])
         return out
     with ThreadPoolExecutor(max_workers=min(parallel, len(actions))) as pool:
         futures: list[Future[_Done]] = [
-            pool.submit(migrate_one, a, ctx.catalog, ctx.desired.settings.busy_timeout, take)
+            pool.submit(migrate_one, a, ctx.catalog, timeout, take, ctx.stop_now)
             for a in actions]
         waiting: set[Future[_Done]] = set(futures)
         while waiting:
@@ -228,12 +240,15 @@ def migrate_wave(actions: list[Action], ctx: Context, parallel: int, tally: _Tal
         return [f.result() for f in futures]
 
 
-def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: bool) -> _Done:
+def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: bool,
+                stop_now: Callable[[], bool] = context.never) -> _Done:
     """Worker: migrate, health-check and (on failure) restore one tenant. Touches only
     this tenant's file and its snapshot; never the registry or the log."""
     assert action.path is not None and action.to_version is not None
     timer = Timer()
     start = action.from_version or 0
+    if stop_now():
+        return _Done(action, None, 0, not_started=True)
     try:
         conn = tenantdb.connect(action.path, busy_timeout)
     except sqlite3.Error as exc:
@@ -248,9 +263,9 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
             conn.execute("PRAGMA synchronous = NORMAL")
         copy = _take(conn, action, busy_timeout) if take else None
         context.crash_point("rollout:after-snapshot")
-        result = tenantdb.migrate_conn(conn, catalog, action.to_version)
+        result = tenantdb.migrate_conn(conn, catalog, action.to_version, stop_now)
         context.crash_point("rollout:after-migrate")
-        if result.error is None:
+        if result.error is None and not result.stopped:  # stopped: gated when it finishes
             problem = health_gate(conn, result.to_version, catalog)
             if problem is not None:
                 result = replace(result, error=f"health gate: {problem}")
@@ -358,6 +373,17 @@ def record_migrated(ctx: Context, action: Action, result: tenantdb.MigrateResult
     The caller holds a transaction (one per wave)."""
     ok = result.error is None
     detail: dict[str, Any] = {"applied": list(result.applied), "target": action.to_version}
+    if result.stopped:
+        # a committed intermediate version: the planner migrates it on from there
+        outcome = Outcome(action.tenant, "migrate", PENDING, result.from_version,
+                          result.to_version, duration_ms,
+                          f"stopped at once after v{result.to_version} (second signal); "
+                          "the next pass continues", detail=detail)
+        record_applied(ctx, result.applied)
+        ctx.registry.update_tenant(action.tenant, schema_version=result.to_version,
+                                   status="pending")
+        record(ctx, action, action.tenant, outcome, level="warning")
+        return outcome
     outcome = Outcome(action.tenant, "migrate", OK if ok else FAILED, result.from_version,
                       result.to_version, duration_ms, result.error, detail=detail)
     record_applied(ctx, result.applied)

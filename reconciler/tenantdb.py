@@ -8,6 +8,8 @@ Invariants:
 * every migration step runs in ``BEGIN IMMEDIATE`` together with ``PRAGMA
   user_version = n``; the version is re-read under that lock, so a concurrent change
   is never migrated twice and a failure leaves the file at exactly one known version;
+* ``stop_now`` is asked after each committed step: when set, the migration ends there
+  (``MigrateResult.stopped``), the file at that step's version, and the next run goes on;
 * a busy tenant (an application holds the write lock beyond the busy timeout) is a
   ``RetryableError``, never a failure;
 * a new file appears under its final name only once complete (temp + fsync + link),
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ class MigrateResult:
     to_version: int  # the version the file is at now
     applied: tuple[int, ...] = ()
     error: str | None = None
+    stopped: bool = False  # ended early on ``stop_now``, below its target, without error
 
 
 def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -50,8 +54,10 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int) -> MigrateResult:
-    """Bring the open database up to ``target``, one transaction per step."""
+def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int,
+                 stop_now: Callable[[], bool] | None = None) -> MigrateResult:
+    """Bring the open database up to ``target``, one transaction per step; end after
+    the committed step during which ``stop_now`` became true."""
     start: int | None = None
     applied: list[int] = []
     current = 0
@@ -75,6 +81,9 @@ def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int) -> Mig
             conn.execute(f"PRAGMA user_version = {step.version}")
             conn.execute("COMMIT")
             applied.append(step.version)
+            if stop_now is not None and step.version < target \
+                    and step.version < catalog.latest and stop_now():
+                return MigrateResult(start, step.version, tuple(applied), stopped=True)
         except (MigrationError, sqlite3.Error, Exception) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -86,11 +95,11 @@ def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int) -> Mig
                                  tuple(applied), message)
 
 
-def migrate_file(path: Path, catalog: Catalog, target: int, busy_timeout: float
-                 ) -> MigrateResult:
+def migrate_file(path: Path, catalog: Catalog, target: int, busy_timeout: float,
+                 stop_now: Callable[[], bool] | None = None) -> MigrateResult:
     conn = connect(path, busy_timeout)
     try:
-        return migrate_conn(conn, catalog, target)
+        return migrate_conn(conn, catalog, target, stop_now)
     finally:
         conn.close()
 
@@ -121,8 +130,10 @@ def remove_quietly(path: Path) -> None:
             os.unlink(f"{path}{suffix}")
 
 
-def create(path: Path, catalog: Catalog, target: int, busy_timeout: float) -> MigrateResult:
-    """Create ``path`` migrated to ``target``. The file appears complete or not at all."""
+def create(path: Path, catalog: Catalog, target: int, busy_timeout: float,
+           stop_now: Callable[[], bool] | None = None) -> MigrateResult:
+    """Create ``path`` migrated to ``target``. The file appears complete or not at all:
+    stopped early (``stop_now``), the unfinished file is discarded, nothing appears."""
     ensure_dir(path.parent)
     temp = path.with_name(f".{path.name}.creating")
     remove_quietly(temp)  # a leftover from a killed run: never in service, holds no data
@@ -131,13 +142,13 @@ def create(path: Path, catalog: Catalog, target: int, busy_timeout: float) -> Mi
     try:
         conn = connect(temp, busy_timeout)
         try:
-            result = migrate_conn(conn, catalog, target)
-            if result.error is None:
+            result = migrate_conn(conn, catalog, target, stop_now)
+            if result.error is None and not result.stopped:
                 # persistent: applications get WAL (readers never block the writer)
                 conn.execute("PRAGMA journal_mode=WAL")
         finally:
             conn.close()  # checkpoints and removes the -wal: the main file is complete
-        if result.error is not None:
+        if result.error is not None or result.stopped:
             remove_quietly(temp)
             return result
         fsync_file(temp)

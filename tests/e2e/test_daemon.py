@@ -406,15 +406,114 @@ def test_sigterm_during_slow_migration_completes_it_and_exits_0(
     assert consistent(fleet) == {"alpha": 4, "bravo": 4, "charlie": 4}
 
 
-def test_second_signal_exits_at_once_and_rolls_back_the_transaction(
+STEP = '''"""Slow step {version}: the test signals the daemon while this runs."""
+import time
+from pathlib import Path
+
+
+def migrate(conn):
+    conn.execute("CREATE TABLE step{version} (id INTEGER PRIMARY KEY)")
+    tenant = Path(conn.execute("PRAGMA database_list").fetchone()[2]).stem
+    (Path({markers!r}) / f"step{version}-{{tenant}}").write_text("started")
+    time.sleep({seconds})
+    conn.execute("INSERT INTO step{version} (id) VALUES (1)")
+'''
+
+
+def two_slow_steps(fleet: Fleet, seconds: float, parallel: int = 1) -> Path:
+    """Three tenants at v3, then two slow Python steps (0004, 0005) waiting to roll out.
+    Returns the directory where each step, as it starts, writes ``step<v>-<tenant>``."""
+    tenants = {n: {"region": "eu"} for n in ("alpha", "bravo", "charlie")}
+    fleet.write_config(config_text(tenants, interval="1h",
+                                   rollout={"canary": 1, "batch": 2, "parallel": parallel,
+                                            "max_failures": 0}))
+    first = fleet.run("apply")
+    assert first.returncode == 0, first.stderr
+    markers = fleet.root.parent / "started"
+    markers.mkdir()
+    for version in (4, 5):
+        fleet.write_migration(f"000{version}_slow{version}.py",
+                              STEP.format(version=version, markers=str(markers),
+                                          seconds=seconds))
+    return markers
+
+
+def started(markers: Path) -> list[str]:
+    return sorted(p.name for p in markers.iterdir())
+
+
+def steps_consistent(fleet: Fleet) -> dict[str, tuple[int, str]]:
+    """Every tenant's registry version equals its file's, and each step is all-or-nothing
+    and present exactly up to that version. Returns {tenant: (version, status)}."""
+    out = {}
+    for name, version, status in fleet.registry(
+            "SELECT name, schema_version, status FROM tenants"):
+        path = fleet.path(name, "eu")
+        assert fleet.user_version(path) == version, name
+        tables = {r[0] for r in fleet.rows(path, "SELECT name FROM sqlite_master")}
+        for step in (4, 5):
+            assert (f"step{step}" in tables) == (version >= step), (name, step)
+            if version >= step:
+                assert fleet.rows(path, f"SELECT id FROM step{step}") == [(1,)], (name, step)
+        out[name] = (version, status)
+    return out
+
+
+def test_second_signal_exits_after_the_step_in_flight_commits(
+        fleet: Fleet, start: Callable[..., Daemon]) -> None:
+    markers = two_slow_steps(fleet, seconds=2)
+    d = start(fleet)
+    eventually(lambda: started(markers), timeout=PATIENCE, what="step 4 started on the canary")
+    d.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    d.signal(signal.SIGTERM)
+    code = d.stop(timeout=20)
+    assert code == 128 + signal.SIGTERM
+    assert started(markers) == ["step4-alpha"]  # no further step was started
+    # the canary's step 4 committed and is recorded as exactly that; nobody else moved
+    assert steps_consistent(fleet) == {"alpha": (4, "pending"), "bravo": (3, "active"),
+                                       "charlie": (3, "active")}
+    events = fleet.registry("SELECT tenant, outcome, detail FROM events WHERE action = 'migrate'")
+    assert [(t, o) for t, o, _ in events] == [("alpha", "pending")]
+    assert json.loads(events[0][2])["applied"] == [4]
+    assert fleet.registry("SELECT version FROM migrations WHERE version > 3") == [(4,)]
+    logged = [e["event"] for e in d.log_events()]
+    assert any(e.startswith("second signal: stopping right after") for e in logged)
+    assert d.notify.messages[-1].startswith("STOPPING=1")
+    again = fleet.run("apply")  # the next run continues from v4
+    assert again.returncode == 0, again.stderr
+    assert steps_consistent(fleet) == {n: (5, "active") for n in ("alpha", "bravo", "charlie")}
+
+
+def test_second_signal_with_parallel_workers_stops_each_after_its_step(
+        fleet: Fleet, start: Callable[..., Daemon]) -> None:
+    markers = two_slow_steps(fleet, seconds=1.5, parallel=2)
+    d = start(fleet)
+    # the canary (alpha) runs both steps alone; the second wave (bravo, charlie) runs in
+    # two worker threads: signal while both run their step 4
+    eventually(lambda: {"step4-bravo", "step4-charlie"} <= set(started(markers)),
+               timeout=PATIENCE, what="second wave started step 4 in both workers")
+    d.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    d.signal(signal.SIGTERM)
+    assert d.stop(timeout=20) == 128 + signal.SIGTERM
+    assert started(markers) == ["step4-alpha", "step4-bravo", "step4-charlie", "step5-alpha"]
+    assert steps_consistent(fleet) == {"alpha": (5, "active"), "bravo": (4, "pending"),
+                                       "charlie": (4, "pending")}
+    again = fleet.run("apply")
+    assert again.returncode == 0, again.stderr
+    assert steps_consistent(fleet) == {n: (5, "active") for n in ("alpha", "bravo", "charlie")}
+
+
+def test_third_signal_exits_at_once_and_rolls_back_the_transaction(
         fleet: Fleet, start: Callable[..., Daemon]) -> None:
     marker = slow_fleet(fleet, seconds=30)
     d = start(fleet)
     eventually(marker.exists, what="slow migration started")
     begun = time.monotonic()
-    d.signal(signal.SIGTERM)
-    time.sleep(0.3)
-    d.signal(signal.SIGTERM)
+    for _ in range(3):
+        d.signal(signal.SIGTERM)
+        time.sleep(0.3)
     code = d.stop(timeout=10)
     assert code == 128 + signal.SIGTERM
     assert time.monotonic() - begun < 10  # did not wait out the 30 s migration
