@@ -295,8 +295,12 @@ def test_progress_on_a_terminal_is_throttled_and_log_lines_clear_it_first() -> N
         line("migrate", 2, 4, 0)   # 10 ms later: throttled
         line("migrate", 3, 4, 1)   # drawn
         logger = progress.LineSafeLogger(
+            # its own wrapper class: another test may have configured structlog
+            # process-wide at level "error", which would filter this info line
             structlog.wrap_logger(structlog.PrintLogger(stream),
-                                  processors=[structlog.processors.JSONRenderer()]), line)
+                                  processors=[structlog.processors.JSONRenderer()],
+                                  wrapper_class=structlog.make_filtering_bound_logger(0)),
+            line)
         logger.bind(tenant="t3").info("migrate")
         line("migrate", 4, 4, 1)   # the last one is always drawn
         line.close()
