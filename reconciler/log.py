@@ -3,6 +3,9 @@
 Why: every action the reconciler takes must be visible in ``journalctl`` and greppable
 by tenant, action and revision. structlog does the formatting; this module only picks
 the renderer (``--log-format console|json``, default: console on a terminal).
+
+The logger is built, not configured globally: structlog's process-wide configuration is
+mutable state that one caller (a test, an embedding application) would change for all.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import structlog
 
 
 def configure(fmt: str | None = None, level: str = "info") -> Any:
-    """Configure structlog for this process and return a logger. Logs go to stderr."""
+    """A logger writing to stderr in ``fmt`` at ``level`` (no global configuration)."""
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any
@@ -23,7 +26,8 @@ def configure(fmt: str | None = None, level: str = "info") -> Any:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    structlog.configure(
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
@@ -32,7 +36,4 @@ def configure(fmt: str | None = None, level: str = "info") -> Any:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
     )
-    return structlog.get_logger("reconciler")
