@@ -98,6 +98,14 @@ class Daemon:
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
+    def exited(self, timeout: float = 20) -> int:
+        """Wait for the daemon to exit on its own (no further signal), then clean up."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon still running after {timeout}s") from None
+        return self.stop()
+
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -415,14 +423,16 @@ def migrate(conn):
     conn.execute("CREATE TABLE step{version} (id INTEGER PRIMARY KEY)")
     tenant = Path(conn.execute("PRAGMA database_list").fetchone()[2]).stem
     (Path({markers!r}) / f"step{version}-{{tenant}}").write_text("started")
-    time.sleep({seconds})
+    if Path({slow!r}).exists():  # removed once the test has sent its signals
+        time.sleep({seconds})
     conn.execute("INSERT INTO step{version} (id) VALUES (1)")
 '''
 
 
 def two_slow_steps(fleet: Fleet, seconds: float, parallel: int = 1) -> Path:
     """Three tenants at v3, then two slow Python steps (0004, 0005) waiting to roll out.
-    Returns the directory where each step, as it starts, writes ``step<v>-<tenant>``."""
+    Returns the directory where each step, as it starts, writes ``step<v>-<tenant>``;
+    the steps are slow while its ``slow`` file exists."""
     tenants = {n: {"region": "eu"} for n in ("alpha", "bravo", "charlie")}
     fleet.write_config(config_text(tenants, interval="1h",
                                    rollout={"canary": 1, "batch": 2, "parallel": parallel,
@@ -431,15 +441,16 @@ def two_slow_steps(fleet: Fleet, seconds: float, parallel: int = 1) -> Path:
     assert first.returncode == 0, first.stderr
     markers = fleet.root.parent / "started"
     markers.mkdir()
+    (markers / "slow").write_text("")
     for version in (4, 5):
         fleet.write_migration(f"000{version}_slow{version}.py",
                               STEP.format(version=version, markers=str(markers),
-                                          seconds=seconds))
+                                          slow=str(markers / "slow"), seconds=seconds))
     return markers
 
 
 def started(markers: Path) -> list[str]:
-    return sorted(p.name for p in markers.iterdir())
+    return sorted(p.name for p in markers.iterdir() if p.name != "slow")
 
 
 def steps_consistent(fleet: Fleet) -> dict[str, tuple[int, str]]:
@@ -461,13 +472,13 @@ def steps_consistent(fleet: Fleet) -> dict[str, tuple[int, str]]:
 
 def test_second_signal_exits_after_the_step_in_flight_commits(
         fleet: Fleet, start: Callable[..., Daemon]) -> None:
-    markers = two_slow_steps(fleet, seconds=2)
+    markers = two_slow_steps(fleet, seconds=3)
     d = start(fleet)
     eventually(lambda: started(markers), timeout=PATIENCE, what="step 4 started on the canary")
     d.signal(signal.SIGTERM)
     time.sleep(0.3)
     d.signal(signal.SIGTERM)
-    code = d.stop(timeout=20)
+    code = d.exited(timeout=20)  # on its own: a third signal would roll back
     assert code == 128 + signal.SIGTERM
     assert started(markers) == ["step4-alpha"]  # no further step was started
     # the canary's step 4 committed and is recorded as exactly that; nobody else moved
@@ -480,6 +491,7 @@ def test_second_signal_exits_after_the_step_in_flight_commits(
     logged = [e["event"] for e in d.log_events()]
     assert any(e.startswith("second signal: stopping right after") for e in logged)
     assert d.notify.messages[-1].startswith("STOPPING=1")
+    (markers / "slow").unlink()
     again = fleet.run("apply")  # the next run continues from v4
     assert again.returncode == 0, again.stderr
     assert steps_consistent(fleet) == {n: (5, "active") for n in ("alpha", "bravo", "charlie")}
@@ -487,7 +499,7 @@ def test_second_signal_exits_after_the_step_in_flight_commits(
 
 def test_second_signal_with_parallel_workers_stops_each_after_its_step(
         fleet: Fleet, start: Callable[..., Daemon]) -> None:
-    markers = two_slow_steps(fleet, seconds=1.5, parallel=2)
+    markers = two_slow_steps(fleet, seconds=2.5, parallel=2)
     d = start(fleet)
     # the canary (alpha) runs both steps alone; the second wave (bravo, charlie) runs in
     # two worker threads: signal while both run their step 4
@@ -496,8 +508,9 @@ def test_second_signal_with_parallel_workers_stops_each_after_its_step(
     d.signal(signal.SIGTERM)
     time.sleep(0.3)
     d.signal(signal.SIGTERM)
-    assert d.stop(timeout=20) == 128 + signal.SIGTERM
+    assert d.exited(timeout=20) == 128 + signal.SIGTERM
     assert started(markers) == ["step4-alpha", "step4-bravo", "step4-charlie", "step5-alpha"]
+    (markers / "slow").unlink()
     assert steps_consistent(fleet) == {"alpha": (5, "active"), "bravo": (4, "pending"),
                                        "charlie": (4, "pending")}
     again = fleet.run("apply")
