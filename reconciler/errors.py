@@ -15,6 +15,7 @@ Three families, because the daemon must react differently to each:
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 
@@ -58,6 +59,12 @@ class RetryableError(ReconcileError):
 
 class PermanentError(ReconcileError):
     """An action failed in a way that retrying without a change will not fix."""
+
+
+def is_busy(exc: sqlite3.OperationalError) -> bool:
+    """The error means another connection holds a lock we need (retry, not fail)."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 class LockHeld(ReconcileError):

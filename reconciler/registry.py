@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from reconciler.errors import PermanentError, RetryableError
+from reconciler.errors import PermanentError, RetryableError, is_busy
 
 STATUSES = ("active", "pending", "migrating", "relocating", "suspended", "failed",
             "missing", "orphaned", "archived")
@@ -473,7 +473,6 @@ def _split(script: str) -> list[str]:
 
 
 def _classify(exc: sqlite3.OperationalError, what: str) -> Exception:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return RetryableError(f"{what}: {text}")
-    return PermanentError(f"{what}: {text}")
+    if is_busy(exc):
+        return RetryableError(f"{what}: {exc}")
+    return PermanentError(f"{what}: {exc}")

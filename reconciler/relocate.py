@@ -54,7 +54,7 @@ from typing import Any
 
 from reconciler import tenantdb
 from reconciler.context import OK, PENDING, Context, Outcome, crash_point, record
-from reconciler.errors import PermanentError, RetryableError
+from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.plan import Action
 from reconciler.registry import JournalRow
 
@@ -142,7 +142,7 @@ def write_locked(path: Path, busy_timeout: float) -> Iterator[sqlite3.Connection
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if is_busy(exc):
                 raise RetryableError(f"{path} stayed busy for {busy_timeout:g}s (an "
                                      f"application holds its write lock): {exc}") from exc
             raise

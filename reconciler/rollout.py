@@ -39,7 +39,7 @@ from typing import Any
 
 from reconciler import context, snapshot, tenantdb
 from reconciler.context import FAILED, OK, PENDING, RETRY, Context, Outcome, Timer, record
-from reconciler.errors import RetryableError
+from reconciler.errors import RetryableError, is_busy
 from reconciler.migrations import Catalog
 from reconciler.plan import Action, Kind, Plan
 
@@ -278,7 +278,7 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
     except RetryableError as exc:
         return _Done(action, None, timer.ms, busy=str(exc))
     except (OSError, sqlite3.Error) as exc:
-        if isinstance(exc, sqlite3.OperationalError) and tenantdb.is_busy(exc):
+        if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
             return _Done(action, None, timer.ms, busy=str(exc))
         result = tenantdb.MigrateResult(start, _version(conn, start), (),
                                         f"{type(exc).__name__}: {exc}")
@@ -308,7 +308,7 @@ def _take(conn: sqlite3.Connection, action: Action, busy_timeout: float
     except sqlite3.OperationalError as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        if tenantdb.is_busy(exc):
+        if is_busy(exc):
             raise RetryableError(f"busy while taking the snapshot: {exc}") from exc
         raise
     return copy
@@ -337,7 +337,7 @@ def health_gate(conn: sqlite3.Connection, version: int, catalog: Catalog) -> str
                 try:
                     row = conn.execute(st.sql).fetchone()
                 except sqlite3.OperationalError as exc:
-                    if tenantdb.is_busy(exc):
+                    if is_busy(exc):
                         raise
                     return f"{check.path.name}:{st.line}: {exc}"
                 except sqlite3.Error as exc:
@@ -345,7 +345,7 @@ def health_gate(conn: sqlite3.Connection, version: int, catalog: Catalog) -> str
                 if row is not None:
                     return f"{check.path.name}:{st.line} returned rows (first: {tuple(row)!r})"
     except sqlite3.OperationalError as exc:
-        if tenantdb.is_busy(exc):
+        if is_busy(exc):
             raise RetryableError(f"busy during the health gate: {exc}") from exc
         return f"quick_check: {exc}"
     return None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.context import crash_point
-from reconciler.errors import RetryableError
+from reconciler.errors import RetryableError, is_busy
 from reconciler.migrations import Catalog, MigrationError
 
 DIR_MODE = 0o700
@@ -46,12 +46,6 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     """A read-write connection to an existing file (never creates one)."""
     return sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None,
                            timeout=busy_timeout, check_same_thread=False)
-
-
-def is_busy(exc: sqlite3.OperationalError) -> bool:
-    """The error means another connection holds a lock we need (retry, not fail)."""
-    text = str(exc)
-    return "locked" in text or "busy" in text
 
 
 def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int,
