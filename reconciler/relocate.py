@@ -160,9 +160,7 @@ def copy_into(source: Path, temp: Path, busy_timeout: float, during: str | None 
     Reads through SQLite (so committed ``-wal`` content is included); the caller holds
     the source's write lock when writers may exist. ``during`` names the crash point
     reached after the first step of a copy that needs more than one."""
-    tenantdb.remove_quietly(temp)  # ours by name, never in service
-    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, tenantdb.FILE_MODE)
-    os.close(fd)
+    tenantdb.fresh_file(temp)  # ours by name, never in service
     reader = tenantdb.connect(source, busy_timeout)
     try:
         target = sqlite3.connect(temp, isolation_level=None)

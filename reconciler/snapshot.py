@@ -20,7 +20,6 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import RetryableError
-from reconciler.tenantdb import FILE_MODE, remove_quietly
+from reconciler.tenantdb import fresh_file, remove_quietly
 
 SUFFIX = ".snapshot"
 
@@ -50,9 +49,7 @@ def _data_version(conn: sqlite3.Connection) -> int:
 def take(conn: sqlite3.Connection, tenant: Path) -> Copy:
     """Copy the tenant open on ``conn`` (not inside a transaction) beside it."""
     dest = path_for(tenant)
-    remove_quietly(dest)  # a copy left by an earlier attempt describes an older state
-    fd = os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
-    os.close(fd)
+    fresh_file(dest)  # over a copy left by an earlier attempt: it describes an older state
     target = sqlite3.connect(dest)
     try:
         conn.backup(target)

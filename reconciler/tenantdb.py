@@ -124,15 +124,21 @@ def remove_quietly(path: Path) -> None:
             os.unlink(f"{path}{suffix}")
 
 
+def fresh_file(path: Path) -> None:
+    """Create ``path`` empty and ``0600``, first removing what an earlier attempt left
+    under that name (a temp or copy of ours, by name never in service)."""
+    remove_quietly(path)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    os.close(fd)
+
+
 def create(path: Path, catalog: Catalog, target: int, busy_timeout: float,
            stop_now: Callable[[], bool] | None = None) -> MigrateResult:
     """Create ``path`` migrated to ``target``. The file appears complete or not at all:
     stopped early (``stop_now``), the unfinished file is discarded, nothing appears."""
     ensure_dir(path.parent)
     temp = path.with_name(f".{path.name}.creating")
-    remove_quietly(temp)  # a leftover from a killed run: never in service, holds no data
-    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
-    os.close(fd)
+    fresh_file(temp)  # over a leftover from a killed run: never in service, holds no data
     try:
         conn = connect(temp, busy_timeout)
         try:
