@@ -9,9 +9,10 @@ true when it acts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,14 @@ def verify_catalog(inputs: Inputs, snapshot: Snapshot) -> None:
         raise InvalidInput(problems)
 
 
+def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
+               ) -> tuple[Plan, Observed]:
+    verify_catalog(inputs, snapshot)
+    observed = observe(inputs.desired, snapshot)
+    return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
+                retry_failed=retry_failed), observed
+
+
 def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]:
     """Plan without changing anything on disk."""
     reg = Registry.open_readonly(inputs.desired.settings.central)
@@ -89,10 +98,24 @@ def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]
     finally:
         if reg is not None:
             reg.close()
-    verify_catalog(inputs, snapshot)
-    observed = observe(inputs.desired, snapshot)
-    return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
-                retry_failed=retry_failed), observed
+    return _plan_from(inputs, snapshot, retry_failed)
+
+
+@contextlib.contextmanager
+def locked_registry(inputs: Inputs, log: Logger, wait: bool) -> Iterator[Registry]:
+    """The registry, opened for writing under the fleet lock (one writer per fleet)."""
+    settings = inputs.desired.settings
+    lock = FleetLock(settings.central)
+    lock.acquire(wait, on_wait=lambda holder: log.warning(
+        "waiting for lock", holder=holder, lock=str(lock.path)))
+    try:
+        registry = Registry.open(settings.central)
+        try:
+            yield registry
+        finally:
+            registry.close()
+    finally:
+        lock.release()
 
 
 def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bool = False,
@@ -106,33 +129,19 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
     (see ``context.Context``). ``note``: appended to the recorded summary (the
     daemon's "tenants.yaml invalid — still applying rev X" or "pull refused: …"), so
     ``reconcile status`` shows it."""
-    settings = inputs.desired.settings
-    lock = FleetLock(settings.central)
-    lock.acquire(wait, on_wait=lambda holder: log.warning(
-        "waiting for lock", holder=holder, lock=str(lock.path)))
-    try:
+    with locked_registry(inputs, log, wait) as registry:
         started = utcnow()
-        registry = Registry.open(settings.central)
-        try:
-            snapshot = registry.snapshot()
-            verify_catalog(inputs, snapshot)
-            observed = observe(inputs.desired, snapshot)
-            the_plan = plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
-                            retry_failed=retry_failed)
-            ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
-                          log.bind(revision=short(inputs.revision)), stop or (lambda: False),
-                          retry_failed, progress, stop_now or never)
-            result = apply(the_plan, ctx)
-            registry.record_run(started, inputs.revision,
-                                summary(result) + (f"; {note}" if note else ""),
-                                {"failed": [o.tenant for o in result.failed],
-                                 "problems": [a.tenant for a in the_plan.problems],
-                                 "halted": result.halted})
-            return result
-        finally:
-            registry.close()
-    finally:
-        lock.release()
+        the_plan, _observed = _plan_from(inputs, registry.snapshot(), retry_failed)
+        ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
+                      log.bind(revision=short(inputs.revision)), stop or never,
+                      retry_failed, progress, stop_now or never)
+        result = apply(the_plan, ctx)
+        registry.record_run(started, inputs.revision,
+                            summary(result) + (f"; {note}" if note else ""),
+                            {"failed": [o.tenant for o in result.failed],
+                             "problems": [a.tenant for a in the_plan.problems],
+                             "halted": result.halted})
+        return result
 
 
 def summary(result: Result) -> str:

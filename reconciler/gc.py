@@ -25,9 +25,8 @@ from pathlib import Path
 
 from reconciler import relocate
 from reconciler.context import OK, Context, Logger, record
-from reconciler.engine import Inputs
+from reconciler.engine import Inputs, locked_registry
 from reconciler.registry import Registry
-from reconciler.restore import locked_registry
 
 SUFFIXES = ("", "-wal", "-shm", "-journal")
 

@@ -17,20 +17,17 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sqlite3
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import relocate, tenantdb
 from reconciler.context import OK, Context, Logger, Outcome, Timer, record
-from reconciler.engine import Inputs
+from reconciler.engine import Inputs, locked_registry
 from reconciler.errors import PermanentError
-from reconciler.lock import FleetLock
 from reconciler.registry import Registry
 
 
@@ -96,23 +93,6 @@ def restore_file(inputs: Inputs, tenant: str, source: Path, log: Logger, *,
                  wait: bool = True) -> Restored:
     with locked_registry(inputs, log, wait) as registry:
         return _restore(inputs, registry, tenant, source.absolute(), log)
-
-
-@contextlib.contextmanager
-def locked_registry(inputs: Inputs, log: Logger, wait: bool) -> Iterator[Registry]:
-    """The registry, opened for writing under the fleet lock (one writer per fleet)."""
-    settings = inputs.desired.settings
-    lock = FleetLock(settings.central)
-    lock.acquire(wait, on_wait=lambda holder: log.warning(
-        "waiting for lock", holder=holder, lock=str(lock.path)))
-    try:
-        registry = Registry.open(settings.central)
-        try:
-            yield registry
-        finally:
-            registry.close()
-    finally:
-        lock.release()
 
 
 def _restore(inputs: Inputs, registry: Registry, tenant: str, source: Path, log: Logger
