@@ -90,12 +90,12 @@ class Tenant:
     schema_version: int
     status: str
 
-    def unavailable_reason(self, min_schema: int | None = None) -> str | None:
-        """None when a connection may be handed out, else why not."""
+    def unavailable_reason(self) -> str | None:
+        """None when the status lets a connection be handed out, else why not. The
+        schema is not judged here: ``min_schema`` is checked against the file's own
+        ``user_version`` (``Router.connect``), never the registry's copy."""
         if self.status not in SERVABLE:
             return REASONS.get(self.status, f"{self.status}: not servable")
-        if min_schema is not None and self.schema_version < min_schema:
-            return _too_old(self.schema_version, min_schema)
         return None
 
 
