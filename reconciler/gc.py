@@ -23,12 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import relocate
+from reconciler import relocate, tenantdb
 from reconciler.context import OK, Context, Logger, record
 from reconciler.engine import Inputs, locked_registry
 from reconciler.registry import Registry
-
-SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ def scan(retired_dir: Path, older_than: float, keep: set[str], now: float | None
             continue
         path = Path(e.path)
         size = 0
-        for suffix in SUFFIXES:
+        for suffix in tenantdb.FILES:
             with contextlib.suppress(OSError):
                 size += os.lstat(f"{path}{suffix}").st_size
         when = retired_at(path, st.st_mtime)
@@ -95,9 +93,7 @@ def collect(inputs: Inputs, older_than: float, log: Logger, *, dry_run: bool,
         for c in found:
             if not c.delete:
                 continue
-            for suffix in SUFFIXES:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{c.path}{suffix}")
+            tenantdb.remove_quietly(c.path)
             with registry.transaction():
                 record(ctx, "gc", _tenant_of(c.path), OK, path=str(c.path), bytes=c.size,
                        retired_at=_iso(c.retired_at))

@@ -31,6 +31,7 @@ from reconciler.migrations import Catalog, MigrationError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+FILES = ("", "-journal", "-wal", "-shm")  # a database's own file and its SQLite sidecars
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ fsync_file = fsync_dir = fsync_path  # the names at call sites say which is mean
 
 
 def remove_quietly(path: Path) -> None:
-    for suffix in ("", "-journal", "-wal", "-shm"):
+    """Unlink a database and its sidecars, whichever of them exist."""
+    for suffix in FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{path}{suffix}")
 
