@@ -118,12 +118,6 @@ def fingerprint(conn: sqlite3.Connection) -> Fingerprint:
     return Fingerprint(version, tuple(sorted(counts)), h.hexdigest())
 
 
-def integrity(conn: sqlite3.Connection) -> str | None:
-    """None when ``PRAGMA integrity_check`` says ok, else its first complaints."""
-    rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
-    return None if rows == ["ok"] else "; ".join(rows[:5])
-
-
 def fingerprint_file(path: Path, busy_timeout: float) -> Fingerprint:
     conn = tenantdb.connect(path, busy_timeout)
     try:
@@ -186,7 +180,7 @@ def verify_copy(copy: Path, expected: Fingerprint, busy_timeout: float) -> None:
     ``expected``."""
     conn = tenantdb.connect(copy, busy_timeout)
     try:
-        bad = integrity(conn)
+        bad = tenantdb.check(conn, "integrity_check")
         if bad is not None:
             raise PermanentError(f"copy {copy} failed integrity_check: {bad}")
         got = fingerprint(conn)

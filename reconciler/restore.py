@@ -68,7 +68,7 @@ def stage_copy(source: Path, temp: Path, latest: int, busy_timeout: float) -> in
         try:
             conn = tenantdb.connect(temp, busy_timeout)
             try:
-                bad = relocate.integrity(conn)
+                bad = tenantdb.check(conn, "integrity_check")
                 version = int(conn.execute("PRAGMA user_version").fetchone()[0])
                 if bad is None:
                     conn.execute("PRAGMA journal_mode=WAL")  # folds in any -wal: one file

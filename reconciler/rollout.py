@@ -329,9 +329,9 @@ def health_gate(conn: sqlite3.Connection, version: int, catalog: Catalog) -> str
 
     A busy file raises ``RetryableError`` (its health is unknown, not bad)."""
     try:
-        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-        if rows != ["ok"]:
-            return "quick_check: " + "; ".join(str(r) for r in rows[:5])
+        bad = tenantdb.check(conn, "quick_check")
+        if bad is not None:
+            return f"quick_check: {bad}"
         for check in catalog.checks_up_to(version):
             for st in check.statements:
                 try:

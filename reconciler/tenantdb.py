@@ -164,11 +164,8 @@ def create(path: Path, catalog: Catalog, target: int, busy_timeout: float,
         raise
 
 
-def quick_check(path: Path, busy_timeout: float) -> str | None:
-    """None when healthy, else what ``PRAGMA quick_check`` said."""
-    conn = connect(path, busy_timeout)
-    try:
-        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-    finally:
-        conn.close()
-    return None if rows == ["ok"] else "; ".join(str(r) for r in rows[:5])
+def check(conn: sqlite3.Connection, pragma: str) -> str | None:
+    """None when ``PRAGMA quick_check`` or ``integrity_check`` (``pragma``) says ok,
+    else its first complaints."""
+    rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    return None if rows == ["ok"] else "; ".join(rows[:5])
