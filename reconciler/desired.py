@@ -2,9 +2,11 @@
 
 Why this module exists: everything the reconciler does is driven by this file, so a
 mistake in it must be caught *before* anything touches a tenant, and reported so an
-operator can fix it without guessing. We validate the YAML *node tree* rather than the
-``yaml.safe_load`` result because only nodes carry line and column numbers, and only
-the node tree shows duplicate mapping keys, which PyYAML otherwise drops silently.
+operator can fix it without guessing. This module holds the values (frozen dataclasses)
+and the schema of ``tenants.yaml`` — which sections and keys exist, their defaults, and
+the rules that keep tenant files where they belong. Reading the YAML safely and checking
+single values at their line and column is generic and lives in ``yamlnodes``; the
+schema rules here are a ``yamlnodes.NodeChecker`` with one method per section.
 
 Invariants of a loaded ``Desired``:
 * every tenant's region is declared and every tenant and region name is a lowercase
@@ -26,11 +28,9 @@ tenant "007" (not the integer 7) and ``no`` is the region "no" (not ``False``).
 from __future__ import annotations
 
 import difflib
-import math
-import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -38,10 +38,25 @@ from typing import Any
 
 import yaml
 
-from reconciler.durations import parse_duration
 from reconciler.errors import InvalidInput, Problem
+from reconciler.yamlnodes import (
+    BAD,
+    PLAIN_TAGS,
+    YAML_TAG,
+    NodeChecker,
+    ReadHints,
+    is_null,
+    kind,
+    read_text,
+    short_tag,
+    show,
+)
 
-LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Re-exported: the label rules are generic, but callers and tests import them from here.
+from reconciler.yamlnodes import LABEL as LABEL
+from reconciler.yamlnodes import suggest_hostname as suggest_hostname
+from reconciler.yamlnodes import suggest_label as suggest_label
+
 FORMAT_VERSION = 1
 RESERVED_DIRS = ("_archive", "_retired")
 MAX_BYTES = 16 * 1024 * 1024  # ~500k tenants; anything bigger is the wrong file
@@ -49,13 +64,6 @@ MAX_PROBLEMS = 50  # a wrong file can produce thousands; the first ones are enou
 MAX_PARALLEL = 256  # one thread (and SQLite connection) per parallel migration
 MAX_INTERVAL = 30 * 86400.0
 MAX_BUSY_TIMEOUT = 3600.0
-# An alias bomb ("billion laughs") composes cheaply but expands enormously; we refuse a
-# document whose aliases expand it beyond this many nodes and 4× what is written.
-EXPANSION_FLOOR = 100_000
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: same nodes, much faster
-_YAML_TAG = "tag:yaml.org,2002:"
-_PLAIN_TAGS = frozenset(_YAML_TAG + t for t in (
-    "str", "int", "float", "bool", "null", "timestamp", "map", "seq", "merge"))
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -140,29 +148,6 @@ class Desired:
         return out
 
 
-def is_hostname(text: str) -> bool:
-    """A lowercase DNS name of at least two labels whose last label is not numeric."""
-    if not text or len(text) > 253:
-        return False
-    labels = text.split(".")
-    return (len(labels) >= 2 and all(LABEL.match(lb) for lb in labels)
-            and not labels[-1].isdigit())
-
-
-def suggest_label(text: str) -> str | None:
-    """The DNS label an operator most likely meant (``Acme_Corp`` → ``acme-corp``)."""
-    fixed = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
-    return fixed if fixed and fixed != text and LABEL.match(fixed) else None
-
-
-def suggest_hostname(text: str) -> str | None:
-    """The hostname an operator most likely meant (``https://Acme.COM:443/`` → ``acme.com``)."""
-    host = text.strip().lower()
-    host = host.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-    host = re.sub(r":\d*$", "", host).rstrip(".")
-    return host if host != text and is_hostname(host) else None
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -173,48 +158,16 @@ def load(path: Path, latest_for: Callable[[Path], int | None]) -> Desired:
     Raises ``InvalidInput`` with every problem found (never anything else).
     """
     file = str(path)
-    text = _read(path, file)
+    text = read_text(path, file, MAX_BYTES, ReadHints(
+        missing="create it, or pass the desired-state file with -c/--config or "
+                "RECONCILE_CONFIG",
+        directory=f"pass the file itself, e.g. -c {Path(file) / 'tenants.yaml'}",
+        not_regular="pass the tenants.yaml file itself"))
     checker = _Checker(file, text)
     desired = checker.document(path.resolve().parent, latest_for, path)
     if checker.problems or desired is None:
         raise InvalidInput(_capped(checker.problems, file))
     return desired
-
-
-def _read(path: Path, file: str) -> str:
-    def problem(message: str, hint: str, line: int | None = None,
-                col: int | None = None) -> InvalidInput:
-        return InvalidInput([Problem(file, line, col, message, hint)])
-
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise problem("file not found", "create it, or pass the desired-state file with "
-                      "-c/--config or RECONCILE_CONFIG") from None
-    except OSError as exc:
-        raise problem(f"cannot read: {exc.strerror or exc}",
-                      "check the path and its permissions") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise problem("is a directory, not a file",
-                      f"pass the file itself, e.g. -c {Path(file) / 'tenants.yaml'}")
-    if not stat.S_ISREG(st.st_mode):
-        raise problem("is not a regular file", "pass the tenants.yaml file itself")
-    if st.st_size > MAX_BYTES:
-        raise problem(f"file is {st.st_size / 2**20:.1f} MiB; the limit is "
-                      f"{MAX_BYTES // 2**20} MiB", "check that this is the right file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise problem(f"cannot read: {exc.strerror or exc}",
-                      "check the file's permissions") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise problem(f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
-                      "save the file as UTF-8 — is it a binary or a partly written file?",
-                      line, col) from None
 
 
 def _capped(problems: list[Problem], file: str) -> list[Problem]:
@@ -244,172 +197,19 @@ class _Where:
     node: yaml.Node | None
 
 
-class _Checker:
-    """Walks the YAML node tree, collecting located problems instead of stopping."""
+class _Checker(NodeChecker):
+    """The rules of ``tenants.yaml``, one method per section, on the generic readers."""
 
     def __init__(self, file: str, text: str) -> None:
-        self.file = file
-        self.text = text
-        self.problems: list[Problem] = []
+        super().__init__(file, text)
         self.region_names: set[str] = set()
         self.data_dir_ok = True  # False: paths derived from it are not judged again
         self.central_node: yaml.Node | None = None  # where settings.central was written
-        self._constructor = yaml.constructor.SafeConstructor()
-
-    # -- reporting helpers
-    def error(self, node: yaml.Node | None, message: str, hint: str) -> None:
-        if node is None:
-            self.problems.append(Problem(self.file, None, None, message, hint))
-        else:
-            m = node.start_mark
-            self.problems.append(Problem(self.file, m.line + 1, m.column + 1, message, hint))
-
-    def construct(self, node: yaml.ScalarNode) -> Any:
-        """The YAML value of a scalar (int, bool, str, …); ``_BAD`` after reporting."""
-        if node.tag not in _PLAIN_TAGS:
-            self.error(node, f"YAML tag {_tag(node.tag)} is not supported",
-                       "remove the tag and write a plain value")
-            return _BAD
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            self.error(node, f"cannot read value {node.value!r}: {problem}",
-                       "write a plain value, quoted if it contains special characters")
-            return _BAD
-
-    def text_of(self, node: yaml.Node, what: str, hint: str) -> str | None:
-        """A string field as written (``007`` stays "007"); None (reported) otherwise."""
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag not in _PLAIN_TAGS:
-                self.error(node, f"YAML tag {_tag(node.tag)} is not supported", hint)
-                return None
-            if node.tag == _YAML_TAG + "null" or node.value == "":
-                self.error(node, f"{what} is empty", hint)
-                return None
-            return str(node.value)
-        self.error(node, f"{what} must be a single value, got {_kind(node)}", hint)
-        return None
-
-    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...] | None,
-                hint: str) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
-        """Yield (key, key node, value node), reporting bad, unknown and duplicate keys.
-        A null value (``key:`` with nothing after it) is an empty mapping."""
-        if isinstance(node, yaml.ScalarNode) and node.tag == _YAML_TAG + "null":
-            return
-        if not isinstance(node, yaml.MappingNode):
-            self.error(node, f"{what} must be a mapping, got {_kind(node)}", hint)
-            return
-        seen: dict[str, yaml.Node] = {}
-        for knode, vnode in node.value:
-            if isinstance(knode, yaml.ScalarNode) and knode.tag == _YAML_TAG + "merge":
-                self.error(knode, f"YAML merge keys (<<) are not supported in {what}",
-                           "write the keys out in full for each entry")
-                continue
-            if not isinstance(knode, yaml.ScalarNode) or knode.tag == _YAML_TAG + "null" \
-                    or knode.value == "":
-                self.error(knode, f"{what} has a key that is {_kind(knode)}",
-                           "write a plain name before the colon")
-                continue
-            key = str(knode.value)
-            if key in seen:
-                first = seen[key].start_mark
-                self.error(knode, f"duplicate key '{key}' in {what} (first at line "
-                           f"{first.line + 1}, column {first.column + 1})",
-                           "YAML would silently keep only the last one; merge the two entries "
-                           "or rename one")
-                continue
-            seen[key] = knode
-            if allowed is not None and key not in allowed:
-                close = difflib.get_close_matches(key.lower(), allowed, n=1, cutoff=0.6)
-                suggestion = f"did you mean '{close[0]}'? " if close else ""
-                self.error(knode, f"unknown key '{key}' in {what}",
-                           f"{suggestion}allowed keys: {', '.join(allowed)}")
-                continue
-            yield key, knode, vnode
-
-    def integer(self, node: yaml.Node, what: str, minimum: int = 0,
-                maximum: int | None = None) -> int | None:
-        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
-        v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
-        if v is _BAD:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            hint = f"write a whole number {bounds}"
-            if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
-                hint = f"write {v.strip()} without quotes"
-            elif isinstance(v, float) and v.is_integer():
-                hint = f"write {int(v)} (a whole number)"
-            self.error(node, f"{what} must be a whole number, got {_show(v)}", hint)
-            return None
-        if v < minimum or (maximum is not None and v > maximum):
-            self.error(node, f"{what} must be {bounds}, got {v}", f"write a whole number {bounds}")
-            return None
-        return v
-
-    def boolean(self, node: yaml.Node, what: str) -> bool | None:
-        v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
-        if v is _BAD:
-            return None
-        if not isinstance(v, bool):
-            hint = "write true or false"
-            if isinstance(v, str) and v.lower() in ("true", "false"):
-                hint = f"write {v.lower()} without quotes"
-            self.error(node, f"{what} must be true or false, got {_show(v)}", hint)
-            return None
-        return v
-
-    def label(self, node: yaml.Node, what: str) -> str | None:
-        text = self.text_of(node, what, "write a lowercase name such as eu or acme")
-        if text is None:
-            return None
-        if LABEL.match(text):
-            return text
-        fixed = suggest_label(text)
-        self.error(node, f"{what} '{text}' is not a lowercase DNS label",
-                   (f"write '{fixed}' — " if fixed else "") + "use a-z, 0-9 and '-', 1–63 "
-                   "characters, not starting or ending with '-'")
-        return None
-
-    def hostname(self, node: yaml.Node, what: str) -> str | None:
-        text = self.text_of(node, what, "write a lowercase hostname such as app.example.com")
-        if text is None:
-            return None
-        if is_hostname(text):
-            return text
-        fixed = suggest_hostname(text)
-        self.error(node, f"{what} '{text}' is not a lowercase hostname",
-                   f"write '{fixed}'" if fixed else
-                   "write a lowercase hostname such as app.example.com (no scheme, port, path "
-                   "or wildcard)")
-        return None
-
-    def duration(self, node: yaml.Node, what: str, maximum: float,
-                 allow_zero: bool) -> float | None:
-        v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
-        if v is _BAD:
-            return None
-        seconds: float | None = None
-        if isinstance(v, str | int | float) and not isinstance(v, bool):
-            try:
-                seconds = parse_duration(v)
-            except ValueError:
-                seconds = None
-        if seconds is None or not math.isfinite(seconds):
-            self.error(node, f"{what} must be a duration, got {_show(v)}",
-                       "write for example 500ms, 30s, 5m, 1h or 1h30m")
-            return None
-        if seconds > maximum or (seconds == 0 and not allow_zero):
-            low = "0" if allow_zero else "more than 0"
-            self.error(node, f"{what} must be {low} and at most {_human(maximum)}, got {v}",
-                       f"write a duration up to {_human(maximum)}, for example 60s")
-            return None
-        return seconds
 
     def schema(self, node: yaml.Node, what: str, latest: int | None) -> tuple[bool, int | None]:
         """(ok, version) where version None means latest."""
         v = self.construct(node) if isinstance(node, yaml.ScalarNode) else node
-        if v is _BAD:
+        if v is BAD:
             return False, None
         upto = f"0 to {latest}" if latest is not None else "0 or more"
         if v == "latest" and isinstance(v, str):
@@ -420,7 +220,7 @@ class _Checker:
                 hint = "write latest (lowercase)"
             elif isinstance(v, str) and v.strip().isdigit():
                 hint = f"write {v.strip()} without quotes"
-            self.error(node, f"{what} must be a migration number or latest, got {_show(v)}",
+            self.error(node, f"{what} must be a migration number or latest, got {show(v)}",
                        hint)
             return False, None
         if latest is not None and v > latest:
@@ -429,27 +229,15 @@ class _Checker:
             return False, None
         return True, v
 
-    def path(self, node: yaml.Node, what: str, base: Path) -> Path | None:
-        v = self.text_of(node, what, "write a directory path, e.g. data or /srv/tenants")
-        if v is None:
-            return None
-        if "\x00" in v:
-            self.error(node, f"{what} contains a NUL character", "write a plain path")
-            return None
-        if re.search(r"\$\{?[A-Za-z_]", v):
-            self.error(node, f"{what} '{v}' uses an environment variable, which is not "
-                       "expanded", "write the path out (~ for the home directory works)")
-            return None
-        return Path(os.path.normpath(base / os.path.expanduser(v)))
-
     # -- the document
     def document(self, base: Path, latest_for: Callable[[Path], int | None],
                  source: Path) -> Desired | None:
-        root = self.compose()
+        root = self.compose("write at least `version: 1`, a `regions:` and a "
+                            "`tenants:` mapping")
         if root is None:
             return None
         if not isinstance(root, yaml.MappingNode):
-            self.error(root, f"the document must be a mapping, got {_kind(root)}",
+            self.error(root, f"the document must be a mapping, got {kind(root)}",
                        "start with `version: 1`, then settings:, regions: and tenants:")
             return None
 
@@ -461,9 +249,9 @@ class _Checker:
         else:
             vnode = sections["version"]
             v = self.construct(vnode) if isinstance(vnode, yaml.ScalarNode) else vnode
-            if v is not _BAD and (isinstance(v, bool) or not isinstance(v, int)
+            if v is not BAD and (isinstance(v, bool) or not isinstance(v, int)
                                   or v != FORMAT_VERSION):
-                self.error(vnode, f"unsupported format version {_show(v)}",
+                self.error(vnode, f"unsupported format version {show(v)}",
                            f"write `version: {FORMAT_VERSION}` (this reconciler reads format "
                            f"{FORMAT_VERSION})")
 
@@ -482,84 +270,6 @@ class _Checker:
             regions=MappingProxyType(regions),
             tenants=MappingProxyType(dict(sorted(tenants.items()))),
         )
-
-    def compose(self) -> yaml.Node | None:
-        try:
-            root = yaml.compose(self.text, Loader=_LOADER)
-        except yaml.MarkedYAMLError as exc:
-            self.syntax_error(exc)
-            return None
-        except yaml.reader.ReaderError as exc:
-            line = self.text.count("\n", 0, exc.position) + 1
-            col = exc.position - (self.text.rfind("\n", 0, exc.position) + 1) + 1
-            char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-            self.problems.append(Problem(
-                self.file, line, col, f"control character {char:#04x} is not "
-                "allowed in YAML", "remove it — NUL and other control bytes usually mean a binary "
-                "or corrupted file"))
-            return None
-        except (yaml.YAMLError, RecursionError) as exc:
-            self.problems.append(Problem(self.file, None, None, f"cannot parse YAML: "
-                                         f"{str(exc).splitlines()[0]}",
-                                         "fix the YAML syntax (indentation, quoting, brackets)"))
-            return None
-        if root is None:
-            self.problems.append(Problem(self.file, 1, 1, "file is empty",
-                                         "write at least `version: 1`, a `regions:` and a "
-                                         "`tenants:` mapping"))
-            return None
-        if "&" not in self.text:
-            return root  # no anchor, so no alias: nothing can expand (the common case, fast)
-        distinct, expanded, cycle = _measure(root)
-        if cycle is not None:
-            self.error(cycle, "an alias refers to a node that contains it (recursive alias)",
-                       "use aliases (*name) only for values defined elsewhere, not inside "
-                       "themselves")
-            return None
-        if expanded > max(EXPANSION_FLOOR, 4 * distinct):
-            self.error(root, f"aliases expand this document to over {expanded:,} values from "
-                       f"{distinct:,} written", "write the values out instead of nesting "
-                       "aliases (this looks like a 'billion laughs' document)")
-            return None
-        return root
-
-    def syntax_error(self, exc: yaml.MarkedYAMLError) -> None:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        col = mark.column + 1 if mark else None
-        problem = (exc.problem or exc.context or "syntax error").strip()
-        context = ""
-        cmark = exc.context_mark
-        if exc.context and cmark and mark and (cmark.line, cmark.column) != (mark.line,
-                                                                          mark.column):
-            context = f" ({exc.context} at line {cmark.line + 1}, column {cmark.column + 1})"
-        hint = "fix the YAML syntax near here: indentation, quoting or brackets"
-        offending = ""
-        if mark is not None:
-            lines = self.text.split("\n")
-            if mark.line < len(lines) and mark.column < len(lines[mark.line]):
-                offending = lines[mark.line][mark.column]
-        if offending == "\t" or ("\t" in problem):
-            hint = "indent with spaces: YAML does not allow tabs"
-            problem = "a tab character cannot start a token"
-        elif "end of stream" in problem or (
-                mark is not None and getattr(mark, "index", -1) >= len(self.text.rstrip())):
-            hint = "the file ends inside a quoted string or bracket — is it truncated? " \
-                   "Close what was opened"
-        elif "did not find expected ',' or '}'" in problem or "expected ',' or ']'" in problem:
-            hint = "close the bracket, and separate items with ', '"
-        elif "mapping values are not allowed" in problem:
-            hint = "put a space after each ':' and quote values that contain ': '"
-        elif "another document" in problem or "single document" in problem:
-            hint = "keep a single document: remove the extra `---` line"
-        elif "undefined alias" in problem:
-            hint = "define the anchor (&name) before using the alias (*name)"
-        elif "duplicate anchor" in problem or "found duplicate anchor" in (exc.context or ""):
-            hint = "give every anchor (&name) its own name"
-        elif "could not find expected ':'" in problem:
-            hint = "write `key: value` — every key needs a ':' after it"
-        self.problems.append(Problem(self.file, line, col,
-                                     f"YAML syntax error: {problem}{context}", hint))
 
     def settings(self, node: yaml.Node | None, base: Path,
                  latest_for: Callable[[Path], int | None]) -> tuple[Settings, int | None]:
@@ -614,12 +324,12 @@ class _Checker:
             v = self.construct(pnode) if isinstance(pnode, yaml.ScalarNode) else pnode
             if v is False or (isinstance(v, str) and v == "archive"):
                 raw["prune"] = v == "archive"
-            elif v is not _BAD:
+            elif v is not BAD:
                 hint = "write false (report removed tenants) or archive (move their files to " \
                        "<data_dir>/_archive)"
                 if v is True or v == "delete":
                     hint += "; the reconciler never deletes tenant data"
-                self.error(pnode, f"settings.prune must be false or archive, got {_show(v)}",
+                self.error(pnode, f"settings.prune must be false or archive, got {show(v)}",
                            hint)
         if "prune_limit" in nodes:
             raw["prune_limit"] = self.integer(nodes["prune_limit"], "settings.prune_limit")
@@ -631,7 +341,7 @@ class _Checker:
                                                 MAX_BUSY_TIMEOUT, allow_zero=True)
         if "rollout" in nodes:
             raw["rollout"] = self.rollout(nodes["rollout"])
-        if "git" in nodes and not _is_null(nodes["git"]):  # `git:` left empty: pull mode off
+        if "git" in nodes and not is_null(nodes["git"]):  # `git:` left empty: pull mode off
             raw["git"] = self.git(nodes["git"])
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
@@ -697,16 +407,16 @@ class _Checker:
                                        "write `globals:` followed by indented `key: value` "
                                        "lines"):
             if not isinstance(v, yaml.ScalarNode):
-                self.error(v, f"globals.{key} must be a single value, got {_kind(v)}",
+                self.error(v, f"globals.{key} must be a single value, got {kind(v)}",
                            "write a string, number or boolean; nested mappings and lists are "
                            "not mirrored")
-            elif v.tag not in _PLAIN_TAGS:
-                self.error(v, f"YAML tag {_tag(v.tag)} is not supported",
+            elif v.tag not in PLAIN_TAGS:
+                self.error(v, f"YAML tag {short_tag(v.tag)} is not supported",
                            "remove the tag and write a plain value")
-            elif v.tag == _YAML_TAG + "null":
+            elif v.tag == YAML_TAG + "null":
                 self.error(v, f"globals.{key} has no value",
                            f'write `{key}: ""` for an empty string, or remove the key')
-            elif v.tag == _YAML_TAG + "bool":
+            elif v.tag == YAML_TAG + "bool":
                 val = self.construct(v)
                 if isinstance(val, bool):
                     out[key] = "true" if val else "false"
@@ -795,7 +505,7 @@ class _Checker:
                       regions: dict[str, Region], latest: int | None,
                       owners: dict[str, tuple[str, yaml.Node | None]]) -> dict[str, Any]:
         example = next(iter(regions), "eu")
-        if isinstance(vnode, yaml.ScalarNode) and vnode.tag != _YAML_TAG + "null":
+        if isinstance(vnode, yaml.ScalarNode) and vnode.tag != YAML_TAG + "null":
             self.error(vnode, f"tenants.{name} must be a mapping, got a single value",
                        f"write `{name}: {{region: {vnode.value or example}}}`")
             return {}
@@ -827,7 +537,7 @@ class _Checker:
                 if b is not None:
                     fields[key] = b
         merged = isinstance(vnode, yaml.MappingNode) and any(
-            k.tag == _YAML_TAG + "merge" for k, _v in vnode.value)  # reported as such
+            k.tag == YAML_TAG + "merge" for k, _v in vnode.value)  # reported as such
         if not has_region and not merged and not isinstance(vnode, yaml.SequenceNode):
             self.error(knode, f"tenant '{name}' has no region",
                        f"write `{name}: {{region: {example}}}` with a declared region")
@@ -835,11 +545,11 @@ class _Checker:
 
     def domains(self, node: yaml.Node, tenant: str,
                 owners: dict[str, tuple[str, yaml.Node | None]]) -> tuple[str, ...]:
-        if isinstance(node, yaml.ScalarNode) and node.tag == _YAML_TAG + "null":
+        if isinstance(node, yaml.ScalarNode) and node.tag == YAML_TAG + "null":
             return ()
         if not isinstance(node, yaml.SequenceNode):
             example = node.value if isinstance(node, yaml.ScalarNode) else "acme.example.com"
-            self.error(node, f"tenants.{tenant}.domains must be a list, got {_kind(node)}",
+            self.error(node, f"tenants.{tenant}.domains must be a list, got {kind(node)}",
                        f"write `domains: [{example}]`")
             return ()
         out: list[str] = []
@@ -861,53 +571,6 @@ class _Checker:
             owners[d] = (tenant, item)
             out.append(d)
         return tuple(out)
-
-
-class _Bad:
-    """Marker for a value that could not be read (already reported)."""
-
-    def __repr__(self) -> str:
-        return "an unreadable value"
-
-
-_BAD: Any = _Bad()
-
-
-def _measure(root: yaml.Node) -> tuple[int, int, yaml.Node | None]:
-    """(distinct nodes, nodes after expanding aliases, a node on a cycle or None).
-
-    Iterative and memoised, so an alias bomb costs time linear in what is written."""
-    cap = 10**12
-    sizes: dict[int, int] = {}
-    open_: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        nid = id(node)
-        if finished:
-            open_.discard(nid)
-            sizes[nid] = min(cap, 1 + sum(sizes[id(c)] for c in _children(node)))
-            continue
-        if nid in sizes:
-            continue
-        if nid in open_:
-            return len(sizes), 0, node
-        open_.add(nid)
-        stack.append((node, True))
-        for child in _children(node):
-            if id(child) in open_:
-                return len(sizes), 0, child
-            if id(child) not in sizes:
-                stack.append((child, False))
-    return len(sizes), sizes[id(root)], None
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
 
 
 _HOLDS_CENTRAL = "contains the central registry"
@@ -973,38 +636,3 @@ def _not_a_registry(path: Path) -> str:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     return "" if head == _SQLITE_MAGIC else "is not a SQLite database"
-
-
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == _YAML_TAG + "null"
-
-
-def _tag(tag: str) -> str:
-    return "!!" + tag[len(_YAML_TAG):] if tag.startswith(_YAML_TAG) else tag
-
-
-def _kind(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if node.tag == _YAML_TAG + "null" or node.value == "":
-        return "nothing"
-    return f"'{node.value}'"
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, yaml.Node):
-        return _kind(v)
-    if v is None:
-        return "nothing (null)"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v)
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
