@@ -170,13 +170,8 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
     the_plan, observed = engine.preview(inputs)
     rows = status_mod.rows(inputs.desired, observed, the_plan, inputs.catalog)
-    last = None
-    reg = Registry.open_readonly(inputs.desired.settings.central)
-    if reg is not None:
-        try:
-            last = reg.last_run()
-        finally:
-            reg.close()
+    with Registry.reading(inputs.desired.settings.central) as reg:
+        last = reg.last_run() if reg is not None else None
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
@@ -200,14 +195,12 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
 def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
     problems = migrations_mod.dry_run(inputs.catalog)
-    reg = Registry.open_readonly(inputs.desired.settings.central)
-    if reg is not None:
-        try:
-            engine.verify_catalog(inputs, reg.snapshot())
-        except InvalidInput as exc:
-            problems.extend(exc.problems)
-        finally:
-            reg.close()
+    with Registry.reading(inputs.desired.settings.central) as reg:
+        if reg is not None:
+            try:
+                engine.verify_catalog(inputs, reg.snapshot())
+            except InvalidInput as exc:
+                problems.extend(exc.problems)
     if problems:
         raise InvalidInput(problems)
     d = inputs.desired
@@ -219,13 +212,8 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
 
 def cmd_history(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
-    reg = Registry.open_readonly(inputs.desired.settings.central)
-    events = []
-    if reg is not None:
-        try:
-            events = reg.events(args.tenant, args.limit)
-        finally:
-            reg.close()
+    with Registry.reading(inputs.desired.settings.central) as reg:
+        events = reg.events(args.tenant, args.limit) if reg is not None else []
     if args.json:
         _out(render.dumps(events))
         return EXIT_OK

@@ -92,12 +92,8 @@ def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
 
 def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]:
     """Plan without changing anything on disk."""
-    reg = Registry.open_readonly(inputs.desired.settings.central)
-    try:
+    with Registry.reading(inputs.desired.settings.central) as reg:
         snapshot = reg.snapshot() if reg is not None else Snapshot.empty()
-    finally:
-        if reg is not None:
-            reg.close()
     return _plan_from(inputs, snapshot, retry_failed)
 
 

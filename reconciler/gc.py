@@ -80,12 +80,8 @@ def collect(inputs: Inputs, older_than: float, log: Logger, *, dry_run: bool,
     """Delete (or, with ``dry_run``, list) retired copies older than ``older_than`` s."""
     settings = inputs.desired.settings
     if dry_run:
-        reg = Registry.open_readonly(settings.central)
-        try:
+        with Registry.reading(settings.central) as reg:
             keep = reg.journal_paths() if reg is not None and reg.version >= 2 else set()
-        finally:
-            if reg is not None:
-                reg.close()
         return scan(settings.retired_dir, older_than, keep)
     with locked_registry(inputs, log, wait) as registry:
         found = scan(settings.retired_dir, older_than, registry.journal_paths())

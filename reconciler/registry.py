@@ -232,6 +232,18 @@ class Registry:
                                  f"reconciler understands ({VERSION}); upgrade tenant-reconciler")
         return cls(path, conn, readonly=True)
 
+    @classmethod
+    @contextmanager
+    def reading(cls, path: Path) -> Iterator[Registry | None]:
+        """``open_readonly`` for the length of a block (None if there is no registry
+        yet), closed after it."""
+        reg = cls.open_readonly(path)
+        try:
+            yield reg
+        finally:
+            if reg is not None:
+                reg.close()
+
     def _upgrade(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > VERSION:
