@@ -18,7 +18,7 @@ from reconciler import engine, log, progress, render, routing
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
-from reconciler.errors import InvalidInput, LockHeld, ReconcileError
+from reconciler.errors import InvalidInput, ReconcileError
 from reconciler.registry import Registry
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_PROBLEMS = 0, 1, 2, 3
@@ -116,10 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             _err(f"  {problem}")
         return EXIT_ERROR
-    except LockHeld as exc:
-        _err(f"error: {exc}")
-        return EXIT_ERROR
-    except ReconcileError as exc:
+    except ReconcileError as exc:  # LockHeld, RetryableError, PermanentError, routing
         _err(f"error: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:
