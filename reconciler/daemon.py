@@ -445,15 +445,10 @@ class Daemon:
     def _next_backoff(self, inputs: engine.Inputs) -> float | None:
         """When the earliest failed tenant's backoff expires (monotonic clock)."""
         try:
-            reg = Registry.open_readonly(inputs.desired.settings.central)
-        except ReconcileError:
+            with Registry.reading(inputs.desired.settings.central) as reg:
+                at = reg.next_retry_at(time.time()) if reg is not None else None
+        except ReconcileError:  # raised only by opening (next_retry_at raises none)
             return None
-        if reg is None:
-            return None
-        try:
-            at = reg.next_retry_at(time.time())
-        finally:
-            reg.close()
         if at is None:
             return None
         return time.monotonic() + max(1.0, at - time.time())
