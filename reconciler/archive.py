@@ -149,9 +149,7 @@ def _start_restore(action: Action, ctx: Context) -> JournalRow:
                              f"archive {action.source} too; keep one — move the other away "
                              "— nothing was changed")
     temp = dest.with_name(f".{dest.name}.restoring")
-    tenantdb.remove_quietly(temp)
-    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, tenantdb.FILE_MODE)
-    os.close(fd)  # proves the destination is writable before anything is journaled
+    tenantdb.fresh_file(temp)  # proves the destination is writable before anything is journaled
     with ctx.registry.durable_transaction():
         ctx.registry.journal_set(name, "restore", "copy", source=str(action.source),
                                  dest=str(dest), temp=str(temp),

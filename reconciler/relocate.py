@@ -353,9 +353,9 @@ def _start(action: Action, ctx: Context) -> Outcome:
         raise PermanentError(f"relocating {name}: a file already exists at {dest}; move it "
                              "away (or `reconcile restore` it) — nothing was changed")
     temp = dest.with_name(f".{dest.name}.relocating")
-    tenantdb.remove_quietly(temp)  # a leftover of a killed run that journaled nothing
-    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, tenantdb.FILE_MODE)
-    os.close(fd)  # proves the destination is writable; copy_into starts it afresh
+    # over a leftover of a killed run that journaled nothing; proves the destination is
+    # writable (copy_into starts it afresh)
+    tenantdb.fresh_file(temp)
     previous = row.status if row.status != "relocating" else "active"  # restored on roll back
     detail = {"from_region": row.region, "to_region": action.region, "status": previous}
     with ctx.registry.durable_transaction():
