@@ -22,7 +22,6 @@ signal) ends either action at a journaled phase boundary; the next pass resumes 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -93,7 +92,7 @@ def restore(action: Action, ctx: Context) -> Outcome:
         journal = _start_restore(action, ctx)
     assert journal.source and journal.dest and journal.temp
     source, dest, temp = Path(journal.source), Path(journal.dest), Path(journal.temp)
-    detail = json.loads(journal.detail) if journal.detail else {}
+    detail = journal.details()
     if journal.phase in ("copy", "link"):
         tenantdb.remove_quietly(temp)  # a killed run's copy, never in service
         expected = relocate.fingerprint_file(source, timeout)
@@ -125,7 +124,7 @@ def restore(action: Action, ctx: Context) -> Outcome:
             return stopped
         journal = ctx.registry.journal_row(name)
         assert journal is not None and journal.detail
-        detail = json.loads(journal.detail)
+        detail = journal.details()
     retired = Path(detail["retired_path"])
     relocate.move_out(source, retired, timeout, "restore:during-retire")
     row = ctx.registry.tenant(name)

@@ -137,6 +137,10 @@ class JournalRow:
     started_at: str
     detail: str | None
 
+    def details(self) -> dict[str, Any]:
+        """``detail`` parsed: what the operation journaled beside its phase ({} if none)."""
+        return dict(json.loads(self.detail)) if self.detail else {}
+
 
 @dataclass(frozen=True)
 class Snapshot:

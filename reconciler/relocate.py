@@ -43,14 +43,12 @@ from __future__ import annotations
 import calendar
 import contextlib
 import hashlib
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from reconciler import tenantdb
 from reconciler.context import OK, PENDING, Context, Outcome, crash_point, record
@@ -313,10 +311,6 @@ def move_out(source: Path, target: Path, busy_timeout: float, during: str) -> No
 # --------------------------------------------------------------------------- relocation
 
 
-def _detail(journal: JournalRow) -> dict[str, Any]:
-    return dict(json.loads(journal.detail)) if journal.detail else {}
-
-
 def run(action: Action, ctx: Context) -> Outcome:
     journal = ctx.registry.journal_row(action.tenant)
     if journal is not None and journal.action == "relocate":
@@ -458,7 +452,7 @@ def _switch(action: Action, journal: JournalRow, lock: sqlite3.Connection, ctx: 
     """Switch routing to the placed copy while the source is still write-locked; the
     same power-safe transaction journals the retirement that follows."""
     assert journal.source and journal.dest
-    name, detail = action.tenant, _detail(journal)
+    name, detail = action.tenant, journal.details()
     version = int(lock.execute("PRAGMA user_version").fetchone()[0])
     retired = free_name(ctx.desired.settings.retired_dir,
                         f"{name}-{detail.get('from_region', 'old')}")
@@ -476,7 +470,7 @@ def _switch(action: Action, journal: JournalRow, lock: sqlite3.Connection, ctx: 
 
 def _retire(action: Action, journal: JournalRow, ctx: Context) -> Outcome:
     assert journal.source and journal.dest
-    detail = _detail(journal)
+    detail = journal.details()
     source, retired = Path(journal.source), Path(detail["retired_path"])
     move_out(source, retired, ctx.desired.settings.busy_timeout, "relocate:during-retire")
     resumed = action.detail if action.detail.startswith("resume") else None
@@ -496,7 +490,7 @@ def _roll_back(action: Action, journal: JournalRow, ctx: Context, why: str, *,
     """Before ``rename``: drop the temp copy, source back in service as it was."""
     if journal.temp:
         tenantdb.remove_quietly(Path(journal.temp))
-    previous = _detail(journal).get("status", "active")
+    previous = journal.details().get("status", "active")
     outcome = Outcome(action.tenant, "relocate", OK, action.from_version, action.to_version,
                       detail={"rolled_back": why, "path": journal.source})
     with ctx.registry.durable_transaction():
