@@ -436,3 +436,9 @@ def test_concurrent_threads_each_get_their_own_tenant_while_the_registry_changes
         t.join()
     assert errors == []
     assert wrong == []
+
+
+def test_every_registry_status_is_either_served_or_refused_with_a_reason() -> None:
+    from reconciler import registry, routing
+    assert routing.SERVABLE.isdisjoint(routing.REASONS)
+    assert routing.SERVABLE | set(routing.REASONS) == set(registry.STATUSES)
