@@ -61,7 +61,8 @@ def archive(action: Action, ctx: Context) -> Outcome:
     source, target = Path(journal.source), Path(journal.dest)
     relocate.move_out(source, target, ctx.desired.settings.busy_timeout, "archive:during-move")
     crash_point("archive:after-move")
-    version = relocate.fingerprint_file(target, ctx.desired.settings.busy_timeout).user_version
+    version = relocate.fingerprint_file(target, ctx.desired.settings.busy_timeout,
+                                        content=False).user_version
     outcome = Outcome(name, "archive", OK, version, version, timer.ms,
                       detail={"path": str(target), "from": str(source)})
     # declared again while a killed run was archiving it: brought straight back below,
@@ -95,13 +96,13 @@ def restore(action: Action, ctx: Context) -> Outcome:
     detail = journal.details()
     if journal.phase in ("copy", "link"):
         tenantdb.remove_quietly(temp)  # a killed run's copy, never in service
-        expected = relocate.fingerprint_file(source, timeout)
+        expected = relocate.fingerprint_file(source, timeout, content=False)
         if os.path.lexists(dest):
             # placed by a killed run of ours (the start refused an existing file)
-            relocate.verify_copy(dest, expected, timeout)
+            relocate.verify_copy(dest, expected, timeout, source)
         else:
             relocate.copy_into(source, temp, timeout, during="restore:during-copy")
-            relocate.verify_copy(temp, expected, timeout)
+            relocate.verify_copy(temp, expected, timeout, source)
             relocate.set_journal_mode(temp, "wal", timeout)
             crash_point("restore:after-copy")
             with ctx.registry.durable_transaction():

@@ -224,3 +224,55 @@ def test_busy_source_is_retried_later_and_changes_nothing(fleet: Fleet) -> None:
     fill(fleet.path("aaron", "eu"), 1)
     assert fleet.run("apply").returncode == 0
     assert fleet.registry("SELECT region, status FROM tenants") == [("us", "active")]
+
+
+# ------------------------------------------------------- comparison with the source in SQL
+
+
+def _copy_then(tmp_path: Path, sql: str, setup: str = "") -> tuple[Path, Path]:
+    source = make_db(tmp_path / "a.db", 2, rows=50)
+    if setup:
+        conn = sqlite3.connect(source)
+        conn.executescript(setup)
+        conn.close()
+    temp = tmp_path / "copy.db"
+    relocate.copy_into(source, temp, 5.0)
+    relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0, content=False), 5.0,
+                         source)  # an exact copy passes
+    conn = sqlite3.connect(temp)
+    conn.executescript(sql)
+    conn.close()
+    return source, temp
+
+
+@pytest.mark.parametrize(("setup", "change"), [
+    ("", "UPDATE t SET v = 'changed' WHERE id = 7;"),
+    ("", "UPDATE t SET v = NULL WHERE id = 8;"),
+    ("", "DELETE FROM t WHERE id = 9; INSERT INTO t (id, v) VALUES (1000, 'row8');"),
+    ("CREATE TABLE c (x TEXT COLLATE NOCASE); INSERT INTO c VALUES ('Abc');",
+     "UPDATE c SET x = 'abc';"),  # equal under the column's collation, not in bytes
+    ("CREATE TABLE n (x); INSERT INTO n VALUES (1);", "UPDATE n SET x = 1.0;"),  # 1 = 1.0
+    ("CREATE TABLE k (id TEXT PRIMARY KEY, v) WITHOUT ROWID; INSERT INTO k VALUES ('a', 1);",
+     "UPDATE k SET v = 2;"),
+])
+def test_sql_comparison_with_the_source_catches_any_changed_row(
+        tmp_path: Path, setup: str, change: str) -> None:
+    source, temp = _copy_then(tmp_path, change, setup)
+    expected = relocate.fingerprint_file(source, 5.0, content=False)
+    assert expected.digest == ""
+    with pytest.raises(PermanentError, match="content differs"):
+        relocate.verify_copy(temp, expected, 5.0, source)
+    with pytest.raises(PermanentError, match="checksum"):  # the hashing path agrees
+        relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0), 5.0)
+
+
+def test_sql_comparison_names_schema_and_count_differences(tmp_path: Path) -> None:
+    source, temp = _copy_then(tmp_path, "CREATE INDEX t_v ON t (v);")
+    with pytest.raises(PermanentError, match="schema differs"):
+        relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0, content=False), 5.0,
+                             source)
+    (tmp_path / "x").mkdir()
+    source2, temp2 = _copy_then(tmp_path / "x", "DELETE FROM t WHERE id = 3;")
+    with pytest.raises(PermanentError, match="row counts"):
+        relocate.verify_copy(temp2, relocate.fingerprint_file(source2, 5.0, content=False),
+                             5.0, source2)
