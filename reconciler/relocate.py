@@ -13,7 +13,7 @@ The protocol (each phase is written to the registry's ``journal`` *before* it st
    it with the backup API in steps into a temp file in the destination directory,
    fsync file and directory;
 2. ``verify`` — ``integrity_check`` of the copy, and the same ``user_version``, schema,
-   per-table row counts and content checksum as the locked source; a mismatch rolls
+   per-table row counts and rows (compared in SQL) as the locked source; a mismatch rolls
    back (temp removed, source stays in service with its previous status);
 3. ``rename`` — link the copy into place (never over an existing file);
 4. switch — one power-safe registry transaction: region, path, status, and journal
