@@ -154,9 +154,12 @@ def _rows_differ(conn: sqlite3.Connection, name: str) -> bool:
     cols = [r[1] for r in conn.execute(f"PRAGMA main.table_info({q})")]
     key = _key(conn, q)
     if key is None:
-        if {c.lower() for c in cols} & {"rowid", "oid", "_rowid_"}:
-            return _digest_differs(conn, name)  # a column shadows every rowid alias
-        on, missing = "a.rowid = b.rowid", "b.rowid IS NULL"
+        # a column may be named like a rowid alias and shadow it: use one that is free
+        taken = {c.lower() for c in cols}
+        alias = next((a for a in ("rowid", "_rowid_", "oid") if a not in taken), None)
+        if alias is None:
+            return _digest_differs(conn, name, cols)
+        on, missing = f"a.{alias} = b.{alias}", f"b.{alias} IS NULL"
     else:
         on = " AND ".join(f"a.{_quote(c)} = b.{_quote(c)}" for c in key)
         missing = f"b.{_quote(key[0])} IS NULL"
@@ -168,12 +171,15 @@ def _rows_differ(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute(sql).fetchone() is not None
 
 
-def _digest_differs(conn: sqlite3.Connection, name: str) -> bool:
+def _digest_differs(conn: sqlite3.Connection, name: str, cols: list[str]) -> bool:
+    """Fallback when every rowid alias is a column name: hash both sides' rows in the
+    order of all their columns (a total order: tied rows are identical)."""
     q = _quote(name)
+    order = ", ".join(_quote(c) for c in cols)
     digests = []
     for schema in ("main", "src"):
         h = hashlib.sha256()
-        for row in conn.execute(f"SELECT * FROM {schema}.{q} ORDER BY 1, 2"):
+        for row in conn.execute(f"SELECT * FROM {schema}.{q} ORDER BY {order}"):
             h.update(repr(row).encode())
         digests.append(h.hexdigest())
     return digests[0] != digests[1]

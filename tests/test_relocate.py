@@ -276,3 +276,15 @@ def test_sql_comparison_names_schema_and_count_differences(tmp_path: Path) -> No
     with pytest.raises(PermanentError, match="row counts"):
         relocate.verify_copy(temp2, relocate.fingerprint_file(source2, 5.0, content=False),
                              5.0, source2)
+
+
+@pytest.mark.parametrize("columns", ["rowid, v", "rowid, oid, _rowid_"])
+def test_sql_comparison_works_when_columns_shadow_rowid_aliases(
+        tmp_path: Path, columns: str) -> None:
+    first = columns.split(",")[0]
+    setup = (f"CREATE TABLE s ({columns}); "
+             f"INSERT INTO s ({first}) VALUES (5); INSERT INTO s ({first}) VALUES (6);")
+    source, temp = _copy_then(tmp_path, f"UPDATE s SET {first} = 7 WHERE {first} = 6;", setup)
+    with pytest.raises(PermanentError, match="content differs in s"):
+        relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0, content=False), 5.0,
+                             source)
