@@ -288,3 +288,82 @@ def test_sql_comparison_works_when_columns_shadow_rowid_aliases(
     with pytest.raises(PermanentError, match="content differs in s"):
         relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0, content=False), 5.0,
                              source)
+
+
+# --------------------------------------------------------------------------- page comparison
+
+
+@pytest.mark.parametrize("wal", [False, True])
+def test_backup_copy_of_an_unchanged_source_is_page_identical(tmp_path: Path, wal: bool
+                                                              ) -> None:
+    source = make_db(tmp_path / "a.db", 2, rows=3000, wal=wal)
+    writer = sqlite3.connect(source)  # keeps a WAL source's -wal with committed frames
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE t SET v = 'in the wal' WHERE id < 100")
+    writer.commit()
+    temp = tmp_path / "copy.db"
+    relocate.copy_into(source, temp, 5.0)
+    assert relocate.main_file_holds_content(source, 5.0)  # WAL: checkpointed passively
+    assert relocate.same_pages(temp, source)
+    writer.close()
+
+
+def test_page_comparison_is_not_trusted_while_the_main_file_lags_the_wal(
+        tmp_path: Path) -> None:
+    """A reader on an old snapshot keeps the newest frames out of the main file; a copy
+    of that stale main file is page-identical to it, yet misses a committed change."""
+    source = make_db(tmp_path / "a.db", 2, rows=200, wal=True)
+    reader = sqlite3.connect(source, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # holds its snapshot
+    writer = sqlite3.connect(source)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE t SET v = 'committed after the snapshot' WHERE id = 5")
+    writer.commit()
+    stale = tmp_path / "stale.db"
+    stale.write_bytes(source.read_bytes())  # what a copy that ignored the -wal would hold
+    assert relocate.same_pages(stale, source)  # byte for byte, yet not the content:
+    assert not relocate.main_file_holds_content(source, 5.0)  # which is why this is asked
+    expected = relocate.fingerprint_file(source, 5.0, content=False)
+    with pytest.raises(PermanentError, match="content differs in t"):
+        relocate.verify_copy(stale, expected, 5.0, source)
+    reader.close()
+    writer.close()
+
+
+def test_page_comparison_ignores_only_the_header_bytes_a_copy_may_change(
+        tmp_path: Path) -> None:
+    source = make_db(tmp_path / "a.db", 2, rows=300)
+    temp = tmp_path / "copy.db"
+    relocate.copy_into(source, temp, 5.0)
+    data = bytearray(temp.read_bytes())
+    for offset in relocate.HEADER_VOLATILE:  # journal mode, change counter, versions
+        data[offset] ^= 0xFF
+    temp.write_bytes(bytes(data))
+    assert relocate.same_pages(temp, source)
+    for offset in (20, 28, 44, 60, 4096 + 100, len(data) - 1):  # reserved bytes, size,
+        changed = bytearray(data)                              # format, user_version, pages
+        changed[offset] ^= 0x01
+        temp.write_bytes(bytes(changed))
+        assert not relocate.same_pages(temp, source), offset
+    temp.write_bytes(bytes(data) + b"\0" * 4096)  # one page longer
+    assert not relocate.same_pages(temp, source)
+
+
+def test_a_changed_page_falls_back_to_the_row_comparison_which_decides(
+        tmp_path: Path) -> None:
+    source = make_db(tmp_path / "a.db", 2, rows=300)
+    expected = relocate.fingerprint_file(source, 5.0, content=False)
+    temp = tmp_path / "copy.db"
+    relocate.copy_into(source, temp, 5.0)
+    conn = sqlite3.connect(temp)
+    conn.execute("VACUUM")  # other pages, same rows
+    conn.close()
+    assert not relocate.same_pages(temp, source)
+    relocate.verify_copy(temp, expected, 5.0, source)  # equal rows: passes
+    conn = sqlite3.connect(temp)
+    conn.execute("UPDATE t SET v = 'x' WHERE id = 3")
+    conn.commit()
+    conn.close()
+    with pytest.raises(PermanentError, match="content differs in t"):
+        relocate.verify_copy(temp, expected, 5.0, source)
