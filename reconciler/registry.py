@@ -184,7 +184,9 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None,
                                timeout=10.0, check_same_thread=False)
     else:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        # used by one thread at a time, not always the one that opened it (apply's workers)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0,
+                               check_same_thread=False)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > VERSION:  # refuse before changing a byte (journal_mode writes)
             conn.close()

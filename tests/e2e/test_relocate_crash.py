@@ -99,6 +99,48 @@ def test_sigkill_at_each_relocation_phase_then_rerun_converges_with_every_row(
     assert len(retired) == 1 and content(fleet, retired[0]) == before["aaron"]
 
 
+@pytest.mark.parametrize("point", ["relocate:during-copy", "relocate:after-verify",
+                                   "relocate:after-switch"])
+def test_sigkill_while_relocations_run_at_once_then_rerun_converges(
+        fleet: Fleet, point: str) -> None:
+    """Four relocations in flight together (``parallel: 4``): the first worker to reach
+    the point kills the process while the others are anywhere in their own phases."""
+    names = ("aaron", "bob", "carol", "dave")
+    before = seed(fleet, dict.fromkeys(names, "eu"), notes=1500, rollout={"parallel": 4})
+    fleet.declare({n: {"region": "us"} for n in names}, rollout={"parallel": 4})
+    killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    again = fleet.run("apply")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_converged(fleet, dict.fromkeys(names, "us"), before)
+    for name in names:
+        retired = list((fleet.data / "_retired").glob(f"{name}-eu-*.db"))
+        assert len(retired) == 1 and content(fleet, retired[0]) == before[name]
+
+
+def test_relocations_at_once_end_exactly_where_one_at_a_time_ends(tmp_path: Path) -> None:
+    ends = []
+    for parallel in (1, 3):
+        fleet = Fleet(tmp_path / f"p{parallel}")
+        fleet.root.mkdir()
+        fleet.use_shipped_migrations()
+        names = [f"t{i}" for i in range(6)]
+        before = seed(fleet, {n: "eu" if i % 2 else "us" for i, n in enumerate(names)},
+                      notes=400, rollout={"parallel": parallel})
+        want = {n: "us" if i % 2 else "eu" for i, n in enumerate(names)}
+        fleet.declare({n: {"region": r} for n, r in want.items()},
+                      rollout={"parallel": parallel})
+        done = fleet.run("apply", "--log-format", "json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert_converged(fleet, want, before)  # every row as it was, in the new region
+        ends.append((fleet.registry("SELECT name, region, status, schema_version FROM "
+                                    "tenants ORDER BY name"),
+                     fleet.registry("SELECT tenant, action, outcome FROM events WHERE "
+                                    "action = 'relocate' ORDER BY tenant"),
+                     sorted(p.name.split("-")[0] for p in (fleet.data / "_retired").iterdir())))
+    assert ends[0] == ends[1]
+
+
 def test_relocation_killed_before_rename_rolls_back_when_the_region_is_reverted(
         fleet: Fleet) -> None:
     before = seed(fleet, {"aaron": "eu"})
