@@ -227,11 +227,19 @@ def test_batch_reader_answers_exactly_like_the_single_reader(tmp_path: Path) -> 
     os.mkfifo(d / "fifo.db")
     make(d / "journal.db", 4)
     (d / "journal.db-journal").write_bytes(b"")  # a cold (empty) journal: SQLite decides
+    # the same oddities with a sidecar beside them, where SQLite is asked: what the
+    # directory listing says of each entry must keep them away from it
+    os.symlink(d / "wal.db", d / "wal-link.db")
+    os.mkfifo(d / "wal-fifo.db")
+    (d / "wal-dir.db").mkdir()
+    make(d / "odd #?%.db", 5)  # needs quoting in a file: URI
+    for name in ("wal-link", "wal-fifo", "wal-dir", "odd #?%"):
+        (d / f"{name}.db-journal").write_bytes(b"")
     held = sqlite3.connect(d / "wal.db")
     try:
         held.execute("PRAGMA user_version").fetchone()  # keeps the -wal in place
         names = ["plain", "wal", "empty", "junk", "short", "dir", "link", "fifo", "journal",
-                 "missing"]
+                 "missing", "wal-link", "wal-fifo", "wal-dir", "odd #?%"]
         paths = [d / f"{n}.db" for n in names] + [tmp_path / "nowhere" / "x.db"]
         together = read_user_versions(paths)
         one_by_one = {p: read_user_version(p) for p in paths}
@@ -247,6 +255,10 @@ def test_batch_reader_answers_exactly_like_the_single_reader(tmp_path: Path) -> 
     assert "not a regular file" in (together[d / "dir.db"].error or "")
     assert "not a SQLite database" in (together[d / "junk.db"].error or "")
     assert not together[d / "missing.db"].exists
+    assert "symbolic link" in (together[d / "wal-link.db"].error or "")
+    assert "not a regular file" in (together[d / "wal-fifo.db"].error or "")
+    assert "not a regular file" in (together[d / "wal-dir.db"].error or "")
+    assert together[d / "odd #?%.db"].user_version == 5
     assert not together[tmp_path / "nowhere" / "x.db"].exists
 
 
