@@ -10,6 +10,7 @@ true when it acts.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -82,6 +83,24 @@ def verify_catalog(inputs: Inputs, snapshot: Snapshot) -> None:
         raise InvalidInput(problems)
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a pass reads and plans.
+
+    That part allocates a few objects per tenant and frees none until it ends, so the
+    collector's full scans (each over every live object) run ever more often as the
+    fleet grows and find nothing (rows, specs and file states hold no cycles): ~10% of
+    a no-op pass at 100k tenants. Reference counting still frees everything as usual;
+    anything cyclic is collected once the collector is back on."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
                ) -> tuple[Plan, Observed]:
     verify_catalog(inputs, snapshot)
@@ -92,9 +111,10 @@ def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
 
 def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]:
     """Plan without changing anything on disk."""
-    with Registry.reading(inputs.desired.settings.central) as reg:
-        snapshot = reg.snapshot() if reg is not None else Snapshot.empty()
-    return _plan_from(inputs, snapshot, retry_failed)
+    with collector_paused():
+        with Registry.reading(inputs.desired.settings.central) as reg:
+            snapshot = reg.snapshot() if reg is not None else Snapshot.empty()
+        return _plan_from(inputs, snapshot, retry_failed)
 
 
 @contextlib.contextmanager
@@ -127,7 +147,8 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
     ``reconcile status`` shows it."""
     with locked_registry(inputs, log, wait) as registry:
         started = utcnow()
-        the_plan, _observed = _plan_from(inputs, registry.snapshot(), retry_failed)
+        with collector_paused():
+            the_plan, _observed = _plan_from(inputs, registry.snapshot(), retry_failed)
         ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
                       log.bind(revision=short(inputs.revision)), stop or never,
                       retry_failed, progress, stop_now or never)

@@ -235,24 +235,28 @@ def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float) -> 
 
 def _listing(directory: str) -> Listing | None:
     """The listing of ``directory``; None if it cannot be listed (the per-file path then
-    says why, per file). Entry types come with the listing (``d_type``): no ``lstat``
-    per file."""
+    says why, per file). Where files have a ``-wal`` or ``-journal`` beside them (SQLite
+    will be asked about them), the directory is read once more with entry types
+    (``d_type``) instead of an ``lstat`` per such file."""
     try:
-        with os.scandir(directory or ".") as entries:
-            names, irregular = [], []
-            for e in entries:
-                names.append(e.name)
-                if not e.is_file(follow_symlinks=False):
-                    irregular.append(e.name)
+        names = os.listdir(directory or ".")
     except FileNotFoundError:
         return Listing(frozenset(), frozenset(), frozenset(), frozenset(), None)
     except OSError:
         return None
     wal = frozenset(n[:-4] for n in names if n.endswith("-wal"))
     side = wal.union(n[:-8] for n in names if n.endswith("-journal"))
+    irregular: frozenset[str] = frozenset()
+    if side:
+        try:
+            with os.scandir(directory or ".") as entries:
+                irregular = frozenset(e.name for e in entries
+                                      if not e.is_file(follow_symlinks=False))
+        except OSError:
+            return None
     uri = (f"file://{quote_from_bytes(os.fsencode(directory.rstrip('/')))}/"
            if directory.startswith("/") else None)
-    return Listing(frozenset(names), side, wal, frozenset(irregular), uri)
+    return Listing(frozenset(names), side, wal, irregular, uri)
 
 
 def _read_header(path: str, regular_only: bool = False) -> bytes:
@@ -321,7 +325,7 @@ def list_archives(archive_dir: Path) -> dict[str, tuple[Path, ...]]:
 def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> Observed:
     """Read everything plan() needs. Touches no file except to read it."""
     timeout = desired.settings.busy_timeout
-    declared = _declared_texts(desired)
+    declared = desired.path_texts
     # a dict as an ordered set: files are read in tenant order (deterministic) with no
     # sort of 100k strings; each directory is listed once whatever the order
     texts = dict.fromkeys(declared.values())
@@ -341,23 +345,5 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> O
         regions=MappingProxyType(regions),
         archives=MappingProxyType(archives),
         now=time.time() if now is None else now,
-        declared=MappingProxyType(declared),
+        declared=declared,
     )
-
-
-def _declared_texts(desired: Desired) -> dict[str, str]:
-    """Tenant → text of ``desired.tenant_path``, by string concatenation where that is
-    provably the same text (checked per region), since building 100k Paths is slow."""
-    prefixes: dict[str, str | None] = {}
-    out: dict[str, str] = {}
-    for spec in desired.tenants.values():
-        region = spec.region
-        if region not in prefixes:
-            # two unlike names must map to <same prefix><name>.db, else ask tenant_path
-            a, b = (os.fspath(desired.tenant_path(n, region)) for n in ("a", "z9-probe"))
-            prefix = a[:-4]
-            prefixes[region] = prefix if b == f"{prefix}z9-probe.db" else None
-        known = prefixes[region]
-        out[spec.name] = (f"{known}{spec.name}.db" if known is not None
-                          else os.fspath(desired.tenant_path(spec.name, region)))
-    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -224,6 +225,36 @@ def test_settings_and_domains_are_diffed_against_the_registry() -> None:
     p = plan(d, observed(), catalog())
     assert {(c.table, c.key, c.new) for c in p.registry} == {
         ("domains", "acme.yoursaas.com", "acme"), ("domains", "acme.example.com", "acme")}
+
+
+def test_registry_domains_are_kept_for_orphans_and_dropped_for_stale_and_archived() -> None:
+    d = desired({"acme": {"region": "us", "domains": ("acme.example.com",)},
+                 "bob": {"region": "eu"}}, prune="archive")
+    rows = [row("acme", "us"), row("bob"), row("orphan"), row("gone", status="archived")]
+    files: dict[str, int | str] = {"us/acme.db": 3, "eu/bob.db": 3, "eu/orphan.db": 3}
+    obs = observed(rows, files)
+    registry_domains = {"acme.yoursaas.com": "acme", "acme.example.com": "acme",
+                        "old.acme.example.com": "acme",  # no longer declared for acme
+                        "bob.yoursaas.com": "bob", "orphan.yoursaas.com": "orphan",
+                        "gone.yoursaas.com": "gone"}
+    obs = replace(obs, registry=replace(obs.registry,
+                                        domains=MappingProxyType(registry_domains)))
+    changes = {(c.key, c.old, c.new) for c in plan(d, obs, catalog()).registry}
+    # orphan is archived this pass (prune: archive), so its route goes too
+    assert changes == {("old.acme.example.com", "acme", None),
+                       ("orphan.yoursaas.com", "orphan", None),
+                       ("gone.yoursaas.com", "gone", None)}
+    kept = plan(replace(d, settings=replace(d.settings, prune=False)), obs, catalog())
+    assert {(c.key, c.new) for c in kept.registry} == {  # orphan left alone keeps routing
+        ("old.acme.example.com", None), ("gone.yoursaas.com", None)}
+    assert plan(d, obs, catalog()).registry == plan(d, obs, catalog()).registry
+
+
+def test_desired_domains_is_a_fresh_dict_each_time() -> None:
+    d = desired({"acme": {"region": "us", "domains": ("acme.example.com",)}})
+    first = d.domains()
+    first["intruder.example.com"] = "acme"
+    assert d.domains() == {"acme.yoursaas.com": "acme", "acme.example.com": "acme"}
 
 
 def test_plan_is_deterministic() -> None:
