@@ -10,6 +10,9 @@ and closed in the worker (SQLite releases the GIL while it works). Every registr
 write, every log line and every progress update happens on the calling thread, and
 results are recorded in wave order — so the registry has one writer, each tenant's
 log lines are whole, and ``parallel: N`` ends in exactly the state of ``parallel: 1``.
+The workers live for the whole rollout, and a wave's record is written while the next
+wave runs (that wave starts only once the earlier one was judged: halts are decided
+before any further file changes).
 
 Invariants:
 * more failures than ``rollout.max_failures`` halt the rollout: later waves do not
@@ -33,8 +36,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from reconciler import context, snapshot, tenantdb
@@ -85,9 +89,28 @@ def backoff(failures: int) -> float:
     return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1)))
 
 
+@dataclass(frozen=True)
+class _Finished:
+    """A wave whose tenants are done, waiting to be recorded."""
+
+    number: int
+    tenants: tuple[str, ...]
+    done: list[_Done]
+    duration_ms: int
+    failed: int
+    failures: int  # the rollout's total, this wave included
+    halted: bool
+    left: list[Action]  # tenants of later waves (and busy ones), if halted
+
+
 def run(actions: list[Action], plan: Plan, ctx: Context
         ) -> tuple[list[Outcome], bool, bool]:
-    """Migrate ``actions`` wave by wave. Returns (outcomes, halted, stopped)."""
+    """Migrate ``actions`` wave by wave. Returns (outcomes, halted, stopped).
+
+    A wave starts once the one before it is done and judged (its failures counted);
+    the registry bookkeeping of that earlier wave is then written while the new one
+    runs, so the workers are not idle during it. A pass killed before that record is
+    written leaves those tenants ``migrating``, which the planner re-gates."""
     by_name = {a.tenant: a for a in actions}
     ordered = [[by_name[n] for n in wave if n in by_name] for wave in plan.waves]
     ordered = [w for w in ordered if w]
@@ -97,31 +120,34 @@ def run(actions: list[Action], plan: Plan, ctx: Context
     failures = 0
     busy: list[Action] = []
     halted = stopped = False
-    for number, wave in enumerate(ordered, start=1):
-        if halted or stopped or ctx.stopping():
-            stopped = stopped or not halted
-            outcomes.extend(_pending(a, "rollout halted" if halted else "stopping")
-                            for a in wave)
-            continue
-        timer = Timer()
-        _starting(ctx, wave)
-        done = migrate_wave(wave, ctx, settings.parallel, tally)
-        context.crash_point("rollout:before-record")
-        busy.extend(d.action for d in done if d.busy is not None)
-        stopped = any(d.stopped for d in done)
-        left = [a for w in ordered[number:] for a in w] + busy
-        with ctx.registry.transaction():
-            recorded = _record(ctx, done)
-            wave_failed = sum(o.failed for o in recorded)
+    unrecorded: _Finished | None = None
+    workers = min(max(1, settings.parallel), max((len(w) for w in ordered), default=1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for number, wave in enumerate(ordered, start=1):
+            if halted or stopped or ctx.stopping():
+                stopped = stopped or not halted
+                outcomes.extend(_pending(a, "rollout halted" if halted else "stopping")
+                                for a in wave)
+                continue
+            timer = Timer()
+            _starting(ctx, wave)
+            running = _Wave(wave, ctx, pool if workers > 1 else None)
+            if unrecorded is not None:  # while this wave runs
+                context.crash_point("rollout:before-record-previous")
+                outcomes.extend(_record_wave(ctx, plan, unrecorded, len(ordered)))
+                unrecorded = None
+            done = running.wait(tally)
+            context.crash_point("rollout:before-record")
+            busy.extend(d.action for d in done if d.busy is not None)
+            stopped = any(d.stopped for d in done)
+            left = [a for w in ordered[number:] for a in w] + busy
+            wave_failed = sum(_fails(d) for d in done)
             failures += wave_failed
             halted = failures > settings.max_failures and bool(left)
-            if halted:
-                _halt(ctx, plan, left, failures)
-            record(ctx, "wave", None, FAILED if halted else OK, duration_ms=timer.ms,
-                   wave=number, waves=len(ordered), tenants=[a.tenant for a in wave],
-                   failed=wave_failed, failures=failures, max_failures=settings.max_failures,
-                   halted=halted, pending=len(left) if halted else None)
-        outcomes.extend(recorded)
+            unrecorded = _Finished(number, tuple(a.tenant for a in wave), done, timer.ms,
+                                   wave_failed, failures, halted, left if halted else [])
+    if unrecorded is not None:
+        outcomes.extend(_record_wave(ctx, plan, unrecorded, len(ordered)))
     if halted:
         outcomes.extend(_pending(a, "rollout halted") for a in busy)
         busy = []
@@ -131,6 +157,24 @@ def run(actions: list[Action], plan: Plan, ctx: Context
     if not halted and not stopped and not held and plan.rollout_key:
         _passed(ctx, plan, outcomes)
     return outcomes, halted, stopped
+
+
+def _fails(d: _Done) -> bool:
+    """Whether ``_record`` will count this tenant failed (decided before it records)."""
+    return d.result is not None and not d.result.stopped and d.result.error is not None
+
+
+def _record_wave(ctx: Context, plan: Plan, w: _Finished, waves: int) -> list[Outcome]:
+    settings = ctx.desired.settings.rollout
+    with ctx.registry.transaction():
+        recorded = _record(ctx, w.done)
+        if w.halted:
+            _halt(ctx, plan, w.left, w.failures)
+        record(ctx, "wave", None, FAILED if w.halted else OK, duration_ms=w.duration_ms,
+               wave=w.number, waves=waves, tenants=list(w.tenants), failed=w.failed,
+               failures=w.failures, max_failures=settings.max_failures, halted=w.halted,
+               pending=len(w.left) if w.halted else None)
+    return recorded
 
 
 def _starting(ctx: Context, actions: list[Action]) -> None:
@@ -220,24 +264,38 @@ def _retry_busy(busy: list[Action], ctx: Context, tally: _Tally, failures: int
 def migrate_wave(actions: list[Action], ctx: Context, parallel: int, tally: _Tally
                  ) -> list[_Done]:
     """Migrate one wave; results come back in wave order whatever finished first."""
-    take = ctx.desired.settings.rollout.snapshot
-    timeout = ctx.desired.settings.busy_timeout
-    if parallel <= 1 or len(actions) <= 1:
-        out = []
-        for a in actions:
-            out.append(migrate_one(a, ctx.catalog, timeout, take, ctx.stop_now))
-            tally.finished(out[-1])
-        return out
-    with ThreadPoolExecutor(max_workers=min(parallel, len(actions))) as pool:
-        futures: list[Future[_Done]] = [
-            pool.submit(migrate_one, a, ctx.catalog, timeout, take, ctx.stop_now)
-            for a in actions]
-        waiting: set[Future[_Done]] = set(futures)
-        while waiting:
-            finished, waiting = wait(waiting, return_when=FIRST_COMPLETED)
-            for f in finished:
-                tally.finished(f.result())
-        return [f.result() for f in futures]
+    workers = min(parallel, len(actions))
+    if workers <= 1:
+        return _Wave(actions, ctx, None).wait(tally)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return _Wave(actions, ctx, pool).wait(tally)
+
+
+class _Wave:
+    """A wave in flight: its tenants submitted to a pool, or (without one) migrated
+    one by one on the calling thread when it is waited for."""
+
+    def __init__(self, actions: list[Action], ctx: Context,
+                 pool: ThreadPoolExecutor | None) -> None:
+        take = ctx.desired.settings.rollout.snapshot
+        timeout = ctx.desired.settings.busy_timeout
+        self.calls = [partial(migrate_one, a, ctx.catalog, timeout, take, ctx.stop_now)
+                      for a in actions]
+        self.futures = None if pool is None else [pool.submit(c) for c in self.calls]
+
+    def wait(self, tally: _Tally) -> list[_Done]:
+        """Every tenant's result, in wave order, counting progress as each finishes."""
+        if self.futures is None:
+            out = []
+            for call in self.calls:
+                out.append(call())
+                tally.finished(out[-1])
+            return out
+        # as_completed waits on each future once; a loop of wait(FIRST_COMPLETED) over
+        # the rest re-arms every pending future each time: quadratic in the wave size
+        for f in as_completed(self.futures):
+            tally.finished(f.result())
+        return [f.result() for f in self.futures]
 
 
 def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: bool,

@@ -76,8 +76,11 @@ def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int,
             conn.execute(f"PRAGMA user_version = {step.version}")
             conn.execute("COMMIT")
             applied.append(step.version)
-            if stop_now is not None and step.version < target \
-                    and step.version < catalog.latest and stop_now():
+            if step.version >= target or step.version >= catalog.latest:
+                # committed under the lock that read its predecessor: no transaction
+                # more is needed to know the file is at the target
+                return MigrateResult(start, step.version, tuple(applied))
+            if stop_now is not None and stop_now():
                 return MigrateResult(start, step.version, tuple(applied), stopped=True)
         except (MigrationError, sqlite3.Error, Exception) as exc:
             if conn.in_transaction:

@@ -450,6 +450,27 @@ def test_killed_mid_rollout_the_next_pass_converges_and_still_gates_every_tenant
         assert "restored from its snapshot" in failure
 
 
+def test_killed_while_a_wave_runs_before_the_previous_one_was_recorded(fleet: Fleet) -> None:
+    """A wave's record is written while the next wave runs: kill the pass in between
+    (wave 1 migrated, unrecorded; wave 2 in flight) — the next pass gates and records
+    every tenant, and the halt rule still held (wave 1 was judged before wave 2 began)."""
+    names = NAMES_200[:7]
+    build(fleet, names, break_on={"t003"}, batch=2, parallel=2, max_failures=0)
+    killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": "rollout:before-record-previous"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert statuses(fleet)["t000"] == "migrating"  # the canary: migrated, not recorded
+    again = fleet.run("apply")
+    assert again.returncode == 3, again.stdout + again.stderr
+    st, v = statuses(fleet), versions(fleet, names)
+    assert st["t003"] == "failed" and v["t003"] == 3  # rolled back, isolated
+    migrated = {n for n in names if v[n] == 4}
+    assert {n for n in migrated if st[n] == "active"} == migrated and "t000" in migrated
+    # the halt after t003's wave: every later tenant waits at v3
+    assert {n for n, s in st.items() if s == "pending"} == set(names) - migrated - {"t003"}
+    for name, version in fleet.registry("SELECT name, schema_version FROM tenants"):
+        assert v[name] == version
+
+
 @pytest.mark.slow
 def test_stress_2000_tenants_parallel_4_with_failures(tmp_path: Path) -> None:
     names = [f"s{i:04d}" for i in range(2000)]
