@@ -235,25 +235,21 @@ def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float) -> 
 
 def _listing(directory: str) -> Listing | None:
     """The listing of ``directory``; None if it cannot be listed (the per-file path then
-    says why, per file). Where files have a ``-wal`` or ``-journal`` beside them (SQLite
-    will be asked about them), the directory is read once more with entry types
-    (``d_type``) instead of an ``lstat`` per such file."""
+    says why, per file). Entry types come with the listing (``d_type``) and are looked
+    at only where files have a ``-wal`` or ``-journal`` beside them (SQLite will be
+    asked about those): no ``lstat`` per file."""
     try:
-        names = os.listdir(directory or ".")
+        with os.scandir(directory or ".") as listed:
+            entries = list(listed)
     except FileNotFoundError:
         return Listing(frozenset(), frozenset(), frozenset(), frozenset(), None)
     except OSError:
         return None
+    names = [e.name for e in entries]
     wal = frozenset(n[:-4] for n in names if n.endswith("-wal"))
     side = wal.union(n[:-8] for n in names if n.endswith("-journal"))
-    irregular: frozenset[str] = frozenset()
-    if side:
-        try:
-            with os.scandir(directory or ".") as entries:
-                irregular = frozenset(e.name for e in entries
-                                      if not e.is_file(follow_symlinks=False))
-        except OSError:
-            return None
+    irregular = frozenset(e.name for e in entries
+                          if not e.is_file(follow_symlinks=False)) if side else frozenset()
     uri = (f"file://{quote_from_bytes(os.fsencode(directory.rstrip('/')))}/"
            if directory.startswith("/") else None)
     return Listing(frozenset(names), side, wal, irregular, uri)

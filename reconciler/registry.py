@@ -120,13 +120,12 @@ class TenantRow(NamedTuple):
     path: str
     schema_version: int
     status: str
-    created_at: str
-    updated_at: str
-    protected: bool = False
     failure: str | None = None
     failed_key: str | None = None
     failures: int = 0
     retry_at: float | None = None
+    protected: bool = False
+    # (created_at and updated_at are in the table for people; planning never needs them)
 
 
 @dataclass(frozen=True)
@@ -163,16 +162,16 @@ class Snapshot:
         return Snapshot(False, e, e, e, e, e, e)
 
 
-_TENANT_COLS = ("name, region, path, schema_version, status, created_at, updated_at, "
-                "protected, failure, failed_key, failures, retry_at")
+_TENANT_COLS = ("name, region, path, schema_version, status, failure, failed_key, failures, "
+                "retry_at, protected")
 
 
 assert ", ".join(TenantRow._fields) == _TENANT_COLS
 
 
 def _tenant_row(r: tuple[Any, ...]) -> TenantRow:
-    # ``protected`` is stored as 0/1; everything else is already what the field holds
-    return tuple.__new__(TenantRow, (*r[:7], bool(r[7]), *r[8:]))
+    # ``protected`` (last) is stored as 0/1; the rest is already what its field holds
+    return tuple.__new__(TenantRow, (*r[:-1], bool(r[-1])))
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:

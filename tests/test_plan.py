@@ -35,7 +35,7 @@ def desired(tenants: dict[str, dict[str, Any]], **settings: Any) -> Desired:
 def row(name: str, region: str = "eu", version: int = 3, status: str = "active",
         **extra: Any) -> TenantRow:
     return TenantRow(name, region, str(DATA / region / f"{name}.db"), version, status,
-                     "t0", "t0", **extra)
+                     **extra)
 
 
 def observed(rows: list[TenantRow] = (), files: dict[str, int | str] | None = None,  # type: ignore[assignment]
