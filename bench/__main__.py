@@ -53,7 +53,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--migrate-modes", default="wal,delete",
                    help="journal modes of the migrated fleet: wal (files reconcile "
                    "creates), delete (legacy rollback-journal files); default both")
-    p.add_argument("--parallel", default="2,4",
+    p.add_argument("--parallel", default="2,4,8",
                    help="parallel settings tried besides 1; the best is reported")
     p.add_argument("--idle", type=float, default=30.0,
                    help="seconds the idle daemon is watched (CPU is scaled to 30 s)")

@@ -57,10 +57,15 @@ def lean_threads(paths: Sequence[str], threads: int) -> None:
 
 
 def lean_loop_per_step(paths: Sequence[str]) -> None:
-    """The lean loop under our contract (DESIGN §3): one transaction per step."""
+    """The lean loop under our contract: one transaction per step with its
+    ``user_version`` (DESIGN §3) and a ``quick_check`` health gate per tenant (§6); in
+    WAL mode steps commit with ``synchronous = NORMAL``, as ``reconcile`` does (closing
+    the connection checkpoints and syncs them)."""
     for p in paths:
         conn = sqlite3.connect(p, isolation_level=None)
         try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                conn.execute("PRAGMA synchronous = NORMAL")
             while True:
                 conn.execute("BEGIN IMMEDIATE")
                 current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -71,6 +76,8 @@ def lean_loop_per_step(paths: Sequence[str]) -> None:
                     conn.execute(sql)
                 conn.execute(f"PRAGMA user_version = {current + 1}")
                 conn.execute("COMMIT")
+            if conn.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
+                raise SystemExit(f"{p} failed quick_check")
         finally:
             conn.close()
 
@@ -144,13 +151,18 @@ def run(n: int, repeats: int, root: Path, parallels: Sequence[int], mode: str = 
     med = {label: median(xs) for label, xs in t.items()}
     best = min((f"p{p}" for p in parallels), key=lambda k: med[k], default="p1")
     what = f"migrate {n} tenants v0 → v3, {'WAL' if mode == 'wal' else 'rollback-journal'}"
+    # the issue's parallel target is for `parallel: 4`; the best setting is shown too
+    targeted = "p4" if "p4" in med else best
     return [
         Row(f"{what}, parallel 1", "`reconcile`, parallel: 1", med["p1"],
             "lean loop (serial)", med["lean"], "≤ 1.2×", 1.2),
-        Row(f"{what}, best parallel", f"`reconcile`, parallel: {best[1:]}", med[best],
-            "lean loop (serial)", med["lean"], "≤ 0.7×", 0.7),
+        Row(f"{what}, parallel {targeted[1:]}", f"`reconcile`, parallel: {targeted[1:]}",
+            med[targeted], "lean loop (serial)", med["lean"], "≤ 0.7×", 0.7),
+        *([Row(f"{what}, best parallel", f"`reconcile`, parallel: {best[1:]}", med[best],
+               "lean loop (serial)", med["lean"])] if best != targeted else []),
         Row(f"{what}, parallel 1 vs same contract", "`reconcile`, parallel: 1", med["p1"],
-            "lean loop, one transaction per step", med["lean-step"]),
+            "lean loop under our contract (a transaction per step, quick_check gate)",
+            med["lean-step"]),
         Row(f"{what}, the machine's ceiling", "lean loop in 4 threads", med["lean-4"],
             "lean loop (serial)", med["lean"], note="what parallelism buys on this disk at "
             "best: the floor for `parallel: 4`"),
@@ -160,5 +172,5 @@ def run(n: int, repeats: int, root: Path, parallels: Sequence[int], mode: str = 
             "yoyo-migrations loop", med["yoyo"]),
         *(Row(f"{what}, parallel {p[1:]}", f"`reconcile`, parallel: {p[1:]}", med[p],
               "lean loop (serial)", med["lean"]) for p in med if p.startswith("p")
-          and p not in ("p1", best)),
+          and p not in ("p1", best, targeted)),
     ]
