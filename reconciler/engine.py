@@ -49,6 +49,11 @@ def config_path(arg: str | None) -> Path:
 def load(config: Path) -> Inputs:
     """Validate ``tenants.yaml`` and the migrations together. Raises ``InvalidInput``
     listing every problem in both."""
+    with collector_paused():  # the YAML node tree: 2.5 s → 0.9 s at 100k tenants
+        return _load(config)
+
+
+def _load(config: Path) -> Inputs:
     found: dict[str, Catalog] = {}
     catalog_problems: list[Problem] = []
 
@@ -87,10 +92,11 @@ def verify_catalog(inputs: Inputs, snapshot: Snapshot) -> None:
 def collector_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a pass reads and plans.
 
-    That part allocates a few objects per tenant and frees none until it ends, so the
-    collector's full scans (each over every live object) run ever more often as the
-    fleet grows and find nothing (rows, specs and file states hold no cycles): ~10% of
-    a no-op pass at 100k tenants. Reference counting still frees everything as usual;
+    That part (and loading ``tenants.yaml``) allocates a few objects per tenant and
+    frees none until it ends, so the collector's full scans (each over every live
+    object) run ever more often as the fleet grows and find nothing (rows, specs, file
+    states and YAML nodes hold no cycles): ~10% of a no-op pass and 60% of loading at
+    100k tenants. Reference counting still frees everything as usual;
     anything cyclic is collected once the collector is back on."""
     was_enabled = gc.isenabled()
     gc.disable()

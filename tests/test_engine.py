@@ -11,7 +11,7 @@ from reconciler.errors import InvalidInput
 from tests.conftest import Fleet
 
 
-def test_collector_is_back_on_after_a_pass_and_after_one_that_raised(fleet: Fleet) -> None:
+def test_collector_is_back_on_after_load_and_pass_even_when_they_raise(fleet: Fleet) -> None:
     fleet.declare({"aaron": {"region": "eu"}})
     assert fleet.run("apply").returncode == 0
     inputs = engine.load(fleet.config)
@@ -23,6 +23,10 @@ def test_collector_is_back_on_after_a_pass_and_after_one_that_raised(fleet: Flee
     edited.write_text(edited.read_text() + "\n-- edited\n")
     with pytest.raises(InvalidInput):
         engine.preview(engine.load(fleet.config))
+    assert gc.isenabled()
+    fleet.write_config("version: 1\ntenants: [not, a, mapping]\n")  # load itself raises
+    with pytest.raises(InvalidInput):
+        engine.load(fleet.config)
     assert gc.isenabled()
 
 
