@@ -223,11 +223,7 @@ def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float) -> 
     if listing.uri is None or name in listing.irregular or name.strip(_URI_SAFE):
         return read_user_version(Path(text), busy_timeout)
     try:
-        conn = sqlite3.connect(f"{listing.uri}{name}?mode=rw", uri=True, timeout=busy_timeout)
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            conn.close()
+        version = _sqlite_user_version(f"{listing.uri}{name}?mode=rw", busy_timeout)
     except sqlite3.DatabaseError:
         return read_user_version(Path(text), busy_timeout)  # reports the error
     return version, name in listing.wal
@@ -276,13 +272,18 @@ def _from_header(path: Path, header: bytes) -> FileState:
     return FileState(path, exists=True, error="is not a SQLite database")
 
 
+def _sqlite_user_version(uri: str, busy_timeout: float) -> int:
+    """``PRAGMA user_version`` of an existing file (``mode=rw`` never creates one)."""
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def _pragma_user_version(path: Path, busy_timeout: float, wal: bool) -> FileState:
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=busy_timeout)
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        finally:
-            conn.close()
+        version = _sqlite_user_version(f"{path.as_uri()}?mode=rw", busy_timeout)
     except sqlite3.DatabaseError as exc:
         return FileState(path, exists=True, error=f"cannot read as SQLite: {exc}", wal=wal)
     return FileState(path, exists=True, user_version=version, wal=wal)
