@@ -241,7 +241,7 @@ def _retry_busy(busy: list[Action], ctx: Context, tally: _Tally, failures: int
         time.sleep(BUSY_PAUSE * round_)
         timer = Timer()
         _starting(ctx, busy)
-        done = migrate_wave(busy, ctx, 1, tally)
+        done = _Wave(busy, ctx, None).wait(tally)  # one at a time
         busy = [d.action for d in done if d.busy is not None]
         with ctx.registry.transaction():
             recorded = _record(ctx, done)
@@ -259,16 +259,6 @@ def _retry_busy(busy: list[Action], ctx: Context, tally: _Tally, failures: int
             record(ctx, action, action.tenant, outcome, level="warning")
         out.append(outcome)
     return out, failures
-
-
-def migrate_wave(actions: list[Action], ctx: Context, parallel: int, tally: _Tally
-                 ) -> list[_Done]:
-    """Migrate one wave; results come back in wave order whatever finished first."""
-    workers = min(parallel, len(actions))
-    if workers <= 1:
-        return _Wave(actions, ctx, None).wait(tally)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return _Wave(actions, ctx, pool).wait(tally)
 
 
 class _Wave:
