@@ -29,106 +29,25 @@ import sqlite3
 import stat
 import string
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote_from_bytes
 
 from reconciler.desired import Desired
-from reconciler.registry import Snapshot
+from reconciler.state import FileState as FileState
+from reconciler.state import FileStates as FileStates
+from reconciler.state import Observed as Observed
+from reconciler.state import Read as Read
+from reconciler.state import RegionState as RegionState
+from reconciler.state import Snapshot
 
 MAGIC = b"SQLite format 3\x00"
 # characters a file name may hold and still be put in a file: URI as it is (RFC 3986
 # unreserved): every tenant file name (a DNS label + ".db") is one. ``name.strip(_URI_SAFE)``
 # is empty exactly when every character is one of them (a regex costs 5× more per file)
 _URI_SAFE = string.ascii_letters + string.digits + "._~-"
-
-
-@dataclass(frozen=True)
-class FileState:
-    path: Path
-    exists: bool
-    user_version: int | None = None  # None when missing or unreadable
-    error: str | None = None  # why it is not a usable SQLite database
-    wal: bool = False
-
-    @property
-    def usable(self) -> bool:
-        return self.exists and self.error is None and self.user_version is not None
-
-
-# what _read_many keeps per file (see FileStates)
-Read = FileState | int | tuple[int, bool]
-
-
-@dataclass(frozen=True)
-class RegionState:
-    name: str
-    path: Path
-    problem: str | None = None
-
-
-class FileStates(Mapping[Path, FileState]):
-    """The observed files, keyed by ``Path`` like any mapping, stored by path text.
-
-    Immutable once built. A usable file is kept as its bare ``user_version`` (read from
-    the header) or as ``(user_version, wal)`` (read by SQLite), and turned into a
-    ``FileState`` on access."""
-
-    __slots__ = ("_by_text",)
-
-    def __init__(self, by_text: Mapping[str, Read]) -> None:
-        self._by_text = by_text
-
-    def __getitem__(self, key: Path) -> FileState:
-        text = os.fspath(key)
-        v = self._by_text[text]
-        if isinstance(v, FileState):
-            return v
-        path = key if isinstance(key, Path) else Path(text)
-        if isinstance(v, tuple):
-            return FileState(path, exists=True, user_version=v[0], wal=v[1])
-        return FileState(path, exists=True, user_version=v)
-
-    def __iter__(self) -> Iterator[Path]:
-        return (Path(t) for t in self._by_text)
-
-    def __len__(self) -> int:
-        return len(self._by_text)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, (str, os.PathLike)) and os.fspath(key) in self._by_text
-
-    def version_of(self, text: str) -> int | None:
-        """``user_version`` of a usable file, by its path text (the hot path's lookup)."""
-        v = self._by_text.get(text)
-        if isinstance(v, FileState):
-            return v.user_version if v.usable else None
-        return v[0] if isinstance(v, tuple) else v
-
-
-@dataclass(frozen=True)
-class Observed:
-    registry: Snapshot
-    files: Mapping[Path, FileState]
-    regions: Mapping[str, RegionState]
-    archives: Mapping[str, tuple[Path, ...]]  # tenant → archived copies, oldest first
-    now: float
-    # declared tenant → the text of the path its file belongs at (== the text of
-    # desired.tenant_path), so the planner's steady-state check needs no Path at all
-    declared: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    def file(self, path: Path | str) -> FileState:
-        p = path if isinstance(path, Path) else Path(path)
-        return self.files.get(p) or FileState(p, exists=False)
-
-    def version_at(self, text: str) -> int | None:
-        """``user_version`` of the usable file at path ``text``; None if none is there."""
-        if isinstance(self.files, FileStates):
-            return self.files.version_of(text)
-        found = self.files.get(Path(text))
-        return found.user_version if found is not None and found.usable else None
 
 
 def read_user_version(path: Path, busy_timeout: float = 5.0) -> FileState:

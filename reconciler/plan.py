@@ -27,8 +27,7 @@ from typing import Any
 
 from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
-from reconciler.observe import FileStates, Observed
-from reconciler.registry import JournalRow, Snapshot, TenantRow
+from reconciler.state import FileStates, JournalRow, Observed, Snapshot, TenantRow
 
 
 class Kind(StrEnum):

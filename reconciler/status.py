@@ -12,8 +12,8 @@ from pathlib import Path
 
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
-from reconciler.observe import Observed
 from reconciler.plan import Plan
+from reconciler.state import Observed
 
 
 @dataclass(frozen=True)

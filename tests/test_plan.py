@@ -9,9 +9,8 @@ from typing import Any
 
 from reconciler.desired import Desired, Region, Rollout, Settings, TenantSpec
 from reconciler.migrations import Catalog, Migration, Statement
-from reconciler.observe import FileState, Observed, RegionState
 from reconciler.plan import Kind, Plan, fingerprint, plan, waves
-from reconciler.registry import Snapshot, TenantRow
+from reconciler.state import FileState, Observed, RegionState, Snapshot, TenantRow
 
 DATA = Path("/fleet/data")
 

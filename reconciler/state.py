@@ -1,0 +1,161 @@
+"""Value types of the fleet's state: what the registry holds and what observation saw.
+
+Why a module of its own: the planner is a pure function (DESIGN §7) and must import
+only values, never a module that does I/O. ``registry`` (central.db) and ``observe``
+(the files) build these values; ``plan``, ``status`` and the renderers read them.
+
+Invariants: every type here is immutable once built (frozen dataclasses, named tuples,
+read-only mappings); nothing here opens a file or a database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+STATUSES = ("active", "pending", "migrating", "relocating", "suspended", "failed",
+            "missing", "orphaned", "archived")
+
+
+class TenantRow(NamedTuple):
+    """One ``tenants`` row. A named tuple, not a dataclass: the snapshot builds one per
+    tenant per pass, and a tuple is built from SQLite's row in one C call (0.1 µs, a
+    frozen dataclass 0.8 µs) — at 100k tenants that is most of reading the registry."""
+
+    name: str
+    region: str
+    path: str
+    schema_version: int
+    status: str
+    failure: str | None = None
+    failed_key: str | None = None
+    failures: int = 0
+    retry_at: float | None = None
+    protected: bool = False
+    # (created_at and updated_at are in the table for people; planning never needs them)
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    tenant: str
+    action: str
+    phase: str
+    source: str | None
+    dest: str | None
+    temp: str | None
+    started_at: str
+    detail: str | None
+
+    def details(self) -> dict[str, Any]:
+        """``detail`` parsed: what the operation journaled beside its phase ({} if none)."""
+        return dict(json.loads(self.detail)) if self.detail else {}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything plan() needs from the registry, read in one go."""
+
+    exists: bool
+    tenants: Mapping[str, TenantRow]
+    domains: Mapping[str, str]
+    settings: Mapping[str, str]
+    migrations: Mapping[int, tuple[str, str]]  # version → (name, sha256)
+    journal: Mapping[str, JournalRow]
+    rollout: Mapping[str, str]  # key → state
+
+    @staticmethod
+    def empty() -> Snapshot:
+        e: Mapping[Any, Any] = MappingProxyType({})
+        return Snapshot(False, e, e, e, e, e, e)
+
+
+
+@dataclass(frozen=True)
+class FileState:
+    path: Path
+    exists: bool
+    user_version: int | None = None  # None when missing or unreadable
+    error: str | None = None  # why it is not a usable SQLite database
+    wal: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.exists and self.error is None and self.user_version is not None
+
+
+# what _read_many keeps per file (see FileStates)
+Read = FileState | int | tuple[int, bool]
+
+
+@dataclass(frozen=True)
+class RegionState:
+    name: str
+    path: Path
+    problem: str | None = None
+
+
+class FileStates(Mapping[Path, FileState]):
+    """The observed files, keyed by ``Path`` like any mapping, stored by path text.
+
+    Immutable once built. A usable file is kept as its bare ``user_version`` (read from
+    the header) or as ``(user_version, wal)`` (read by SQLite), and turned into a
+    ``FileState`` on access."""
+
+    __slots__ = ("_by_text",)
+
+    def __init__(self, by_text: Mapping[str, Read]) -> None:
+        self._by_text = by_text
+
+    def __getitem__(self, key: Path) -> FileState:
+        text = os.fspath(key)
+        v = self._by_text[text]
+        if isinstance(v, FileState):
+            return v
+        path = key if isinstance(key, Path) else Path(text)
+        if isinstance(v, tuple):
+            return FileState(path, exists=True, user_version=v[0], wal=v[1])
+        return FileState(path, exists=True, user_version=v)
+
+    def __iter__(self) -> Iterator[Path]:
+        return (Path(t) for t in self._by_text)
+
+    def __len__(self) -> int:
+        return len(self._by_text)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, (str, os.PathLike)) and os.fspath(key) in self._by_text
+
+    def version_of(self, text: str) -> int | None:
+        """``user_version`` of a usable file, by its path text (the hot path's lookup)."""
+        v = self._by_text.get(text)
+        if isinstance(v, FileState):
+            return v.user_version if v.usable else None
+        return v[0] if isinstance(v, tuple) else v
+
+
+@dataclass(frozen=True)
+class Observed:
+    registry: Snapshot
+    files: Mapping[Path, FileState]
+    regions: Mapping[str, RegionState]
+    archives: Mapping[str, tuple[Path, ...]]  # tenant → archived copies, oldest first
+    now: float
+    # declared tenant → the text of the path its file belongs at (== the text of
+    # desired.tenant_path), so the planner's steady-state check needs no Path at all
+    declared: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def file(self, path: Path | str) -> FileState:
+        p = path if isinstance(path, Path) else Path(path)
+        return self.files.get(p) or FileState(p, exists=False)
+
+    def version_at(self, text: str) -> int | None:
+        """``user_version`` of the usable file at path ``text``; None if none is there."""
+        if isinstance(self.files, FileStates):
+            return self.files.version_of(text)
+        found = self.files.get(Path(text))
+        return found.user_version if found is not None and found.usable else None
