@@ -31,6 +31,11 @@ Invariants:
   (``TenantConnection``): a relocation marks the tenant ``relocating``, takes that
   write lock before copying and holds it until the registry points at the new file,
   so a write either lands in the live file before the copy or is rolled back;
+* a connection handed out can reach only its own tenant's file and read the registry:
+  an authorizer (``Connection.set_authorizer``), installed once ``central`` is attached,
+  denies ``ATTACH`` and ``DETACH`` (and so ``VACUUM INTO``, which attaches its target),
+  any write to ``central``, ``load_extension`` and the pragmas that reach other files or
+  corrupt the schema (``isolate``), so an injected query cannot open another tenant;
 * ``Router`` is thread-safe; connections are per request (closed by their context
   manager) and are never pooled, because a pooled connection would pin a file that a
   relocation is waiting to retire.
@@ -72,6 +77,45 @@ _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*",
     re.ASCII)
 _PORT = re.compile(r"[0-9]{0,5}", re.ASCII)
+
+#: pragmas an application's connection may not run: they name other files or let a
+#: statement rewrite the schema behind SQLite's back (https://sqlite.org/pragma.html).
+_DENIED_PRAGMAS = frozenset({"writable_schema", "temp_store_directory",
+                             "data_store_directory", "schema_version"})
+#: authorizer actions that change a database (https://sqlite.org/c3ref/c_alter_table.html)
+_WRITES = frozenset({
+    sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE,
+    sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TRIGGER,
+    sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_INDEX,
+    sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE,
+    sqlite3.SQLITE_REINDEX, sqlite3.SQLITE_ANALYZE, sqlite3.SQLITE_CREATE_VTABLE,
+    sqlite3.SQLITE_DROP_VTABLE})
+_ATTACH, _DETACH = sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH
+_PRAGMA, _FUNCTION = sqlite3.SQLITE_PRAGMA, sqlite3.SQLITE_FUNCTION
+_OK, _DENY = sqlite3.SQLITE_OK, sqlite3.SQLITE_DENY
+
+
+def isolate(action: int, arg1: str | None, arg2: str | None, db: str | None,
+            _trigger: str | None) -> int:
+    """The authorizer of every connection the router hands out (``sqlite3_set_authorizer``,
+    https://sqlite.org/c3ref/set_authorizer.html): ``SQLITE_DENY`` for ``ATTACH``,
+    ``DETACH`` (``VACUUM INTO`` attaches its target, so it is denied too), any write to
+    the attached registry ``central``, ``load_extension()`` and the pragmas in
+    ``_DENIED_PRAGMAS``; ``SQLITE_OK`` for everything else. A denied statement fails to
+    prepare with ``sqlite3.DatabaseError: not authorized``.
+
+    Called for each statement an application prepares, several times per statement, so it
+    tests the common case (a read or write of ``main``) with the fewest comparisons."""
+    if db == "central" and action in _WRITES:
+        return _DENY
+    if action in (_ATTACH, _DETACH):
+        return _DENY
+    if action == _PRAGMA:
+        return _DENY if arg1 is not None and arg1.lower() in _DENIED_PRAGMAS else _OK
+    if action == _FUNCTION and arg2 is not None and arg2.lower() == "load_extension":
+        return _DENY
+    return _OK
+
 
 _LOOKUP = ("SELECT t.name, t.path, t.region, t.schema_version, t.status "
            "FROM domains AS d JOIN tenants AS t ON t.name = d.tenant WHERE d.domain = ?")
@@ -411,6 +455,7 @@ class Router:
             conn.tenant, conn._router, conn._host = tenant, self, entry.key
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("ATTACH DATABASE ? AS central", (self._central_uri,))
+            conn.set_authorizer(isolate)
             version: int | None = None
             if read_version:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
