@@ -5,8 +5,9 @@ tenants, not after ten thousand (DESIGN §6). The planner computes the waves
 (deterministic, sorted by name); this module runs them.
 
 Threading model: a worker touches only its own tenant file (and that file's snapshot):
-one connection per tenant for the migration, the snapshot and the health gate, opened
-and closed in the worker (SQLite releases the GIL while it works). Every registry
+per tenant one step connection (``steprun``) for the migration and the snapshot, and one
+plain connection for the health gate (nothing a step sets reaches it), opened and closed
+in the worker (SQLite releases the GIL while it works). Every registry
 write, every log line and every progress update happens on the calling thread, and
 results are recorded in wave order — so the registry has one writer, each tenant's
 log lines are whole, and ``parallel: N`` ends in exactly the state of ``parallel: 1``.

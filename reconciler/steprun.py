@@ -35,25 +35,45 @@ Errors: ``execute`` raises ``MigrationError`` only; connecting raises ``sqlite3.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from reconciler.migrations import Migration, MigrationError, raised_at
 
-# Per-connection pragmas whose value changes what a later statement does or may do.
-# Read back on a fresh connection and restored between steps of one transaction; one
-# this SQLite build lacks returns no row and is skipped. foreign_keys cannot change
-# inside a transaction, so it never needs restoring there.
+# Per-connection pragmas whose value changes what a later statement does, may do, or
+# returns to Python, read back on a fresh connection and restored between steps (those
+# this SQLite build lacks are left out). foreign_keys cannot change inside a
+# transaction; mmap_size and wal_autocheckpoint change only how pages reach the disk.
 RESET_PRAGMAS = (
     "legacy_alter_table", "recursive_triggers", "defer_foreign_keys",
     "ignore_check_constraints", "reverse_unordered_selects", "trusted_schema",
     "query_only", "automatic_index", "cell_size_check", "cache_size", "cache_spill",
     "max_page_count", "secure_delete", "busy_timeout", "synchronous", "journal_size_limit",
-    "wal_autocheckpoint", "analysis_limit", "threads", "mmap_size", "count_changes",
-    "full_column_names", "short_column_names", "empty_result_callbacks",
-    "checkpoint_fullfsync", "fullfsync",
+    "analysis_limit", "threads", "count_changes", "full_column_names", "short_column_names",
+    "empty_result_callbacks", "checkpoint_fullfsync", "fullfsync",
 )
+
+
+def _fresh_values(names: tuple[str, ...]) -> Mapping[str, Any]:
+    """What a fresh connection reads for each of ``names`` (those this SQLite has)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        out = {}
+        for name in names:
+            row = conn.execute(f"PRAGMA {name}").fetchone()
+            if row is not None:
+                out[name] = row[0]
+        return MappingProxyType(out)
+    finally:
+        conn.close()
+
+
+_FRESH = _fresh_values(RESET_PRAGMAS)  # read once per process; immutable
+_OWN = ("busy_timeout", "synchronous")  # set by the reconciler per connection
+_TEMP_ACTIONS = {sqlite3.SQLITE_CREATE_TEMP_TABLE, sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+                 sqlite3.SQLITE_CREATE_TEMP_VIEW, sqlite3.SQLITE_CREATE_TEMP_INDEX}
 # Set while a step runs: refused (the step fails), with why.
 _REFUSED_PRAGMAS = {
     "user_version": "the reconciler sets user_version with the step's number",
@@ -68,7 +88,6 @@ _REFUSED_PRAGMAS = {
     "temp_store_directory": "it changes every connection of the process",
     "data_store_directory": "it changes every connection of the process",
 }
-_LIMITS = tuple(getattr(sqlite3, n) for n in dir(sqlite3) if n.startswith("SQLITE_LIMIT_"))
 _WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE,
            sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_CREATE_TABLE}
 _AUTOROLLBACK = ("SQLite rolled back the step's whole transaction (as it does for a "
@@ -93,7 +112,10 @@ class StepConnection(sqlite3.Connection):
         self._functions: set[str] = set()  # registered by the running step (lower case)
         self._hidden: set[str] = set()  # registered by an earlier step: unusable
         self._collations: set[str] = set()
-        self._defaults: dict[str, Any] | None = None
+        self._defaults: dict[str, Any] = dict(_FRESH)
+        self._set_pragmas: set[str] = set()  # pragmas a step set since the last reset
+        self._limits: dict[int, int] = {}  # limits a step changed → their value before
+        self._temp = False  # a step may have made temp objects
         super().set_authorizer(self._authorize)
 
     # -- the guard
@@ -140,7 +162,11 @@ class StepConnection(sqlite3.Connection):
         if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
             return self._refuse(f"`{_short(self.last_sql)}` reaches a file outside the tenant's "
                                 "database")
+        if action in _TEMP_ACTIONS or db == "temp":
+            self._temp = True
         if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
+            if arg2 is not None:
+                self._set_pragmas.add(arg1.lower())
             why = _REFUSED_PRAGMAS.get(arg1.lower())
             if why is not None and (arg2 is not None or arg1.lower() == "writable_schema"):
                 return self._refuse(f"`PRAGMA {arg1} = {arg2}` is not allowed in a "
@@ -233,6 +259,12 @@ class StepConnection(sqlite3.Connection):
             raise self._forbid("a migration may not change isolation_level: the "
                                            "reconciler manages the step's transaction")
 
+    def setlimit(self, category: int, limit: int, /) -> int:
+        previous = super().setlimit(category, limit)
+        if self._armed:
+            self._limits.setdefault(category, previous)
+        return previous
+
     def enable_load_extension(self, enable: bool, /) -> None:
         raise self._forbid("a migration may not load SQLite extensions")
 
@@ -242,32 +274,34 @@ class StepConnection(sqlite3.Connection):
 
     # -- state between steps of one transaction
     def remember_defaults(self) -> None:
-        """Record this (fresh) connection's state, which ``reset`` restores (called by
-        ``open_step``; again after the reconciler itself changes a setting)."""
-        found: dict[str, Any] = {}
-        for name in RESET_PRAGMAS:
-            row = super().execute(f"PRAGMA {name}").fetchone()
-            if row is not None:
-                found[name] = row[0]
-        self._defaults = {"pragmas": found,
-                          "limits": {c: self.getlimit(c) for c in _LIMITS}}
+        """Record the settings the reconciler gave this connection (busy timeout,
+        ``synchronous``), which ``reset`` restores with every other pragma's value on a
+        fresh connection (called by ``open_step``; again after changing one)."""
+        own = {}
+        for name in _OWN:
+            own[name] = super().execute(f"PRAGMA {name}").fetchone()[0]
+        self._defaults = {**_FRESH, **own}
 
     def reset(self) -> None:
-        """Back to the state ``remember_defaults`` saw (inside the open transaction)."""
-        assert self._defaults is not None, "remember_defaults() first"
-        for name, value in self._defaults["pragmas"].items():
-            row = super().execute(f"PRAGMA {name}").fetchone()
-            if row is not None and row[0] != value:
-                super().execute(f"PRAGMA {name} = {_literal(value)}")
-        super().execute("PRAGMA case_sensitive_like = OFF")  # write-only: its default
-        for category, value in self._defaults["limits"].items():
-            if self.getlimit(category) != value:
-                self.setlimit(category, value)
-        for kind in ("trigger", "view", "table"):
-            names = [r[0] for r in super().execute(
-                "SELECT name FROM temp.sqlite_master WHERE type = ?", (kind,))]
-            for name in names:
-                super().execute(f"DROP {kind} temp.{_quote(name)}")
+        """Undo what the steps since the last reset changed (the guard recorded which
+        pragmas they set and whether they made temp objects); works inside the open
+        transaction. Cheap when a step changed nothing."""
+        pragmas, self._set_pragmas = self._set_pragmas, set()
+        for name in pragmas:
+            if name == "case_sensitive_like":  # write-only: set its default
+                super().execute("PRAGMA case_sensitive_like = OFF")
+            elif name in self._defaults:
+                super().execute(f"PRAGMA {name} = {_literal(self._defaults[name])}")
+        for category, value in self._limits.items():
+            self.setlimit(category, value)
+        self._limits = {}
+        if self._temp:
+            self._temp = False
+            temp = super().execute("SELECT type, name FROM temp.sqlite_master "
+                                   "WHERE type IN ('trigger', 'view', 'table')").fetchall()
+            for kind in ("trigger", "view", "table"):
+                for name in (n for k, n in temp if k == kind):
+                    super().execute(f"DROP {kind} IF EXISTS temp.{_quote(name)}")
         # Python 3.11 cannot unregister a function: the guard hides it (a statement
         # naming it fails to prepare, as on a fresh connection)
         self._hidden |= self._functions

@@ -6,8 +6,11 @@ values, open their own connection, never touch the registry, and return what hap
 
 Invariants:
 * every migration step runs in ``BEGIN IMMEDIATE`` together with ``PRAGMA
-  user_version = n``; the version is re-read under that lock, so a concurrent change
-  is never migrated twice and a failure leaves the file at exactly one known version;
+  user_version = n`` (with ``transaction="tenant"`` all pending steps in one, with the
+  final version); the version is re-read under that lock, so a concurrent change is
+  never migrated twice and a failure leaves the file at exactly one known version;
+* steps run on a ``steprun.StepConnection`` (guarded, reset between steps), never on a
+  connection that a health gate or an application reads through;
 * ``stop_now`` is asked after each committed step: when set, the migration ends there
   (``MigrateResult.stopped``), the file at that step's version, and the next run goes on;
 * a busy tenant (an application holds the write lock beyond the busy timeout) is a
