@@ -6,14 +6,17 @@ SIGKILL at every crash point, and never ends the reconciler — checked on the w
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Fleet
+from tests.conftest import RECONCILE, Fleet
 from tests.test_migration_safety import dump
 
 
@@ -318,3 +321,38 @@ def test_e2e_an_unknown_transaction_mode_is_refused_at_its_line(fleet: Fleet) ->
             "'tenants'") in refused.stderr
     assert "write step (each migration commits on its own) or tenant" in refused.stderr
     assert not fleet.data.exists()
+
+
+def test_e2e_killed_during_the_health_gate_the_edit_is_refused_and_no_worker_lives_on(
+        fleet: Fleet) -> None:
+    """The issue's case: SIGKILL to `reconcile` while the canary's health gate runs. The
+    pass's child dies with it (the fleet lock is free at once), and the checksum of the
+    step the canary committed was recorded before: editing it is refused."""
+    t1 = one_tenant(fleet, TICKETS, "t1")
+    names = {"t1": {"region": "eu"}, "t2": {"region": "eu"}}
+    fleet.declare(names)
+    ok(fleet.run("apply"))
+    fleet.write_migration("0002_status.sql", STATUS_NEW)
+    fleet.write_migration("checks/0002_slow.sql", (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000000)\n"
+        "SELECT 1 FROM n WHERE i < 0;\n"))
+    fleet.declare(names, rollout={"canary": 1, "batch": 10})
+    env = {**os.environ, "RECONCILE_CONFIG": str(fleet.config)}
+    env.pop("RECONCILE_CRASH_AT", None)
+    proc = subprocess.Popen([RECONCILE, "apply"], cwd=fleet.root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while fleet.user_version(t1) != 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside the slow check
+    finally:
+        proc.kill()
+        proc.wait()
+    (fleet.migrations / "checks" / "0002_slow.sql").unlink()
+    fleet.write_migration("0002_status.sql", STATUS_OPEN)
+    refused = fleet.run("apply", "--no-wait")  # no lock held: the child died too
+    ok(refused, 1)
+    assert "0002_status.sql: edited after it was applied: " in refused.stderr
+    assert [dump(fleet.path(n, "eu"))[0] for n in names] == [2, 1]
