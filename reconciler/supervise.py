@@ -16,7 +16,8 @@ Invariants:
 * the child never outlives the parent (``PR_SET_PDEATHSIG`` on Linux): killing the
   ``reconcile`` process stops the work, as it did in-process;
 * ``SIGTERM``/``SIGHUP`` sent to the parent are forwarded to the child; ``SIGINT``
-  from a terminal reaches both (same process group) and only the child acts on it.
+  from a terminal reaches both (same process group) and only the child acts on it;
+* messages name the parent's pid (``started_pid``: the process the user started).
 Linux and other POSIX systems only (``os.fork``).
 """
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 EXIT_UNEXPECTED = 1
+SUPERVISOR_ENV = "RECONCILE_SUPERVISOR_PID"  # set in a child: the pid the user started
 _PR_SET_PDEATHSIG = 1
 
 
@@ -69,6 +71,7 @@ def in_child(work: Callable[[Callable[[str], None]], str]
     if pid == 0:  # the child: never returns into the caller's code
         os.close(read_fd)
         _die_with(parent)
+        os.environ[SUPERVISOR_ENV] = str(parent)
         code = 0
         with os.fdopen(write_fd, "w", buffering=1) as pipe:
             def note(text: str) -> None:
@@ -100,6 +103,13 @@ def in_child(work: Callable[[Callable[[str], None]], str]
     if results:
         return results[-1], None, notes
     return None, Ended(status), notes
+
+
+def started_pid() -> int:
+    """The pid of the ``reconcile`` process the user started: the supervising parent
+    when this process is its child, else this process (named in the fleet lock)."""
+    parent = os.environ.get(SUPERVISOR_ENV, "")
+    return int(parent) if parent.isdigit() and int(parent) == os.getppid() else os.getpid()
 
 
 def _wait(pid: int) -> tuple[int, int]:
