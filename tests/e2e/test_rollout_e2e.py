@@ -432,7 +432,7 @@ def test_killed_mid_rollout_the_next_pass_converges_and_still_gates_every_tenant
     killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": point})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     # 0004's checksum was durable before any tenant ran it (issue 11): an edit is refused
-    sha = hashlib.sha256((fleet.migrations / "0004_unique_email.sql").read_bytes()).hexdigest()
+    sha = hashlib.sha256((fleet.migrations / "0004_email_domain.sql").read_bytes()).hexdigest()
     assert fleet.registry("SELECT sha256 FROM migrations WHERE version = 4") == [(sha,)]
     again = fleet.run("apply")
     assert again.returncode == 3, again.stdout + again.stderr
