@@ -58,7 +58,7 @@ class Fleet:
     paths: tuple[str, ...]  # every tenant file, sorted by tenant name
     template: Path
 
-    def config_with(self, **rollout: int) -> Path:
+    def config_with(self, **rollout: int | str) -> Path:
         """A sibling tenants.yaml with other rollout settings (same data dir)."""
         suffix = "-".join(f"{k}{v}" for k, v in sorted(rollout.items()))
         path = self.root / f"tenants-{suffix}.yaml"
@@ -84,9 +84,10 @@ def tenant_name(i: int) -> str:
     return f"t{i:06d}"
 
 
-def tenants_yaml(n: int, *, schema: int | str = "latest", rollout: dict[str, int] | None = None
-                 ) -> str:
-    ro = {"canary": 1, "batch": 50, "parallel": 4, "max_failures": 0, **(rollout or {})}
+def tenants_yaml(n: int, *, schema: int | str = "latest",
+                 rollout: dict[str, int | str] | None = None) -> str:
+    ro: dict[str, int | str] = {"canary": 1, "batch": 50, "parallel": 4, "max_failures": 0,
+                                **(rollout or {})}
     lines = [
         "version: 1",
         "settings:",

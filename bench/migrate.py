@@ -9,7 +9,8 @@ Baselines, all over the same files and the same three SQL scripts (bench/migrati
 * the loop a user would write with yoyo-migrations (``get_backend`` + ``apply_migrations``
   per file), a bench-only extra (bench/requirements.txt).
 Files are WAL (what ``reconcile`` creates) or rollback-journal (legacy files it adopted).
-Ours is the real ``reconcile`` process (start-up included) with ``parallel: 1`` and
+Ours is the real ``reconcile`` process (start-up included) with ``parallel: 1`` (each
+step its own transaction, and ``transaction: tenant``: all of a tenant's steps in one) and
 with each ``--parallel`` setting; the fastest is reported as "best". Every contender
 starts from the same pristine v0 fleet (reset before each run, untimed) and is checked
 once to leave every file at v3.
@@ -137,6 +138,8 @@ def run(n: int, repeats: int, root: Path, parallels: Sequence[int], mode: str = 
         "lean-4": partial(lean_threads, fleet.paths, 4),
         "yoyo": partial(yoyo_loop, fleet.paths, migrations),
         "p1": partial(reconcile, fleet.config_with(parallel=1)),
+        # rollout.transaction: tenant — every pending step in one transaction (issue 11)
+        "t1": partial(reconcile, fleet.config_with(parallel=1, transaction="tenant")),
     }
     for par in parallels:
         runs[f"p{par}"] = partial(reconcile, fleet.config_with(parallel=par))
@@ -160,6 +163,12 @@ def run(n: int, repeats: int, root: Path, parallels: Sequence[int], mode: str = 
             med[targeted], "lean loop (serial)", med["lean"], "≤ 0.7×", 0.7),
         *([Row(f"{what}, best parallel", f"`reconcile`, parallel: {best[1:]}", med[best],
                "lean loop (serial)", med["lean"])] if best != targeted else []),
+        Row(f"{what}, parallel 1, transaction: tenant",
+            "`reconcile`, parallel: 1, transaction: tenant", med["t1"], "lean loop (serial)",
+            med["lean"], "≤ 1.2×", 1.2),
+        Row(f"{what}, parallel 1, transaction: tenant vs step",
+            "`reconcile`, parallel: 1, transaction: tenant", med["t1"],
+            "`reconcile`, parallel: 1, transaction: step", med["p1"]),
         Row(f"{what}, parallel 1 vs same contract", "`reconcile`, parallel: 1", med["p1"],
             "lean loop under our contract (a transaction per step, quick_check gate)",
             med["lean-step"]),

@@ -72,6 +72,7 @@ class Result:
 def apply(plan: Plan, ctx: Context) -> Result:
     outcomes: list[Outcome] = []
     _sync_settings(plan, ctx)
+    _record_checksums_before_use(plan, ctx)
     blocked: set[str] = set()
     migrations: list[Action] = []
     stopped = False
@@ -110,6 +111,22 @@ def apply(plan: Plan, ctx: Context) -> Result:
     if not ctx.stop_now():
         _sync_domains(plan, ctx)
     return Result(plan, tuple(outcomes), halted=halted, stopped=stopped)
+
+
+def _record_checksums_before_use(plan: Plan, ctx: Context) -> None:
+    """Make the checksum of every migration this pass may run durable in the registry
+    before any tenant runs it, so a pass killed at any point cannot leave a committed
+    step without its recorded checksum (the edited-after-applied refusal holds)."""
+    versions = sorted({v for a in plan.actions
+                       if a.kind in (Kind.CREATE, Kind.MIGRATE) and a.to_version is not None
+                       for v in range((a.from_version or 0) + 1, a.to_version + 1)})
+    if not versions:
+        return
+    with ctx.registry.durable_transaction():
+        for v in versions:
+            m = ctx.catalog.migrations[v - 1]
+            ctx.registry.intend_migration(m.version, m.name, m.sha256)
+    crash_point("apply:after-checksums")
 
 
 def _skipped(action: Action) -> Outcome:
@@ -170,7 +187,8 @@ def create(action: Action, ctx: Context) -> Outcome:
     assert action.path is not None and action.to_version is not None
     timer = Timer()
     result = tenantdb.create(action.path, ctx.catalog, action.to_version,
-                             ctx.desired.settings.busy_timeout, ctx.stop_now)
+                             ctx.desired.settings.busy_timeout, ctx.stop_now,
+                             ctx.desired.settings.rollout.transaction)
     if result.stopped:  # the unfinished file was discarded: created on the next pass
         outcome = Outcome(action.tenant, "create", PENDING, 0, None, timer.ms,
                           "stopped at once (second signal) before it was complete")

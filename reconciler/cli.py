@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, progress, render, routing
+from reconciler import engine, log, progress, render, routing, supervise
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
@@ -107,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "plan"
     logger = log.configure(args.log_format, args.log_level)
     handler = COMMANDS[command]
+    if command == "apply":  # migrations run in it: a child, so os._exit() cannot pass as ok
+        return supervise.command(lambda: _handle(handler, args, logger))
+    return _handle(handler, args, logger)
+
+
+def _handle(handler: Callable[[argparse.Namespace, Any], int], args: argparse.Namespace,
+            logger: Any) -> int:
     try:
         code: int = handler(args, logger)
         return code
@@ -191,7 +198,7 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
 
 def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
-    problems = migrations_mod.dry_run(inputs.catalog)
+    problems = migrations_mod.dry_run(inputs.catalog, isolated=True)  # in a child process
     with Registry.reading(inputs.desired.settings.central) as reg:
         if reg is not None:
             try:

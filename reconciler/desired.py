@@ -76,6 +76,7 @@ class Rollout:
     parallel: int = 4
     max_failures: int = 0
     snapshot: bool = False
+    transaction: str = "step"  # "step": one transaction per step; "tenant": one for all
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,10 @@ def _capped(problems: list[Problem], file: str) -> list[Problem]:
 
 _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prune",
                   "prune_limit", "interval", "busy_timeout", "rollout", "git")
-_ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot")
+_ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot", "transaction")
+TRANSACTIONS = ("step", "tenant")
+_TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (all of a "
+                     "tenant's pending migrations commit together, or none)")
 _GIT_KEYS = ("remote", "branch")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants")
@@ -400,8 +404,14 @@ class _Checker(NodeChecker):
         r: dict[str, Any] = {}
         for key, _k, v in self.mapping(node, "settings.rollout", _ROLLOUT_KEYS,
                                        "write for example `rollout: {canary: 1, batch: 25}`"):
-            value: int | bool | None
-            if key == "snapshot":
+            value: int | bool | str | None
+            if key == "transaction":
+                value = self.text_of(v, "settings.rollout.transaction", _TRANSACTION_HINT)
+                if value is not None and value not in TRANSACTIONS:
+                    self.error(v, f"settings.rollout.transaction must be step or tenant, got "
+                               f"{value!r}", _TRANSACTION_HINT)
+                    value = None
+            elif key == "snapshot":
                 value = self.boolean(v, "settings.rollout.snapshot")
             elif key in ("batch", "parallel"):
                 value = self.integer(v, f"settings.rollout.{key}", 1,

@@ -77,13 +77,31 @@ def _load(config: Path) -> Inputs:
 
 
 def verify_catalog(inputs: Inputs, snapshot: Snapshot) -> None:
-    """Refuse the run when an applied migration was edited or removed since."""
+    """Refuse the run when an applied migration was edited or removed since.
+
+    A checksum is recorded before a migration's first use (``apply``) and confirmed
+    once a tenant committed it. An unconfirmed record that no longer matches its file
+    is judged by the files themselves (a pass killed after a tenant committed the step
+    left the registry behind): refused when any tenant file holds that version, else
+    the edit is allowed (the step never committed anywhere) and the next use records
+    the new checksum."""
     at: Counter[int] = Counter(t.schema_version for t in snapshot.tenants.values())
+    recorded = dict(snapshot.migrations)
+    by_version = {m.version: m.sha256 for m in inputs.catalog.migrations}
+    unsure = [v for v in snapshot.unconfirmed
+              if v in recorded and by_version.get(v) != recorded[v][1]]
+    if unsure:
+        files = observe(inputs.desired, snapshot).files.values()
+        at_files = Counter(f.user_version for f in files if f.user_version is not None)
+        for v in unsure:
+            if not any(n for ver, n in at_files.items() if ver >= v):
+                del recorded[v]  # committed nowhere: free to change
+        at = Counter({v: max(at[v], at_files[v]) for v in set(at) | set(at_files)})
 
     def count(version: int) -> int:  # asked once per recorded migration: one scan, not N
         return sum(n for v, n in at.items() if v >= version)
 
-    problems = migrations_mod.verify_recorded(inputs.catalog, snapshot.migrations, count)
+    problems = migrations_mod.verify_recorded(inputs.catalog, recorded, count)
     if problems:
         raise InvalidInput(problems)
 

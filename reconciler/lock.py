@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from reconciler.errors import LockHeld
+from reconciler.supervise import started_pid
 
 
 class FleetLock:
@@ -45,7 +46,7 @@ class FleetLock:
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        os.pwrite(fd, f"pid {os.getpid()} since {started}\n".encode(), 0)
+        os.pwrite(fd, f"pid {started_pid()} since {started}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

@@ -68,12 +68,13 @@ class Migration:
         return self.path.name
 
     def run(self, conn: sqlite3.Connection) -> None:
-        """Execute inside the caller's open transaction (never commits)."""
+        """Execute inside the caller's open transaction (never commits). The guards that
+        keep every statement inside that transaction are ``steprun``'s."""
         if self.function is not None:
             self.function(conn)
             if not conn.in_transaction:
-                raise MigrationError(self, None, "migrate(conn) committed or rolled back "
-                                     "the transaction itself; leave that to the reconciler")
+                raise MigrationError(self, None, "the step's transaction ended inside "
+                                     "migrate(conn); nothing of the step was kept")
             return
         for st in self.statements:
             try:
@@ -232,7 +233,8 @@ _REJECT: tuple[tuple[re.Pattern[str], str, str], ...] = (
      "remove it: the journal mode belongs to the reconciler and the application"),
     (re.compile(r"^PRAGMA (\w+ ?\. ?)?FOREIGN_KEYS ?[=(]"),
      "has no effect inside a transaction",
-     "remove it; write PRAGMA defer_foreign_keys = ON to check foreign keys at COMMIT"),
+     "remove it: migrations run with foreign keys off, and the reconciler checks them "
+     "before each step's COMMIT (a step that leaves orphaned rows fails)"),
     (re.compile(r"^PRAGMA (\w+ ?\. ?)?(SCHEMA_VERSION|WRITABLE_SCHEMA) ?[=(]"),
      "can corrupt the database",
      "remove it: change tables with ALTER TABLE, or create-copy-drop-rename"),
@@ -539,6 +541,9 @@ def _raised_at(exc: BaseException, path: Path) -> int | None:
     return line
 
 
+raised_at = _raised_at  # the line a migration failed at, for the step runner's messages
+
+
 _READ_ONLY = re.compile(r"^(SELECT|VALUES|WITH|PRAGMA (\w+ ?\. ?)?FOREIGN_KEY_CHECK)\b")
 _WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE INTO|CREATE|DROP|ALTER)\b")
 
@@ -618,38 +623,16 @@ def verify_recorded(catalog: Catalog, recorded: Mapping[int, tuple[str, str]],
     return problems
 
 
-def dry_run(catalog: Catalog) -> list[Problem]:
-    """Apply every migration and check to an in-memory database: catches SQL that
-    cannot work on any data (missing tables, bad columns) before CI merges it. Every
-    new tenant goes through exactly this sequence, so a failure here is a bug."""
-    problems: list[Problem] = []
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    try:
-        for m in catalog.migrations:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                m.run(conn)
-                conn.execute(f"PRAGMA user_version = {m.version}")
-                conn.execute("COMMIT")
-            except (Exception, SystemExit) as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, MigrationError):
-                    line, msg = exc.line, exc.reason
-                else:
-                    line, msg = _raised_at(exc, m.path), f"{type(exc).__name__}: {exc}"
-                problems.append(Problem(str(m.path), line, 1 if line else None,
-                                        f"fails on an empty database: {msg}",
-                                        "fix it: every new tenant runs the migrations in order "
-                                        "from 0001 on an empty file"))
-                return problems
-            problems.extend(_dry_run_checks(conn, catalog, m.version))
-        return problems
-    finally:
-        conn.close()
+def dry_run(catalog: Catalog, isolated: bool = False) -> list[Problem]:
+    """Apply every migration and check to an in-memory database, the steps run exactly
+    as on a tenant; ``isolated``: in a child process, so a migration that ends the
+    process is a problem too (see ``dryrun``)."""
+    from reconciler import dryrun  # dryrun runs steps through steprun, which imports us
+
+    return dryrun.isolated(catalog) if isolated else dryrun.in_memory(catalog)
 
 
-def _dry_run_checks(conn: sqlite3.Connection, catalog: Catalog, version: int) -> list[Problem]:
+def dry_run_checks(conn: sqlite3.Connection, catalog: Catalog, version: int) -> list[Problem]:
     problems: list[Problem] = []
     conn.execute("PRAGMA query_only = ON")  # a check that writes fails here, not on a tenant
     try:

@@ -101,8 +101,18 @@ UPGRADES: tuple[str, ...] = (
         detail     TEXT
     );
     """,
+    # a migration's checksum is recorded before its first use (applied = 0) and confirmed
+    # once a tenant committed it: a kill in between cannot lose it (issue 11, item 5)
+    """
+    ALTER TABLE migrations ADD COLUMN applied INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 VERSION = len(UPGRADES)
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether ``table`` has ``column`` (a read-only reader may see an older registry)."""
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
 
 def utcnow() -> str:
@@ -240,6 +250,9 @@ class Registry:
             settings = dict(c.execute("SELECT key, value FROM settings").fetchall())
             migrations = {r[0]: (r[1], r[2]) for r in
                           c.execute("SELECT version, name, sha256 FROM migrations")}
+            unconfirmed = frozenset(r[0] for r in c.execute(
+                "SELECT version FROM migrations WHERE applied = 0")) \
+                if _has_column(c, "migrations", "applied") else frozenset()
             journal: dict[str, JournalRow] = {}
             rollout: dict[str, str] = {}
             if "journal" in have:
@@ -251,7 +264,7 @@ class Registry:
             c.execute("COMMIT")
         return Snapshot(True, MappingProxyType(tenants), MappingProxyType(domains),
                         MappingProxyType(settings), MappingProxyType(migrations),
-                        MappingProxyType(journal), MappingProxyType(rollout))
+                        MappingProxyType(journal), MappingProxyType(rollout), unconfirmed)
 
     def tenant(self, name: str) -> TenantRow | None:
         r = self.conn.execute(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = ?",
@@ -322,9 +335,22 @@ class Registry:
                           (*values, utcnow(), name))
 
     def record_migration(self, version: int, name: str, sha256: str) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO migrations (version, name, sha256, "
-                          "first_applied_at) VALUES (?, ?, ?, ?)",
-                          (version, name, sha256, utcnow()))
+        """A tenant committed this migration: its record (made by ``intend_migration``
+        before, or now) is confirmed; a confirmed record never changes."""
+        self.conn.execute("INSERT INTO migrations (version, name, sha256, first_applied_at, "
+                          "applied) VALUES (?, ?, ?, ?, 1) ON CONFLICT (version) DO UPDATE "
+                          "SET applied = 1, first_applied_at = excluded.first_applied_at "
+                          "WHERE migrations.applied = 0", (version, name, sha256, utcnow()))
+
+    def intend_migration(self, version: int, name: str, sha256: str) -> None:
+        """Record a migration's checksum before its first use on any tenant (unconfirmed,
+        ``applied = 0``). An unconfirmed record takes the file's current checksum: the
+        caller has verified that no tenant file holds that version (``engine``)."""
+        self.conn.execute("INSERT INTO migrations (version, name, sha256, first_applied_at, "
+                          "applied) VALUES (?, ?, ?, ?, 0) ON CONFLICT (version) DO UPDATE "
+                          "SET name = excluded.name, sha256 = excluded.sha256, "
+                          "first_applied_at = excluded.first_applied_at "
+                          "WHERE migrations.applied = 0", (version, name, sha256, utcnow()))
 
     def set_setting(self, key: str, value: str | None) -> None:
         if value is None:

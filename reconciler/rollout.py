@@ -5,8 +5,9 @@ tenants, not after ten thousand (DESIGN §6). The planner computes the waves
 (deterministic, sorted by name); this module runs them.
 
 Threading model: a worker touches only its own tenant file (and that file's snapshot):
-one connection per tenant for the migration, the snapshot and the health gate, opened
-and closed in the worker (SQLite releases the GIL while it works). Every registry
+per tenant one step connection (``steprun``) for the migration and the snapshot, and one
+plain connection for the health gate (nothing a step sets reaches it), opened and closed
+in the worker (SQLite releases the GIL while it works). Every registry
 write, every log line and every progress update happens on the calling thread, and
 results are recorded in wave order — so the registry has one writer, each tenant's
 log lines are whole, and ``parallel: N`` ends in exactly the state of ``parallel: 1``.
@@ -41,7 +42,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from reconciler import context, snapshot, tenantdb
+from reconciler import context, snapshot, steprun, tenantdb
 from reconciler.context import FAILED, OK, PENDING, RETRY, Context, Outcome, Timer, record
 from reconciler.errors import RetryableError, is_busy
 from reconciler.migrations import Catalog
@@ -269,7 +270,8 @@ class _Wave:
                  pool: ThreadPoolExecutor | None) -> None:
         take = ctx.desired.settings.rollout.snapshot
         timeout = ctx.desired.settings.busy_timeout
-        self.calls = [partial(migrate_one, a, ctx.catalog, timeout, take, ctx.stop_now)
+        txn = ctx.desired.settings.rollout.transaction
+        self.calls = [partial(migrate_one, a, ctx.catalog, timeout, take, ctx.stop_now, txn)
                       for a in actions]
         self.futures = None if pool is None else [pool.submit(c) for c in self.calls]
 
@@ -289,7 +291,8 @@ class _Wave:
 
 
 def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: bool,
-                stop_now: Callable[[], bool] = context.never) -> _Done:
+                stop_now: Callable[[], bool] = context.never,
+                transaction: str = "step") -> _Done:
     """Worker: migrate, health-check and (on failure) restore one tenant. Touches only
     this tenant's file and its snapshot; never the registry or the log."""
     assert action.path is not None and action.to_version is not None
@@ -302,23 +305,26 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
     except sqlite3.Error as exc:
         return _Done(action, tenantdb.MigrateResult(start, start, (),
                                                     f"{type(exc).__name__}: {exc}"), timer.ms)
+    steps: steprun.StepConnection | None = None  # runs the steps; takes and restores the copy
     try:
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        steps = steprun.open_step(action.path, busy_timeout)
+        if steps.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
             # Steps need no fsync each: a WAL file stays consistent at the last synced
             # commit, and closing the connection checkpoints (and syncs) them all. The
             # worst a power cut can do is leave the tenant at an earlier step, which the
             # next pass observes and migrates again — never a torn version.
-            conn.execute("PRAGMA synchronous = NORMAL")
-        copy = _take(conn, action, busy_timeout) if take else None
+            steps.execute("PRAGMA synchronous = NORMAL")
+            steps.remember_defaults()
+        copy = _take(steps, action, busy_timeout) if take else None
         context.crash_point("rollout:after-snapshot")
-        result = tenantdb.migrate_conn(conn, catalog, action.to_version, stop_now)
+        result = tenantdb.migrate_conn(steps, catalog, action.to_version, stop_now, transaction)
         context.crash_point("rollout:after-migrate")
         if result.error is None and not result.stopped:  # stopped: gated when it finishes
             problem = health_gate(conn, result.to_version, catalog)
             if problem is not None:
                 result = replace(result, error=f"health gate: {problem}")
         if result.error is not None and copy is not None:
-            result = _restore(conn, copy, result, busy_timeout)
+            result = _restore(steps, copy, result, busy_timeout)
         elif result.error is not None and snapshot.path_for(action.path).exists():
             result = replace(result, error=f"{result.error}; a snapshot from an earlier, "
                              f"interrupted attempt is kept at {snapshot.path_for(action.path)}"
@@ -331,6 +337,8 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
         result = tenantdb.MigrateResult(start, _version(conn, start), (),
                                         f"{type(exc).__name__}: {exc}")
     finally:
+        if steps is not None:
+            steps.close()
         conn.close()
     return _Done(action, result, timer.ms)
 
@@ -373,13 +381,17 @@ def _restore(conn: sqlite3.Connection, copy: snapshot.Copy, result: tenantdb.Mig
 
 
 def health_gate(conn: sqlite3.Connection, version: int, catalog: Catalog) -> str | None:
-    """``PRAGMA quick_check`` plus every check up to ``version``: None when healthy.
+    """``PRAGMA quick_check``, ``PRAGMA foreign_key_check`` and every check up to
+    ``version``: None when healthy.
 
     A busy file raises ``RetryableError`` (its health is unknown, not bad)."""
     try:
         bad = tenantdb.check(conn, "quick_check")
         if bad is not None:
             return f"quick_check: {bad}"
+        orphans = steprun.foreign_key_violations(conn)
+        if orphans:
+            return f"foreign_key_check: {orphans}"
         for check in catalog.checks_up_to(version):
             for st in check.statements:
                 try:

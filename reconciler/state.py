@@ -67,6 +67,8 @@ class Snapshot:
     migrations: Mapping[int, tuple[str, str]]  # version → (name, sha256)
     journal: Mapping[str, JournalRow]
     rollout: Mapping[str, str]  # key → state
+    # migrations recorded before their first use that no tenant was confirmed to commit
+    unconfirmed: frozenset[int] = frozenset()
 
     @staticmethod
     def empty() -> Snapshot:

@@ -6,8 +6,11 @@ values, open their own connection, never touch the registry, and return what hap
 
 Invariants:
 * every migration step runs in ``BEGIN IMMEDIATE`` together with ``PRAGMA
-  user_version = n``; the version is re-read under that lock, so a concurrent change
-  is never migrated twice and a failure leaves the file at exactly one known version;
+  user_version = n`` (with ``transaction="tenant"`` all pending steps in one, with the
+  final version); the version is re-read under that lock, so a concurrent change is
+  never migrated twice and a failure leaves the file at exactly one known version;
+* steps run on a ``steprun.StepConnection`` (guarded, reset between steps), never on a
+  connection that a health gate or an application reads through;
 * ``stop_now`` is asked after each committed step: when set, the migration ends there
   (``MigrateResult.stopped``), the file at that step's version, and the next run goes on;
 * a busy tenant (an application holds the write lock beyond the busy timeout) is a
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler import steprun
 from reconciler.context import crash_point
 from reconciler.errors import RetryableError, is_busy
 from reconciler.migrations import Catalog, MigrationError
@@ -50,54 +54,127 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
 
 
 def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int,
-                 stop_now: Callable[[], bool] | None = None) -> MigrateResult:
-    """Bring the open database up to ``target``, one transaction per step; end after
-    the committed step during which ``stop_now`` became true."""
+                 stop_now: Callable[[], bool] | None = None,
+                 transaction: str = "step") -> MigrateResult:
+    """Bring ``conn``'s file up to ``target``.
+
+    ``transaction="step"``: one transaction per step; ends after the committed step
+    during which ``stop_now`` became true. ``"tenant"``: every pending step in one
+    transaction with the final ``user_version`` (the file ends at its old version or at
+    the target). Steps run as ``steprun`` says, on ``conn`` when it is a
+    ``StepConnection``, else on one opened beside it (so nothing a step sets reaches
+    ``conn``), with the connection's state reset before each step."""
+    if isinstance(conn, steprun.StepConnection):
+        return _migrate(conn, catalog, target, stop_now, transaction)
+    step_conn = steprun.open_beside(conn)
+    try:
+        return _migrate(step_conn, catalog, target, stop_now, transaction)
+    finally:
+        step_conn.close()
+
+
+def _migrate(conn: steprun.StepConnection, catalog: Catalog, target: int,
+             stop_now: Callable[[], bool] | None, transaction: str) -> MigrateResult:
+    if transaction == "tenant":
+        return _migrate_at_once(conn, catalog, target)
     start: int | None = None
     applied: list[int] = []
-    current = 0
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if is_busy(exc):
-                raise RetryableError(f"busy: another connection holds the write lock ({exc})"
-                                     ) from exc
-            raise
-        try:
-            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if start is None:
-                start = current
-            if current >= target or current >= catalog.latest:
-                conn.execute("COMMIT")
-                return MigrateResult(start, current, tuple(applied))
-            step = catalog.migrations[current]
-            step.run(conn)
-            conn.execute(f"PRAGMA user_version = {step.version}")
+            current, done = _step(conn, catalog, target)
+        except _StepFailed as failed:
+            return MigrateResult(start if start is not None else failed.current,
+                                 failed.current, tuple(applied), failed.message)
+        if start is None:
+            start = current
+        if done is None:
+            return MigrateResult(start, current, tuple(applied))
+        applied.append(done)
+        if done >= target or done >= catalog.latest:
+            # committed under the lock that read its predecessor: no transaction
+            # more is needed to know the file is at the target
+            return MigrateResult(start, done, tuple(applied))
+        if stop_now is not None and stop_now():
+            return MigrateResult(start, done, tuple(applied), stopped=True)
+
+
+class _StepFailed(Exception):
+    def __init__(self, current: int, message: str) -> None:
+        super().__init__(message)
+        self.current = current
+        self.message = message
+
+
+def _begin(conn: sqlite3.Connection) -> int:
+    """``BEGIN IMMEDIATE`` and the file's version read under that lock."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise RetryableError(f"busy: another connection holds the write lock ({exc})"
+                                 ) from exc
+        raise
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _step(conn: steprun.StepConnection, catalog: Catalog, target: int
+          ) -> tuple[int, int | None]:
+    """One committed step: (version read, version committed), or (version, None) when
+    the file needs none. Raises ``_StepFailed`` (rolled back) or ``RetryableError``."""
+    current = _begin(conn)
+    try:
+        if current >= target or current >= catalog.latest:
             conn.execute("COMMIT")
-            applied.append(step.version)
-            if step.version >= target or step.version >= catalog.latest:
-                # committed under the lock that read its predecessor: no transaction
-                # more is needed to know the file is at the target
-                return MigrateResult(start, step.version, tuple(applied))
-            if stop_now is not None and stop_now():
-                return MigrateResult(start, step.version, tuple(applied), stopped=True)
-        except (MigrationError, sqlite3.Error, Exception) as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
-                raise RetryableError(f"busy during migration: {exc}") from exc
-            message = str(exc) if isinstance(exc, MigrationError) else \
-                f"{catalog.migrations[current].filename}: {type(exc).__name__}: {exc}"
-            return MigrateResult(start if start is not None else current, current,
-                                 tuple(applied), message)
+            return current, None
+        step = catalog.migrations[current]
+        conn.reset()
+        steprun.execute(conn, step)
+        conn.execute(f"PRAGMA user_version = {step.version}")
+        conn.execute("COMMIT")
+        return current, step.version
+    except (MigrationError, sqlite3.Error) as exc:
+        raise _failed(conn, catalog, current, exc) from exc
+
+
+def _failed(conn: sqlite3.Connection, catalog: Catalog, current: int,
+            exc: MigrationError | sqlite3.Error) -> Exception:
+    """Roll back; the error to raise for ``exc`` (a busy file is retryable)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+        return RetryableError(f"busy during migration: {exc}")
+    return _StepFailed(current, str(exc) if isinstance(exc, MigrationError) else
+                       f"{catalog.migrations[current].filename}: {type(exc).__name__}: {exc}")
+
+
+def _migrate_at_once(conn: steprun.StepConnection, catalog: Catalog, target: int
+                     ) -> MigrateResult:
+    """All pending steps in one transaction, the connection state reset between them."""
+    start = current = _begin(conn)
+    try:
+        steps = catalog.steps(current, min(target, catalog.latest))
+        for step in steps:
+            current = step.version - 1
+            conn.reset()
+            steprun.execute(conn, step)
+        if steps:
+            conn.execute(f"PRAGMA user_version = {steps[-1].version}")
+        conn.execute("COMMIT")
+    except (MigrationError, sqlite3.Error) as exc:
+        error = _failed(conn, catalog, current, exc)
+        if isinstance(error, RetryableError):
+            raise error from exc
+        return MigrateResult(start, start, (), str(error))
+    return MigrateResult(start, steps[-1].version if steps else start,
+                         tuple(m.version for m in steps))
 
 
 def migrate_file(path: Path, catalog: Catalog, target: int, busy_timeout: float,
-                 stop_now: Callable[[], bool] | None = None) -> MigrateResult:
+                 stop_now: Callable[[], bool] | None = None,
+                 transaction: str = "step") -> MigrateResult:
     conn = connect(path, busy_timeout)
     try:
-        return migrate_conn(conn, catalog, target, stop_now)
+        return migrate_conn(conn, catalog, target, stop_now, transaction)
     finally:
         conn.close()
 
@@ -138,16 +215,17 @@ def fresh_file(path: Path) -> None:
 
 
 def create(path: Path, catalog: Catalog, target: int, busy_timeout: float,
-           stop_now: Callable[[], bool] | None = None) -> MigrateResult:
+           stop_now: Callable[[], bool] | None = None,
+           transaction: str = "step") -> MigrateResult:
     """Create ``path`` migrated to ``target``. The file appears complete or not at all:
     stopped early (``stop_now``), the unfinished file is discarded, nothing appears."""
     ensure_dir(path.parent)
     temp = path.with_name(f".{path.name}.creating")
     fresh_file(temp)  # over a leftover from a killed run: never in service, holds no data
     try:
-        conn = connect(temp, busy_timeout)
+        conn = steprun.open_step(temp, busy_timeout)
         try:
-            result = migrate_conn(conn, catalog, target, stop_now)
+            result = migrate_conn(conn, catalog, target, stop_now, transaction)
             if result.error is None and not result.stopped:
                 # persistent: applications get WAL (readers never block the writer)
                 conn.execute("PRAGMA journal_mode=WAL")

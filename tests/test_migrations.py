@@ -149,7 +149,8 @@ CASES: list[tuple[str, dict[str, str | bytes | None], list[tuple[str, int | None
     ("vacuum", {"0001_a.sql": "CREATE TABLE t (a);\nVACUUM;\n"}, [("0001_a.sql", 2, 1)],
      "cannot run inside a transaction", "out of band"),
     ("foreign-keys-off", {"0001_a.sql": "PRAGMA foreign_keys = OFF;\nCREATE TABLE t (a);\n"},
-     [("0001_a.sql", 1, 1)], "has no effect inside a transaction", "defer_foreign_keys"),
+     [("0001_a.sql", 1, 1)], "has no effect inside a transaction",
+     "checks them before each step's COMMIT"),
     ("journal-mode", {"0001_a.sql": "PRAGMA journal_mode=DELETE;\n"}, [("0001_a.sql", 1, 1)],
      "cannot change inside a transaction", "remove it"),
     ("writable-schema", {"0001_a.sql": "PRAGMA writable_schema = 1;\n"}, [("0001_a.sql", 1, 1)],
@@ -338,7 +339,7 @@ def test_python_step_that_commits_is_refused_at_run_time_too(tmp_path: Path) -> 
                      "    end = 'COMM' + 'IT'\n    conn.execute(end)\n"}))
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
-    with pytest.raises(MigrationError, match="committed or rolled back"):
+    with pytest.raises(MigrationError, match="transaction ended inside migrate"):
         catalog.migrations[0].run(conn)
 
 

@@ -6,6 +6,7 @@ migrations), then given a fourth migration that breaks on some tenants' data."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -430,6 +431,9 @@ def test_killed_mid_rollout_the_next_pass_converges_and_still_gates_every_tenant
                                            "max_failures": 0, "snapshot": True})
     killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": point})
     assert killed.returncode == -9, killed.stdout + killed.stderr
+    # 0004's checksum was durable before any tenant ran it (issue 11): an edit is refused
+    sha = hashlib.sha256((fleet.migrations / "0004_email_domain.sql").read_bytes()).hexdigest()
+    assert fleet.registry("SELECT sha256 FROM migrations WHERE version = 4") == [(sha,)]
     again = fleet.run("apply")
     assert again.returncode == 3, again.stdout + again.stderr
     # the unhealthy canary never counts as migrated, whatever the kill skipped
