@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from reconciler import pyrules
 from reconciler.errors import InvalidInput, Problem
 
 NAME = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.(sql|py)$")
@@ -492,17 +493,10 @@ def _load_function(path: Path, text: str, version: int,
     return fn  # type: ignore[no-any-return]
 
 
-_TXN_METHODS = {
-    "commit": "commits the reconciler's transaction half-way through the migration",
-    "rollback": "ends the reconciler's transaction",
-    "executescript": "COMMITs the reconciler's transaction before running the script",
-    "close": "closes the reconciler's connection",
-}
-
-
-def _python_transaction_problems(path: Path, tree: ast.AST) -> list[Problem]:
-    """Calls that would break "one migration, one transaction" (found statically, before
-    any tenant: at run time they would already have committed half a migration)."""
+def _python_transaction_problems(path: Path, tree: ast.Module) -> list[Problem]:
+    """Calls that would break "one migration, one transaction" or end the reconciler
+    (found statically, before any tenant: at run time they would already have committed
+    half a migration). The connection and process-ending rules live in ``pyrules``."""
     out: list[Problem] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.AsyncFunctionDef) and node.name == "migrate":
@@ -511,13 +505,7 @@ def _python_transaction_problems(path: Path, tree: ast.AST) -> list[Problem]:
                                "write `def migrate(conn):`"))
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
-        method = node.func.attr
-        if method in _TXN_METHODS:
-            out.append(Problem(str(path), node.lineno, node.col_offset + 1,
-                               f"`.{method}()` {_TXN_METHODS[method]}",
-                               "remove it: the reconciler wraps migrate(conn) in BEGIN "
-                               "IMMEDIATE … COMMIT; run statements with conn.execute"))
-        elif method in ("execute", "executemany") and node.args and isinstance(
+        if node.func.attr in ("execute", "executemany") and node.args and isinstance(
                 node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
             rejected = _rejected(node.args[0].value)
             if rejected is not None:
@@ -525,7 +513,7 @@ def _python_transaction_problems(path: Path, tree: ast.AST) -> list[Problem]:
                 out.append(Problem(str(path), node.lineno, node.col_offset + 1,
                                    f"statement `{_first_words(node.args[0].value)}` {why}",
                                    hint))
-    return out
+    return out + pyrules.problems(path, tree)
 
 
 def _raised_at(exc: BaseException, path: Path) -> int | None:

@@ -183,13 +183,14 @@ CASES: list[tuple[str, dict[str, str | bytes | None], list[tuple[str, int | None
      [("0001_a.py", 3, 1)], "exactly one argument", "def migrate(conn):"),
     ("py-import-error", {"0001_a.py": "import os\nimport no_such_module_here\n"},
      [("0001_a.py", 2, None)], "ModuleNotFoundError", "top-level code"),
-    ("py-sys-exit", {"0001_a.py": "import sys\nsys.exit(2)\ndef migrate(c): pass\n"},
+    ("py-hidden-sys-exit", {"0001_a.py": "import sys\ngetattr(sys, 'exit')(2)\n"
+                                         "def migrate(c): pass\n"},
      [("0001_a.py", 2, None)], "SystemExit", "top-level code"),
     ("py-commits", {"0001_a.py": "def migrate(conn):\n    conn.execute('CREATE TABLE t (a)')\n"
                                  "    conn.commit()\n"}, [("0001_a.py", 3, 5)],
-     "`.commit()` commits the reconciler's transaction", "BEGIN IMMEDIATE"),
+     "`conn.commit()` commits the reconciler's transaction", "BEGIN IMMEDIATE"),
     ("py-executescript", {"0001_a.py": "def migrate(conn):\n    conn.executescript('x')\n"},
-     [("0001_a.py", 2, 5)], "`.executescript()` COMMITs", "conn.execute"),
+     [("0001_a.py", 2, 5)], "`conn.executescript()` COMMITs", "conn.execute"),
     ("py-executes-commit", {"0001_a.py": "def migrate(c):\n    c.execute('CREATE TABLE t (a)')"
                                          "\n\n    c.execute('COMMIT')\n"},
      [("0001_a.py", 4, 5)], "`COMMIT` manages the transaction itself", "remove it"),
