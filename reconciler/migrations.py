@@ -113,12 +113,53 @@ class Catalog:
     def latest(self) -> int:
         return len(self.migrations)
 
+    def knows(self, version: int) -> bool:
+        """Whether ``version`` is one this catalog produces (0 is the empty database)."""
+        return 0 <= version <= len(self.migrations)
+
     def steps(self, current: int, target: int) -> tuple[Migration, ...]:
-        """Migrations taking a file from ``current`` to ``target`` (empty if none)."""
+        """Migrations taking a file from ``current`` to ``target`` (empty if none).
+
+        Raises ``UnknownVersion`` when either is outside 0…latest: a version the catalog
+        does not know never indexes it (``migrations[-1:]`` would be the last step)."""
+        for version in (current, target):
+            if not self.knows(version):
+                raise UnknownVersion(version, self.latest)
         return self.migrations[current:target]
 
     def checks_up_to(self, version: int) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.version <= version)
+
+
+class UnknownVersion(ValueError):
+    """A ``user_version`` outside 0…latest was about to index the catalog."""
+
+    def __init__(self, version: int, latest: int) -> None:
+        self.version = version
+        self.latest = latest
+        super().__init__(unknown_version(version, latest))
+
+
+def unknown_version(version: int, latest: int) -> str:
+    """Why ``version`` is not one the migrations know (for a file said to be at it).
+
+    SQLite's ``user_version`` is a signed 32-bit integer, so a file can say -1 or
+    2147483647; only 0…latest mean a schema here."""
+    if version < 0:
+        return (f"is at schema version {version} (PRAGMA user_version), which no migration "
+                f"produces: the migrations know 0…{latest}, and a negative version was set "
+                "by something other than this reconciler")
+    return (f"is at schema version {version} (PRAGMA user_version), beyond the latest "
+            f"migration v{latest}: it belongs to a newer schema than these migrations know")
+
+
+def unknown_version_hint(version: int, latest: int) -> str:
+    """What to do about a file at a version the migrations do not know."""
+    if version < 0:
+        return ("find out what set that version, and if the file's schema is that of "
+                "migration N, set `PRAGMA user_version = N` on it yourself")
+    return (f"deploy the migrations up to v{version} (check out the newer revision), or "
+            f"use a copy at v0…v{latest}")
 
 
 # --------------------------------------------------------------------------- SQL text

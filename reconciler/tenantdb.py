@@ -27,7 +27,7 @@ from pathlib import Path
 
 from reconciler.context import crash_point
 from reconciler.errors import RetryableError, is_busy
-from reconciler.migrations import Catalog, MigrationError
+from reconciler.migrations import Catalog, MigrationError, unknown_version
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -68,6 +68,10 @@ def migrate_conn(conn: sqlite3.Connection, catalog: Catalog, target: int,
             current = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if start is None:
                 start = current
+            if not catalog.knows(current):  # changed since it was planned: never index
+                conn.execute("ROLLBACK")
+                return MigrateResult(start, current, tuple(applied),
+                                     f"the file {unknown_version(current, catalog.latest)}")
             if current >= target or current >= catalog.latest:
                 conn.execute("COMMIT")
                 return MigrateResult(start, current, tuple(applied))

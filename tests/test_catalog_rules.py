@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import migrations
+from reconciler import migrations, tenantdb
+from reconciler import observe as observe_mod
+from reconciler import status as status_mod
 from reconciler.errors import Problem
+from reconciler.plan import plan
+from reconciler.state import JournalRow
+from tests import test_plan as plan_tests
 from tests.test_migrations import OK, make, problems_of
+from tests.test_plan import DATA
 
 
 def run_all(catalog: migrations.Catalog, db: Path) -> sqlite3.Connection:
@@ -146,3 +152,94 @@ def test_names_that_only_look_like_exits_are_accepted(tmp_path: Path) -> None:
         "def migrate(conn):\n    exit(conn)\n    if False:\n        os.kill(12345, 0)\n")}))
     conn = run_all(catalog, tmp_path / "t.db")
     assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+
+
+# --------------------------------------------------------------------------- item 4
+
+UNKNOWN = (-1, -2, -2**31, 4, 2**31 - 1)  # user_version is a signed 32-bit integer
+
+
+def set_version(path: Path, version: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS appdata (x)")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("version", UNKNOWN)
+def test_catalog_steps_refuse_a_version_they_do_not_know(version: int) -> None:
+    """``steps`` never slices with an unknown version (``migrations[-1:3]`` would be
+    the last step alone)."""
+    cat = plan_tests.catalog(3)
+    with pytest.raises(migrations.UnknownVersion, match=f"schema version {version} "):
+        cat.steps(version, 3)
+    with pytest.raises(migrations.UnknownVersion):
+        cat.steps(0, version)
+    assert [m.version for m in cat.steps(1, 3)] == [2, 3]
+    assert not cat.knows(version) and cat.knows(0) and cat.knows(3)
+
+
+@pytest.mark.parametrize("version", UNKNOWN)
+def test_observe_reads_a_negative_user_version_the_same_by_header_and_by_sqlite(
+        tmp_path: Path, version: int) -> None:
+    """The header fast path reads the 4 bytes at offset 60 as signed big-endian, as
+    SQLite does: both routes agree on every value."""
+    path = set_version(tmp_path / "t.db", version)
+    assert observe_mod.read_user_version(path).user_version == version  # header
+    (tmp_path / "t.db-journal").write_bytes(b"")  # a (cold) journal: ask SQLite
+    assert observe_mod.read_user_version(path).user_version == version
+    assert observe_mod.read_user_versions([path])[path].user_version == version
+
+
+@pytest.mark.parametrize("version", UNKNOWN)
+def test_a_file_at_a_version_the_catalog_does_not_know_is_reported_on_every_route(
+        version: int) -> None:
+    """Adopt, migrate (registered), relocate (region changed), restore from an archive,
+    and the end of an interrupted relocation: each plans exactly one report naming the
+    file and its version, and nothing that would touch the file or its row."""
+    d = plan_tests.desired({"aaron": {"region": "eu"}})
+    cat = plan_tests.catalog(3)
+    journal = {"aaron": JournalRow("aaron", "relocate", "copied", str(DATA / "us/aaron.db"),
+                                   str(DATA / "eu/aaron.db"), None, "", None)}
+    routes = {
+        "adopt": plan_tests.observed(files={"eu/aaron.db": version}),
+        "migrate": plan_tests.observed([plan_tests.row("aaron", version=1)],
+                                       files={"eu/aaron.db": version}),
+        "relocate": plan_tests.observed([plan_tests.row("aaron", region="us", version=1)],
+                                        files={"us/aaron.db": version}),
+        "archive": plan_tests.observed([plan_tests.row("aaron", status="archived")],
+                                       files={"_archive/aaron-1.db": version},
+                                       archives={"aaron": ("aaron-1.db",)}),
+        "resume": plan_tests.observed([plan_tests.row("aaron", region="us", version=1)],
+                                      files={"eu/aaron.db": version}, journal=journal),
+    }
+    for route, obs in routes.items():
+        p = plan(d, obs, cat)
+        expected = ["relocate", "invalid"] if route == "resume" else ["invalid"]
+        assert plan_tests.kinds(p) == expected, route
+        report = p.actions[-1]
+        assert f"is at schema version {version} (PRAGMA user_version)" in report.detail
+        assert "aaron" in report.detail and report.status is None
+        assert not any(a.kind.value in ("migrate", "adopt", "correct", "restore")
+                       for a in p.actions), route
+    rows = status_mod.rows(d, routes["migrate"], plan(d, routes["migrate"], cat), cat)
+    assert [(r.tenant, r.version, r.pending) for r in rows] == [("aaron", version, "invalid")]
+
+
+def test_migrating_a_file_whose_version_changed_to_an_unknown_one_since_planning_fails(
+        tmp_path: Path) -> None:
+    """The version is re-read under the write lock: a file set to -1 after it was
+    planned is never migrated by indexing the catalog with -1."""
+    cat = migrations.load(make(tmp_path, {"0001_a.sql": "CREATE TABLE a (x);\n",
+                                          "0002_b.sql": "CREATE TABLE b (x);\n"}))
+    path = set_version(tmp_path / "t.db", -1)
+    result = tenantdb.migrate_file(path, cat, 2, 5.0)
+    assert result.error is not None and "schema version -1" in result.error
+    assert (result.from_version, result.to_version, result.applied) == (-1, -1, ())
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT type, name FROM sqlite_master").fetchall() == [
+        ("table", "appdata")]
+    assert conn.execute("PRAGMA user_version").fetchone() == (-1,)

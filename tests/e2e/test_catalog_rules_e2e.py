@@ -1,0 +1,154 @@
+"""Catalog rules through the real ``reconcile`` command (issue 11, items 4, 6, 7, 8, 10).
+
+Each test reaches its state through more than one route and checks the whole tenant
+file afterwards: every ``sqlite_master`` row, every row of every table, and
+``user_version``."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Fleet
+
+SMALL = {"0001_a.sql": "CREATE TABLE a (x);\n", "0002_b.sql": "CREATE TABLE b (x);\n",
+         "0003_c.sql": "CREATE TABLE c (x);\n"}
+
+
+def dump(path: Path) -> dict[str, Any]:
+    """Everything a tenant file holds: schema rows, table contents, user_version."""
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        master = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
+                              "ORDER BY type, name").fetchall()
+        tables = {name: conn.execute(f'SELECT * FROM "{name}" ORDER BY rowid').fetchall()
+                  for _t, name, _n, _s in master if _t == "table"}
+        return {"user_version": conn.execute("PRAGMA user_version").fetchone()[0],
+                "sqlite_master": master, "rows": tables}
+    finally:
+        conn.close()
+
+
+def small_fleet(fleet: Fleet, tenants: dict[str, dict[str, Any]], **settings: Any) -> None:
+    shutil.rmtree(fleet.migrations)
+    for name, text in SMALL.items():
+        fleet.write_migration(name, text)
+    fleet.declare(tenants, **settings)
+
+
+def foreign_file(path: Path, version: int) -> dict[str, Any]:
+    """A file brought in from elsewhere: one table with data, at ``version``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE appdata (x)")
+    conn.executemany("INSERT INTO appdata VALUES (?)", [(1,), ("two",)])
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    return {"user_version": version,
+            "sqlite_master": [("table", "appdata", "appdata", "CREATE TABLE appdata (x)")],
+            "rows": {"appdata": [(1,), ("two",)]}}
+
+
+def set_version(path: Path, version: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+
+
+def at_v1(version: int) -> dict[str, Any]:
+    """A tenant created at v1 whose user_version was then set to ``version``."""
+    return {"user_version": version,
+            "sqlite_master": [("table", "a", "a", "CREATE TABLE a (x)")], "rows": {"a": []}}
+
+
+def reported(run: Any, path: Path, version: int) -> None:
+    out = run.stdout + run.stderr
+    assert run.returncode == 3, out
+    assert f"{path} is at schema version {version} (PRAGMA user_version)" in out, out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("version", [-1, 4, 2**31 - 1])
+def test_file_at_a_version_the_migrations_do_not_know_is_reported_and_untouched(
+        fleet: Fleet, version: int) -> None:
+    """Three routes at once — adopting a file brought in from elsewhere, migrating a
+    registered tenant whose file was set to that version, and relocating one — each
+    reported by plan, apply and status, and each file left exactly as it was."""
+    small_fleet(fleet, {"pinned": {"region": "eu", "schema": 1},
+                        "mover": {"region": "eu", "schema": 1}})
+    assert fleet.run("apply").returncode == 0
+    newcomer = fleet.path("newcomer", "eu")
+    want_newcomer = foreign_file(newcomer, version)
+    for name in ("pinned", "mover"):
+        set_version(fleet.path(name, "eu"), version)
+    small_fleet(fleet, {"newcomer": {"region": "eu"}, "pinned": {"region": "eu"},
+                        "mover": {"region": "us"}})
+    registry_before = fleet.registry("SELECT name, region, path, schema_version, status "
+                                     "FROM tenants ORDER BY name")
+
+    dry = fleet.run("--dry-run")
+    for name in ("newcomer", "pinned", "mover"):
+        assert f"{fleet.path(name, 'eu')} is at schema version {version}" in dry.stdout
+    assert "to migrate" in dry.stdout and "0 to migrate, 0 to relocate" in dry.stdout
+    run = fleet.run("apply")
+    for name in ("newcomer", "pinned", "mover"):
+        reported(run, fleet.path(name, "eu"), version)
+    status = fleet.run("status")
+    assert status.returncode == 2
+    assert [line.split()[-1] for line in status.stdout.splitlines()[1:4]] == ["invalid"] * 3
+
+    assert dump(newcomer) == want_newcomer
+    assert dump(fleet.path("pinned", "eu")) == at_v1(version)
+    assert dump(fleet.path("mover", "eu")) == at_v1(version)
+    assert not fleet.path("mover", "us").exists()
+    assert fleet.registry("SELECT name, region, path, schema_version, status FROM tenants "
+                          "ORDER BY name") == registry_before
+    assert ("newcomer",) not in fleet.registry("SELECT name FROM tenants")
+
+
+@pytest.mark.parametrize("version, reason", [
+    (-2, "which no migration produces: the migrations know 0…3"),
+    (-2**31, "which no migration produces"),
+    (2**31 - 1, "beyond the latest migration v3: it belongs to a newer schema"),
+])
+def test_restore_of_a_copy_at_an_unknown_version_says_the_true_reason(
+        fleet: Fleet, tmp_path: Path, version: int, reason: str) -> None:
+    """``restore --from`` and the automatic restore of an archived copy both refuse it,
+    with the real reason (a negative version is not "a newer schema"), creating nothing."""
+    small_fleet(fleet, {"gone": {"region": "eu"}, "kept": {"region": "eu"}},
+                prune="archive")
+    assert fleet.run("apply").returncode == 0
+    fleet.path("gone", "eu").unlink()
+    backup = tmp_path / "backup.db"
+    want = foreign_file(backup, version)
+
+    run = fleet.run("restore", "gone", "--from", str(backup))
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert f"{backup} is at schema version {version} (PRAGMA user_version), {reason}" in out
+    assert "not restored" in out and "Traceback" not in out
+    assert not fleet.path("gone", "eu").exists()
+    assert dump(backup) == want
+    assert sorted(p.name for p in (fleet.data / "eu").iterdir()) == ["kept.db"]
+
+    # the other route: kept is archived (prune), its copy set to the version, redeclared
+    small_fleet(fleet, {"gone": {"region": "eu"}}, prune="archive")
+    assert fleet.run("apply").returncode == 3
+    [archived] = [p for p in fleet.data.rglob("kept-*.db")]
+    set_version(archived, version)
+    archived_before = dump(archived)
+    small_fleet(fleet, {"gone": {"region": "eu"}, "kept": {"region": "eu"}},
+                prune="archive")
+    run = fleet.run("apply")
+    reported(run, archived, version)
+    assert "not restored, nothing created" in run.stdout
+    assert not fleet.path("kept", "eu").exists()
+    assert dump(archived) == archived_before == {**at_v1(version), "sqlite_master": [
+        ("table", n, n, f"CREATE TABLE {n} (x)") for n in "abc"],
+        "rows": {"a": [], "b": [], "c": []}}
