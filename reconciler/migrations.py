@@ -14,7 +14,8 @@ that cannot work inside a transaction — are rejected at load time, as are SQL 
 errors, so a broken catalog stops the run before any tenant is touched.
 
 Invariants of a loaded ``Catalog``: migrations are exactly versions 1..latest in order;
-every SQL migration has at least one statement and none of the rejected ones; every
+every SQL migration has at least one statement or only (closed) comments — a no-op
+step that moves ``user_version`` — and none of the rejected statements; every
 Python migration defines ``migrate(conn)`` taking one argument; every check is named
 after an existing version and only reads. Loading raises only ``InvalidInput``.
 """
@@ -126,6 +127,11 @@ class Catalog:
             if not self.knows(version):
                 raise UnknownVersion(version, self.latest)
         return self.migrations[current:target]
+
+    @property
+    def no_ops(self) -> tuple[Migration, ...]:
+        """SQL migrations holding only comments: each only moves ``user_version``."""
+        return tuple(m for m in self.migrations if m.kind == "sql" and not m.statements)
 
     def checks_up_to(self, version: int) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.version <= version)
@@ -455,9 +461,22 @@ def _load_one(path: Path, version: int, name: str, kind: str,
 def _sql_statements(path: Path, text: str, problems: list[Problem],
                     what: str) -> tuple[Statement, ...] | None:
     parts = _split(text)
+    if not parts and what == "migration" and ("--" in text or "/*" in text):
+        # comments only: a step that is empty for SQLite (a numbering shared with other
+        # engines) is a valid no-op that moves user_version — if its comments are closed
+        if not sqlite3.complete_statement(text.rstrip() + "\n;"):
+            at = text.rfind("/*")
+            problems.append(Problem(str(path), _line_at(text, at), _col_at(text, at),
+                                    "incomplete SQL: the file ends inside a /* comment",
+                                    "close it with */"))
+            return None
+        return ()
     if not parts:
         problems.append(Problem(str(path), 1, 1, f"{what} is empty",
-                                "write at least one SQL statement" if what == "migration" else
+                                "write at least one SQL statement, or a comment saying why "
+                                "this step does nothing (`-- nothing to do: …`), which makes "
+                                "it a no-op that only moves user_version"
+                                if what == "migration" else
                                 "write a SELECT that returns no rows when the tenant is "
                                 "healthy"))
         return None

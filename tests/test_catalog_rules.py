@@ -243,3 +243,38 @@ def test_migrating_a_file_whose_version_changed_to_an_unknown_one_since_planning
     assert conn.execute("SELECT type, name FROM sqlite_master").fetchall() == [
         ("table", "appdata")]
     assert conn.execute("PRAGMA user_version").fetchone() == (-1,)
+
+
+# --------------------------------------------------------------------------- item 6
+
+NO_OP_SQL = "-- nothing to do: INTEGER is already 64-bit\n/* kept for the numbering */\n"
+NO_OP_PY = "def migrate(conn):\n    pass  # nothing to do on SQLite\n"
+
+
+def test_comment_only_and_do_nothing_steps_are_no_ops_that_move_user_version(
+        tmp_path: Path) -> None:
+    """A ``.sql`` step holding only comments and a ``.py`` step whose ``migrate`` does
+    nothing load, pass the dry run, and only move ``user_version``."""
+    catalog = migrations.load(make(tmp_path, {"0001_a.sql": OK, "0002_widen.sql": NO_OP_SQL,
+                                              "0003_noop.py": NO_OP_PY,
+                                              "0004_b.sql": "INSERT INTO t VALUES (4);\n"}))
+    assert [m.version for m in catalog.no_ops] == [2]
+    assert catalog.migrations[1].statements == ()
+    assert migrations.dry_run(catalog) == []
+    conn = run_all(catalog, tmp_path / "t.db")
+    assert conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall() == [
+        ("table", "t", "CREATE TABLE t (a)")]
+    assert conn.execute("SELECT a FROM t").fetchall() == [(4,)]
+    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+
+
+@pytest.mark.parametrize("text, where, says", [
+    ("", (1, 1), "migration is empty"),
+    ("\n   \n", (1, 1), "migration is empty"),
+    ("-- fine\n/* never closed\n", (2, 1), "ends inside a /* comment"),
+])
+def test_a_blank_step_or_one_ending_inside_a_comment_is_still_refused(
+        tmp_path: Path, text: str, where: tuple[int, int], says: str) -> None:
+    found = problems_of(tmp_path, {"0001_a.sql": text})
+    assert located(found) == [("0001_a.sql", *where)]
+    assert says in found[0].message

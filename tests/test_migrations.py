@@ -132,7 +132,7 @@ CASES: list[tuple[str, dict[str, str | bytes | None], list[tuple[str, int | None
      "move it out"),
     ("empty", {"0001_a.sql": ""}, [("0001_a.sql", 1, 1)], "migration is empty",
      "at least one SQL statement"),
-    ("comments-only", {"0001_a.sql": "-- TODO\n/* later */\n"}, [("0001_a.sql", 1, 1)],
+    ("blank", {"0001_a.sql": "\n  \n\t\n"}, [("0001_a.sql", 1, 1)],
      "migration is empty", "at least one"),
     ("commit-after-comment", {"0001_a.sql": "CREATE TABLE t (a);\n-- done\nCOMMIT;\n"},
      [("0001_a.sql", 3, 1)], "`COMMIT;` manages the transaction itself", "BEGIN IMMEDIATE"),

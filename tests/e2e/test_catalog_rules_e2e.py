@@ -152,3 +152,99 @@ def test_restore_of_a_copy_at_an_unknown_version_says_the_true_reason(
     assert dump(archived) == archived_before == {**at_v1(version), "sqlite_master": [
         ("table", n, n, f"CREATE TABLE {n} (x)") for n in "abc"],
         "rows": {"a": [], "b": [], "c": []}}
+
+
+def test_comment_only_step_is_a_no_op_for_fresh_and_existing_tenants(fleet: Fleet) -> None:
+    """validate notes the comment-only step and exits 0; a tenant created 0→4 in one
+    pass and one migrated 1→4 later end with the same schema and rows, at v4."""
+    shutil.rmtree(fleet.migrations)
+    fleet.write_migration("0001_a.sql", "CREATE TABLE a (x INTEGER);\nINSERT INTO a VALUES (1);\n")
+    fleet.write_migration("0002_widen.sql", "-- nothing to do: INTEGER is already 64-bit\n")
+    fleet.write_migration("0003_noop.py", "def migrate(conn):\n    pass\n")
+    fleet.write_migration("0004_b.sql", "CREATE TABLE b (y);\n")
+    fleet.declare({"fresh": {"region": "eu"}, "older": {"region": "eu", "schema": 1}})
+
+    validate = fleet.run("validate")
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    assert (f"note: {fleet.migrations / '0002_widen.sql'}: holds only comments — a no-op "
+            "step that moves user_version to 2") in validate.stdout
+    assert fleet.run("apply").returncode == 0
+    fleet.declare({"fresh": {"region": "eu"}, "older": {"region": "eu"}})
+    run = fleet.run("apply")
+    assert run.returncode == 0, run.stdout + run.stderr
+    want = {"user_version": 4, "sqlite_master": [
+        ("table", "a", "a", "CREATE TABLE a (x INTEGER)"), ("table", "b", "b",
+                                                             "CREATE TABLE b (y)")],
+        "rows": {"a": [(1,)], "b": []}}
+    assert dump(fleet.path("fresh", "eu")) == want
+    assert dump(fleet.path("older", "eu")) == want
+    assert fleet.registry("SELECT version, name FROM migrations ORDER BY version") == [
+        (1, "a"), (2, "widen"), (3, "noop"), (4, "b")]
+
+
+SEED = '''import csv, os
+
+def migrate(conn):
+    f = open(os.path.join(os.path.dirname(__file__), "countries.csv"), newline="")
+    rows = list(csv.reader(f))
+    f.close()
+    cur = conn.cursor()
+    cur.executemany("INSERT INTO countries VALUES (?, ?)", rows)
+    cur.close()
+'''
+
+
+def test_python_step_closing_its_own_file_and_cursor_runs_for_fresh_and_existing_tenants(
+        fleet: Fleet) -> None:
+    """``f.close()`` and ``cur.close()`` are accepted by validate, and the step runs on a
+    tenant created in one pass and on one that was at v1."""
+    shutil.rmtree(fleet.migrations)
+    fleet.write_migration("0001_init.sql",
+                          "CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT);\n")
+    fleet.write_migration("countries.csv", "fr,France\nde,Germany\n")
+    fleet.declare({"older": {"region": "eu"}})
+    assert fleet.run("apply").returncode == 0
+    fleet.write_migration("0002_seed_countries.py", SEED)
+    fleet.declare({"older": {"region": "eu"}, "fresh": {"region": "us"}})
+    validate = fleet.run("validate")
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    run = fleet.run("apply")
+    assert run.returncode == 0, run.stdout + run.stderr
+    want = {"user_version": 2, "sqlite_master": [
+        ("index", "sqlite_autoindex_countries_1", "countries", None),
+        ("table", "countries", "countries",
+         "CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT)")],
+        "rows": {"countries": [("fr", "France"), ("de", "Germany")]}}
+    assert dump(fleet.path("older", "eu")) == want
+    assert dump(fleet.path("fresh", "us")) == want
+
+
+@pytest.mark.parametrize("name, source, where, says", [
+    ("0004_close.py", "def migrate(conn):\n    db = conn\n    db.close()\n", ":3:5",
+     "`db.close()` closes the reconciler's connection: `db` is the reconciler's connection "
+     "(bound to the connection at line 2)"),
+    ("0004_leave.py", "import os\n\ndef migrate(conn):\n    os._exit(0)\n", ":4:5",
+     "`os._exit(0)` ends the reconciler's process at once"),
+    ("0004_stop.py", "import sys\n\ndef migrate(conn):\n    sys.exit()\n", ":4:5",
+     "`sys.exit()` raises SystemExit"),
+    ("0004_raise.py", "def migrate(conn):\n    raise SystemExit\n", ":2:5",
+     "`raise SystemExit` raises SystemExit"),
+])
+def test_python_step_acting_on_the_connection_or_ending_the_process_is_refused_everywhere(
+        fleet: Fleet, name: str, source: str, where: str, says: str) -> None:
+    """validate, plan and apply all exit 1 naming file:line:col; no tenant — neither
+    one created fresh nor one already at v3 — is touched."""
+    fleet.declare({"aaron": {"region": "eu"}})
+    assert fleet.run("apply").returncode == 0
+    before = dump(fleet.path("aaron", "eu"))
+    fleet.write_migration(name, source)
+    fleet.declare({"aaron": {"region": "eu"}, "newbie": {"region": "us"}})
+    for args in (("validate",), ("--dry-run",), ("apply",)):
+        run = fleet.run(*args)
+        out = run.stdout + run.stderr
+        assert run.returncode == 1, (args, out)
+        assert f"{fleet.migrations / name}{where}: {says}" in out, out
+        assert "Traceback" not in out
+    assert dump(fleet.path("aaron", "eu")) == before
+    assert before["user_version"] == 3
+    assert not fleet.path("newbie", "us").exists()
