@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Fleet
+from tests.test_catalog_rules import CLOSES_ITS_OWN
 
 SMALL = {"0001_a.sql": "CREATE TABLE a (x);\n", "0002_b.sql": "CREATE TABLE b (x);\n",
          "0003_c.sql": "CREATE TABLE c (x);\n"}
@@ -182,16 +183,6 @@ def test_comment_only_step_is_a_no_op_for_fresh_and_existing_tenants(fleet: Flee
         (1, "a"), (2, "widen"), (3, "noop"), (4, "b")]
 
 
-SEED = '''import csv, os
-
-def migrate(conn):
-    f = open(os.path.join(os.path.dirname(__file__), "countries.csv"), newline="")
-    rows = list(csv.reader(f))
-    f.close()
-    cur = conn.cursor()
-    cur.executemany("INSERT INTO countries VALUES (?, ?)", rows)
-    cur.close()
-'''
 
 
 def test_python_step_closing_its_own_file_and_cursor_runs_for_fresh_and_existing_tenants(
@@ -204,7 +195,7 @@ def test_python_step_closing_its_own_file_and_cursor_runs_for_fresh_and_existing
     fleet.write_migration("countries.csv", "fr,France\nde,Germany\n")
     fleet.declare({"older": {"region": "eu"}})
     assert fleet.run("apply").returncode == 0
-    fleet.write_migration("0002_seed_countries.py", SEED)
+    fleet.write_migration("0002_seed_countries.py", CLOSES_ITS_OWN)
     fleet.declare({"older": {"region": "eu"}, "fresh": {"region": "us"}})
     validate = fleet.run("validate")
     assert validate.returncode == 0, validate.stdout + validate.stderr
