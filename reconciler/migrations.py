@@ -2,8 +2,9 @@
 
 Why: a tenant's ``PRAGMA user_version`` is only meaningful if version *n* means the same
 schema on every file, forever. So the catalog insists on ``0001..N`` with no gaps or
-duplicates, fingerprints every file (SHA-256 of its bytes, recorded in the registry when
-first applied) and refuses to run when an applied migration has since been edited.
+duplicates, fingerprints every file (SHA-256 of its text, blind to line endings and a
+BOM — see ``checksum`` — recorded in the registry when first applied) and refuses to run
+when an applied migration has since been edited.
 
 Running: each migration executes inside the caller's ``BEGIN IMMEDIATE`` transaction
 together with ``PRAGMA user_version = n``. SQL files are split into statements here
@@ -23,9 +24,9 @@ after an existing version and only reads. Loading raises only ``InvalidInput``.
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 import inspect
+import os
 import re
 import sqlite3
 import stat
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from reconciler import pyrules
+from reconciler import checksum, pyrules
 from reconciler.errors import InvalidInput, Problem
 
 NAME = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.(sql|py)$")
@@ -64,6 +65,8 @@ class Migration:
     sha256: str
     statements: tuple[Statement, ...] = ()
     function: MigrateFn | None = None
+    # recorded checksums that also mean this file as it is (``checksum.accepted``)
+    accepts: frozenset[str] = frozenset()
 
     @property
     def filename(self) -> str:
@@ -439,7 +442,9 @@ def _read(path: Path, problems: list[Problem]) -> tuple[bytes, str] | None:
                                 "contains a NUL character", "remove it — a NUL byte usually "
                                 "means a binary or corrupted file"))
         return None
-    return data, text.removeprefix(_BOM)
+    # the text that runs is the canonical one the checksum covers (``checksum``): a
+    # CRLF checkout or a BOM never changes what reaches a tenant
+    return data, text.removeprefix(_BOM).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _load_one(path: Path, version: int, name: str, kind: str,
@@ -448,14 +453,15 @@ def _load_one(path: Path, version: int, name: str, kind: str,
     if read is None:
         return None
     data, text = read
-    digest = hashlib.sha256(data).hexdigest()
+    digest, accepts = checksum.of(data), checksum.accepted(data)
     if kind == "py":
         fn = _load_function(path, text, version, problems)
-        return None if fn is None else Migration(version, name, path, "py", digest, (), fn)
+        return None if fn is None else Migration(version, name, path, "py", digest, (), fn,
+                                                     accepts)
     statements = _sql_statements(path, text, problems, what="migration")
     if statements is None:
         return None
-    return Migration(version, name, path, "sql", digest, statements)
+    return Migration(version, name, path, "sql", digest, statements, accepts=accepts)
 
 
 def _sql_statements(path: Path, text: str, problems: list[Problem],
@@ -655,15 +661,25 @@ def verify_recorded(catalog: Catalog, recorded: Mapping[int, tuple[str, str]],
                                     "but its file is gone",
                                     "restore the file from version control; never remove an "
                                     "applied migration"))
-        elif m.sha256 != sha:
+        elif m.sha256 != sha and sha not in m.accepts:
+            where = _as_typed(m.path)
             problems.append(Problem(str(m.path), None, None,
                                     f"edited after it was applied: {have} version {version} "
                                     f"(recorded sha256 {sha[:12]}…, file now "
-                                    f"{m.sha256[:12]}…); no tenant was touched",
-                                    "restore the file exactly as it was applied (e.g. `git "
-                                    f"checkout <commit> -- {m.path.name}`) and put the change "
-                                    f"in a new migration {catalog.latest + 1:04d}_<slug>"))
+                                    f"{m.sha256[:12]}…; line endings and a byte-order mark "
+                                    "do not count); no tenant was touched",
+                                    "restore the file exactly as it was applied (`git log -- "
+                                    f"{where}` lists its commits; then `git checkout <commit> "
+                                    f"-- {where}`) and put the change in a new migration "
+                                    f"{catalog.latest + 1:04d}_<slug>"))
     return problems
+
+
+def _as_typed(path: Path) -> str:
+    """``path`` as a user would type it here: relative to the working directory when it
+    is below it (``migrations/0002_x.sql``), else absolute."""
+    rel = os.path.relpath(path)
+    return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
 
 
 def dry_run(catalog: Catalog) -> list[Problem]:

@@ -7,6 +7,7 @@ Every catalog is a real directory in tmp_path; every run uses a real SQLite file
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -278,3 +279,40 @@ def test_a_blank_step_or_one_ending_inside_a_comment_is_still_refused(
     found = problems_of(tmp_path, {"0001_a.sql": text})
     assert located(found) == [("0001_a.sql", *where)]
     assert says in found[0].message
+
+
+# --------------------------------------------------------------------------- item 8
+
+LF = b"CREATE TABLE t (\n  a TEXT\n);\nINSERT INTO t VALUES ('x');\n"
+
+
+@pytest.mark.parametrize("variant", [
+    LF, LF.replace(b"\n", b"\r\n"), LF.replace(b"\n", b"\r"), b"\xef\xbb\xbf" + LF,
+    b"\xef\xbb\xbf" + LF.replace(b"\n", b"\r\n"),
+])
+def test_checksum_and_the_text_that_runs_ignore_line_endings_and_a_bom(
+        tmp_path: Path, variant: bytes) -> None:
+    """Every rendering of the same migration has the LF file's checksum (the raw SHA-256
+    an older release recorded for an LF file), and runs the same statements, so the
+    schema text stored in sqlite_master is the same too."""
+    catalog = migrations.load(make(tmp_path, {"0001_a.sql": variant}))
+    m = catalog.migrations[0]
+    assert m.sha256 == hashlib.sha256(LF).hexdigest()
+    assert [s.sql for s in m.statements] == ["CREATE TABLE t (\n  a TEXT\n);",
+                                             "INSERT INTO t VALUES ('x');"]
+    assert hashlib.sha256(variant).hexdigest() in m.accepts
+
+
+def test_recorded_checksums_of_any_rendering_are_accepted_and_edits_are_not(
+        tmp_path: Path) -> None:
+    """A registry written by an older release (raw bytes of an LF, CRLF or BOM file)
+    verifies against the file in any rendering; a changed statement does not."""
+    catalog = migrations.load(make(tmp_path, {"0001_a.sql": LF.replace(b"\n", b"\r\n")}))
+    for recorded in (LF, LF.replace(b"\n", b"\r\n"), b"\xef\xbb\xbf" + LF):
+        sha = hashlib.sha256(recorded).hexdigest()
+        assert migrations.verify_recorded(catalog, {1: ("a", sha)}, lambda v: 1) == []
+    edited = hashlib.sha256(LF.replace(b"'x'", b"'y'")).hexdigest()
+    [problem] = migrations.verify_recorded(catalog, {1: ("a", edited)}, lambda v: 1)
+    assert "edited after it was applied: 1 tenant has version 1" in problem.message
+    assert "line endings and a byte-order mark do not count" in problem.message
+    assert "git checkout <commit> -- " in problem.hint

@@ -6,8 +6,10 @@ file afterwards: every ``sqlite_master`` row, every row of every table, and
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +241,110 @@ def test_python_step_acting_on_the_connection_or_ending_the_process_is_refused_e
     assert dump(fleet.path("aaron", "eu")) == before
     assert before["user_version"] == 3
     assert not fleet.path("newbie", "us").exists()
+
+
+# --------------------------------------------------------------------------- item 8
+
+MULTILINE = ("0001_a.sql", "CREATE TABLE a (\n  x INTEGER,\n  y TEXT\n);\n"
+             "INSERT INTO a VALUES (1, 'one');\n")
+SECOND = ("0002_b.sql", "-- second step\nCREATE VIEW b AS\n  SELECT x\n  FROM a;\n")
+
+
+def git(root: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+           "HOME": str(root), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(["git", *args], cwd=root, env=env, text=True, capture_output=True,
+                          check=True)
+    return done.stdout
+
+
+def lf_fleet_in_git(fleet: Fleet) -> dict[str, Any]:
+    """A fleet whose migrations (LF) are committed to git and applied to aaron."""
+    shutil.rmtree(fleet.migrations)
+    for name, text in (MULTILINE, SECOND):
+        fleet.write_migration(name, text)
+    fleet.declare({"aaron": {"region": "eu"}})
+    git(fleet.root, "init", "-q")
+    git(fleet.root, "config", "core.autocrlf", "false")
+    (fleet.root / ".gitignore").write_text("data/\n")
+    git(fleet.root, "add", ".")
+    git(fleet.root, "commit", "-qm", "fleet")
+    first = fleet.run("apply")
+    assert first.returncode == 0, first.stdout + first.stderr
+    return dump(fleet.path("aaron", "eu"))
+
+
+def test_crlf_or_bom_checkout_of_applied_migrations_is_not_an_edit(fleet: Fleet) -> None:
+    """Three routes to the same migrations with other bytes — a checkout under
+    core.autocrlf=true (CRLF), a BOM added by an editor, and a registry written by an
+    older release (raw-bytes checksums of a CRLF checkout) — all pass validate and apply;
+    a tenant created from them has exactly the schema text and rows of one created from
+    the LF files."""
+    aaron = lf_fleet_in_git(fleet)
+    assert aaron["sqlite_master"] == [
+        ("table", "a", "a", "CREATE TABLE a (\n  x INTEGER,\n  y TEXT\n)"),
+        ("view", "b", "b", "CREATE VIEW b AS\n  SELECT x\n  FROM a")]
+    assert aaron["rows"] == {"a": [(1, "one")]} and aaron["user_version"] == 2
+
+    # route 1: the same commit checked out with CRLF line endings
+    git(fleet.root, "config", "core.autocrlf", "true")
+    shutil.rmtree(fleet.migrations)
+    git(fleet.root, "checkout", "--", "migrations")
+    crlf = (fleet.migrations / "0001_a.sql").read_bytes()
+    assert b"\r\n" in crlf
+    fleet.declare({"aaron": {"region": "eu"}, "bob": {"region": "us"}})
+    for args in (("validate",), ("apply",)):
+        run = fleet.run(*args)
+        assert run.returncode == 0, (args, run.stdout + run.stderr)
+    assert dump(fleet.path("bob", "us")) == aaron == dump(fleet.path("aaron", "eu"))
+
+    # route 2: a byte-order mark in front of an applied migration
+    (fleet.migrations / "0002_b.sql").write_bytes(
+        b"\xef\xbb\xbf" + (fleet.migrations / "0002_b.sql").read_bytes())
+    fleet.declare({"aaron": {"region": "eu"}, "bob": {"region": "us"},
+                   "carol": {"region": "eu"}})
+    run = fleet.run("apply")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert dump(fleet.path("carol", "eu")) == aaron
+
+    # route 3: the registry holds raw-bytes checksums of the CRLF files (an older
+    # release applied them from this checkout); the files are LF again
+    conn = sqlite3.connect(fleet.central)
+    conn.execute("UPDATE migrations SET sha256 = ? WHERE version = 1",
+                 (hashlib.sha256(crlf).hexdigest(),))
+    conn.commit()
+    conn.close()
+    git(fleet.root, "config", "core.autocrlf", "false")
+    shutil.rmtree(fleet.migrations)
+    git(fleet.root, "checkout", "--", "migrations")
+    assert b"\r" not in (fleet.migrations / "0001_a.sql").read_bytes()
+    for args in (("validate",), ("--dry-run",), ("apply",)):
+        run = fleet.run(*args)
+        assert run.returncode == 0, (args, run.stdout + run.stderr)
+    for name, region in (("aaron", "eu"), ("bob", "us"), ("carol", "eu")):
+        assert dump(fleet.path(name, region)) == aaron
+
+
+def test_a_real_edit_is_refused_and_the_hint_restores_it_under_autocrlf(fleet: Fleet) -> None:
+    """An applied migration really edited (in an LF and in a CRLF checkout) is refused
+    naming the path from the project folder; the printed `git checkout <commit> -- …`,
+    run as printed under core.autocrlf=true, brings it back and the fleet runs again."""
+    aaron = lf_fleet_in_git(fleet)
+    commit = git(fleet.root, "rev-parse", "HEAD").strip()
+    git(fleet.root, "config", "core.autocrlf", "true")
+    for edit in (b"INSERT INTO a VALUES (2, 'two');\n", b"INSERT INTO a VALUES (2, 'two');\r\n"):
+        path = fleet.migrations / "0001_a.sql"
+        path.write_bytes(path.read_bytes() + edit)
+        run = fleet.run("apply")
+        out = run.stdout + run.stderr
+        assert run.returncode == 1, out
+        assert "0001_a.sql: edited after it was applied: 1 tenant has version 1" in out
+        assert "`git log -- migrations/0001_a.sql` lists its commits" in out
+        hint = "git checkout <commit> -- migrations/0001_a.sql"
+        assert f"`{hint}`" in out
+        git(fleet.root, *hint.replace("<commit>", commit).split()[1:])
+        assert b"\r\n" in path.read_bytes()  # autocrlf brought CRLF back: still accepted
+        run = fleet.run("apply")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert dump(fleet.path("aaron", "eu")) == aaron
