@@ -679,7 +679,8 @@ def _as_typed(path: Path) -> str:
     """``path`` as a user would type it here: relative to the working directory when it
     is below it (``migrations/0002_x.sql``), else absolute."""
     rel = os.path.relpath(path)
-    return path.as_posix() if rel.startswith("..") else Path(rel).as_posix()
+    below = not rel.startswith("..") and os.getcwd() != "/"  # a service's cwd is often /
+    return Path(rel).as_posix() if below else path.as_posix()
 
 
 def dry_run(catalog: Catalog) -> list[Problem]:
