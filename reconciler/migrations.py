@@ -28,6 +28,7 @@ import importlib.util
 import inspect
 import os
 import re
+import shlex
 import sqlite3
 import stat
 from collections.abc import Callable, Mapping
@@ -662,25 +663,30 @@ def verify_recorded(catalog: Catalog, recorded: Mapping[int, tuple[str, str]],
                                     "restore the file from version control; never remove an "
                                     "applied migration"))
         elif m.sha256 != sha and sha not in m.accepts:
-            where = _as_typed(m.path)
+            git, where = _git_for(m.path)
             problems.append(Problem(str(m.path), None, None,
                                     f"edited after it was applied: {have} version {version} "
                                     f"(recorded sha256 {sha[:12]}…, file now "
                                     f"{m.sha256[:12]}…; line endings and a byte-order mark "
                                     "do not count); no tenant was touched",
-                                    "restore the file exactly as it was applied (`git log -- "
-                                    f"{where}` lists its commits; then `git checkout <commit> "
+                                    f"restore the file exactly as it was applied (`{git} log -- "
+                                    f"{where}` lists its commits; then `{git} checkout <commit> "
                                     f"-- {where}`) and put the change in a new migration "
                                     f"{catalog.latest + 1:04d}_<slug>"))
     return problems
 
 
-def _as_typed(path: Path) -> str:
-    """``path`` as a user would type it here: relative to the working directory when it
-    is below it (``migrations/0002_x.sql``), else absolute."""
-    rel = os.path.relpath(path)
-    below = not rel.startswith("..") and os.getcwd() != "/"  # a service's cwd is often /
-    return Path(rel).as_posix() if below else path.as_posix()
+def _git_for(path: Path) -> tuple[str, str]:
+    """(git command, pathspec) that name ``path`` from here: plain ``git`` and the path
+    relative to the working directory when that is inside the file's repository (the
+    nearest folder above it holding ``.git``), e.g. ``migrations/0002_x.sql``; else
+    ``git -C <its folder>`` and its name — a pathspec must lie in the repository the
+    command runs in."""
+    here = Path.cwd()
+    repo = next((d for d in path.parents if (d / ".git").exists()), None)
+    if repo is not None and here.is_relative_to(repo):
+        return "git", shlex.quote(Path(os.path.relpath(path, here)).as_posix())
+    return f"git -C {shlex.quote(str(path.parent))}", shlex.quote(path.name)
 
 
 def dry_run(catalog: Catalog) -> list[Problem]:

@@ -315,4 +315,6 @@ def test_recorded_checksums_of_any_rendering_are_accepted_and_edits_are_not(
     [problem] = migrations.verify_recorded(catalog, {1: ("a", edited)}, lambda v: 1)
     assert "edited after it was applied: 1 tenant has version 1" in problem.message
     assert "line endings and a byte-order mark do not count" in problem.message
-    assert "git checkout <commit> -- " in problem.hint
+    # not in a git repository that holds the working directory: named with git -C
+    assert (f"`git -C {tmp_path / 'migrations'} checkout <commit> -- 0001_a.sql`"
+            in problem.hint)

@@ -7,6 +7,7 @@ file afterwards: every ``sqlite_master`` row, every row of every table, and
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Fleet
+from tests.conftest import RECONCILE, Fleet
 from tests.test_catalog_rules import CLOSES_ITS_OWN
 
 SMALL = {"0001_a.sql": "CREATE TABLE a (x);\n", "0002_b.sql": "CREATE TABLE b (x);\n",
@@ -348,3 +349,25 @@ def test_a_real_edit_is_refused_and_the_hint_restores_it_under_autocrlf(fleet: F
         run = fleet.run("apply")
         assert run.returncode == 0, run.stdout + run.stderr
         assert dump(fleet.path("aaron", "eu")) == aaron
+
+
+def test_the_edit_hint_works_as_printed_from_outside_the_repository(fleet: Fleet) -> None:
+    """Run from another folder (``-c path/to/tenants.yaml``), the hint names the
+    migrations folder with ``git -C`` so that the printed command, run where it was
+    printed, restores the file."""
+    aaron = lf_fleet_in_git(fleet)
+    commit = git(fleet.root, "rev-parse", "HEAD").strip()
+    path = fleet.migrations / "0002_b.sql"
+    path.write_text(path.read_text().replace("SELECT x", "SELECT x, y"))
+    outside = fleet.root.parent
+    cmd = [RECONCILE, "-c", str(fleet.config), "apply"]
+    run = subprocess.run(cmd, cwd=outside, text=True, capture_output=True)
+    assert run.returncode == 1, run.stdout + run.stderr
+    printed = re.search(r"then `(git -C \S+ checkout <commit> -- 0002_b\.sql)`", run.stderr)
+    assert printed is not None, run.stderr
+    assert f"git -C {fleet.migrations} checkout" in printed.group(1)
+    subprocess.run(printed.group(1).replace("<commit>", commit), shell=True, cwd=outside,
+                   check=True, env={"PATH": "/usr/bin:/bin", "HOME": str(outside)})
+    run = subprocess.run(cmd, cwd=outside, text=True, capture_output=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert dump(fleet.path("aaron", "eu")) == aaron
