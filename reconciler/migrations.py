@@ -565,6 +565,7 @@ def _python_transaction_problems(path: Path, tree: ast.Module) -> list[Problem]:
     (found statically, before any tenant: at run time they would already have committed
     half a migration). The connection and process-ending rules live in ``pyrules``."""
     out: list[Problem] = []
+    foreign = pyrules.foreign_calls(tree)  # e.g. a scratch database of its own
     for node in ast.walk(tree):
         if isinstance(node, ast.AsyncFunctionDef) and node.name == "migrate":
             out.append(Problem(str(path), node.lineno, node.col_offset + 1,
@@ -572,8 +573,9 @@ def _python_transaction_problems(path: Path, tree: ast.Module) -> list[Problem]:
                                "write `def migrate(conn):`"))
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
-        if node.func.attr in ("execute", "executemany") and node.args and isinstance(
-                node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        if (node.func.attr in ("execute", "executemany") and node not in foreign
+                and node.args and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
             rejected = _rejected(node.args[0].value)
             if rejected is not None:
                 why, hint = rejected

@@ -93,12 +93,22 @@ class _Origin:
 
 def _connection_problems(path: Path, tree: ast.Module) -> list[Problem]:
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    holding = _holding(functions)
+    out: list[Problem] = []
+    for fname, seeds in holding.items():
+        out.extend(_uses(path, functions[fname], seeds))
+    return out
+
+
+def _holding(functions: dict[str, ast.FunctionDef]) -> dict[str, dict[str, _Origin]]:
+    """Function name → its parameters that hold the reconciler's connection: ``migrate``'s
+    first, then those of module-level functions it is passed to (to a fixed point)."""
     migrate = functions.get("migrate")
     if migrate is None:
-        return []
+        return {}
     params = _params(migrate)
     if not params:
-        return []
+        return {}
     # function name -> {parameter: origin}, grown to a fixed point over helper calls
     holding: dict[str, dict[str, _Origin]] = {
         "migrate": {params[0]: _Origin(params[0], "migrate's parameter")}}
@@ -124,10 +134,7 @@ def _connection_problems(path: Path, tree: ast.Module) -> list[Problem]:
                                 param, f"{callee.name}()'s parameter, passed the connection "
                                 f"at line {call.lineno}")
                             changed = True
-    out: list[Problem] = []
-    for fname, seeds in holding.items():
-        out.extend(_uses(path, functions[fname], seeds))
-    return out
+    return holding
 
 
 def _params(fn: ast.FunctionDef) -> list[str]:
@@ -223,6 +230,36 @@ def _uses(path: Path, fn: ast.FunctionDef, seeds: dict[str, _Origin]) -> list[Pr
                     add(t, f"{ast.unparse(t)} = …", "changes how the reconciler's "
                         "connection handles its open transaction", _describe(t.value, conns))
     return out
+
+
+def foreign_calls(tree: ast.Module) -> set[ast.Call]:
+    """Method calls whose receiver is a local name bound only to something other than
+    the reconciler's connection or a cursor of it (``scratch = sqlite3.connect(…)``,
+    ``f = open(…)``): SQL they run does not reach the tenant's transaction. Any other
+    receiver (the connection, its cursors, names not bound in the function) is not in
+    the set, so its SQL is checked."""
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    holding = _holding(functions)
+    out: set[ast.Call] = set()
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        conns, cursors = _bound_names(fn, holding.get(fn.name, {}))
+        bound = {t.id for node in ast.walk(fn) for t in _targets(node)
+                 if isinstance(t, ast.Name)}
+        others = bound - set(conns) - set(cursors) - set(_params(fn))
+        out.update(node for node in ast.walk(fn)
+                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                   and isinstance(node.func.value, ast.Name) and node.func.value.id in others)
+    return out
+
+
+def _targets(node: ast.AST) -> list[ast.expr]:
+    if isinstance(node, ast.Assign):
+        return list(node.targets)
+    if isinstance(node, (ast.AnnAssign, ast.NamedExpr, ast.For)):
+        return [node.target]
+    if isinstance(node, (ast.With, ast.AsyncWith)):
+        return [i.optional_vars for i in node.items if i.optional_vars is not None]
+    return []
 
 
 # --------------------------------------------------------------------------- exits

@@ -318,3 +318,18 @@ def test_recorded_checksums_of_any_rendering_are_accepted_and_edits_are_not(
     # not in a git repository that holds the working directory: named with git -C
     assert (f"`git -C {tmp_path / 'migrations'} checkout <commit> -- 0001_a.sql`"
             in problem.hint)
+
+
+def test_transaction_sql_is_refused_on_the_connection_and_its_cursors_only(
+        tmp_path: Path) -> None:
+    """``COMMIT`` run through the reconciler's connection or a cursor of it is refused
+    at its line; run on a scratch database of the migration's own it is fine."""
+    found = problems_of(tmp_path, {"0001_a.py": (
+        "import sqlite3\n\ndef migrate(conn):\n"
+        "    scratch = sqlite3.connect(':memory:')\n"
+        "    scratch.execute('BEGIN')\n    scratch.execute('COMMIT')\n"
+        "    cur = conn.cursor()\n    cur.execute('COMMIT')\n"
+        "    conn.execute('ROLLBACK')\n")})
+    assert located(found) == [("0001_a.py", 8, 5), ("0001_a.py", 9, 5)]
+    assert [p.message for p in found] == ["statement `COMMIT` manages the transaction itself",
+                                          "statement `ROLLBACK` manages the transaction itself"]
