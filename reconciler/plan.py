@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import Desired, TenantSpec
-from reconciler.migrations import Catalog, unknown_version, unknown_version_hint
+from reconciler.migrations import Catalog
 from reconciler.state import FileStates, JournalRow, Observed, Snapshot, TenantRow
+from reconciler.versions import unknown_version, unknown_version_hint
 
 
 class Kind(StrEnum):

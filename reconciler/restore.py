@@ -28,8 +28,8 @@ from reconciler import relocate, tenantdb
 from reconciler.context import OK, Context, Logger, Outcome, Timer, record
 from reconciler.engine import Inputs, locked_registry
 from reconciler.errors import PermanentError
-from reconciler.migrations import unknown_version, unknown_version_hint
 from reconciler.registry import Registry
+from reconciler.versions import unknown_version, unknown_version_hint
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from reconciler.context import crash_point
 from reconciler.errors import RetryableError, is_busy
-from reconciler.migrations import Catalog, MigrationError, unknown_version
+from reconciler.migrations import Catalog, MigrationError
+from reconciler.versions import unknown_version
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600

@@ -19,6 +19,7 @@ from reconciler import status as status_mod
 from reconciler.errors import Problem
 from reconciler.plan import plan
 from reconciler.state import JournalRow
+from reconciler.versions import UnknownVersion
 from tests import test_plan as plan_tests
 from tests.test_migrations import OK, make, problems_of
 from tests.test_plan import DATA
@@ -175,9 +176,9 @@ def test_catalog_steps_refuse_a_version_they_do_not_know(version: int) -> None:
     """``steps`` never slices with an unknown version (``migrations[-1:3]`` would be
     the last step alone)."""
     cat = plan_tests.catalog(3)
-    with pytest.raises(migrations.UnknownVersion, match=f"schema version {version} "):
+    with pytest.raises(UnknownVersion, match=f"schema version {version} "):
         cat.steps(version, 3)
-    with pytest.raises(migrations.UnknownVersion):
+    with pytest.raises(UnknownVersion):
         cat.steps(0, version)
     assert [m.version for m in cat.steps(1, 3)] == [2, 3]
     assert not cat.knows(version) and cat.knows(0) and cat.knows(3)
