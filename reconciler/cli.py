@@ -211,6 +211,9 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
     _out(f"{inputs.config}: ok — {len(d.tenants)} tenants in {len(d.regions)} regions; "
          f"{inputs.catalog.latest} migrations (latest v{inputs.catalog.latest}), "
          f"{len(inputs.catalog.checks)} health checks")
+    for m in inputs.catalog.no_ops:
+        _out(f"note: {m.path}: holds only comments — a no-op step that moves user_version "
+             f"to {m.version}")
     return EXIT_OK
 
 

@@ -2,8 +2,9 @@
 
 Why: a tenant's ``PRAGMA user_version`` is only meaningful if version *n* means the same
 schema on every file, forever. So the catalog insists on ``0001..N`` with no gaps or
-duplicates, fingerprints every file (SHA-256 of its bytes, recorded in the registry when
-first applied) and refuses to run when an applied migration has since been edited.
+duplicates, fingerprints every file (SHA-256 of its text, blind to line endings and a
+BOM — see ``checksum`` — recorded in the registry when first applied) and refuses to run
+when an applied migration has since been edited.
 
 Running: each migration executes inside the caller's ``BEGIN IMMEDIATE`` transaction
 together with ``PRAGMA user_version = n``. SQL files are split into statements here
@@ -14,7 +15,8 @@ that cannot work inside a transaction — are rejected at load time, as are SQL 
 errors, so a broken catalog stops the run before any tenant is touched.
 
 Invariants of a loaded ``Catalog``: migrations are exactly versions 1..latest in order;
-every SQL migration has at least one statement and none of the rejected ones; every
+every SQL migration has at least one statement or only (closed) comments — a no-op
+step that moves ``user_version`` — and none of the rejected statements; every
 Python migration defines ``migrate(conn)`` taking one argument; every check is named
 after an existing version and only reads. Loading raises only ``InvalidInput``.
 """
@@ -22,10 +24,11 @@ after an existing version and only reads. Loading raises only ``InvalidInput``.
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 import inspect
+import os
 import re
+import shlex
 import sqlite3
 import stat
 from collections.abc import Callable, Mapping
@@ -33,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from reconciler import checksum, pyrules
 from reconciler.errors import InvalidInput, Problem
+from reconciler.versions import UnknownVersion
 
 NAME = re.compile(r"^(\d{4})_([a-z0-9][a-z0-9_]*)\.(sql|py)$")
 # Something that was meant to be a migration, but is misnamed (checked case-insensitively).
@@ -62,6 +67,8 @@ class Migration:
     sha256: str
     statements: tuple[Statement, ...] = ()
     function: MigrateFn | None = None
+    # recorded checksums that also mean this file as it is (``checksum.accepted``)
+    accepts: frozenset[str] = frozenset()
 
     @property
     def filename(self) -> str:
@@ -113,9 +120,24 @@ class Catalog:
     def latest(self) -> int:
         return len(self.migrations)
 
+    def knows(self, version: int) -> bool:
+        """Whether ``version`` is one this catalog produces (0 is the empty database)."""
+        return 0 <= version <= len(self.migrations)
+
     def steps(self, current: int, target: int) -> tuple[Migration, ...]:
-        """Migrations taking a file from ``current`` to ``target`` (empty if none)."""
+        """Migrations taking a file from ``current`` to ``target`` (empty if none).
+
+        Raises ``UnknownVersion`` when either is outside 0…latest: a version the catalog
+        does not know never indexes it (``migrations[-1:]`` would be the last step)."""
+        for version in (current, target):
+            if not self.knows(version):
+                raise UnknownVersion(version, self.latest)
         return self.migrations[current:target]
+
+    @property
+    def no_ops(self) -> tuple[Migration, ...]:
+        """SQL migrations holding only comments: each only moves ``user_version``."""
+        return tuple(m for m in self.migrations if m.kind == "sql" and not m.statements)
 
     def checks_up_to(self, version: int) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.version <= version)
@@ -393,7 +415,9 @@ def _read(path: Path, problems: list[Problem]) -> tuple[bytes, str] | None:
                                 "contains a NUL character", "remove it — a NUL byte usually "
                                 "means a binary or corrupted file"))
         return None
-    return data, text.removeprefix(_BOM)
+    # the text that runs is the canonical one the checksum covers (``checksum``): a
+    # CRLF checkout or a BOM never changes what reaches a tenant
+    return data, text.removeprefix(_BOM).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _load_one(path: Path, version: int, name: str, kind: str,
@@ -402,22 +426,36 @@ def _load_one(path: Path, version: int, name: str, kind: str,
     if read is None:
         return None
     data, text = read
-    digest = hashlib.sha256(data).hexdigest()
+    digest, accepts = checksum.of(data), checksum.accepted(data)
     if kind == "py":
         fn = _load_function(path, text, version, problems)
-        return None if fn is None else Migration(version, name, path, "py", digest, (), fn)
+        return None if fn is None else Migration(version, name, path, "py", digest, (), fn,
+                                                     accepts)
     statements = _sql_statements(path, text, problems, what="migration")
     if statements is None:
         return None
-    return Migration(version, name, path, "sql", digest, statements)
+    return Migration(version, name, path, "sql", digest, statements, accepts=accepts)
 
 
 def _sql_statements(path: Path, text: str, problems: list[Problem],
                     what: str) -> tuple[Statement, ...] | None:
     parts = _split(text)
+    if not parts and what == "migration" and ("--" in text or "/*" in text):
+        # comments only: a step that is empty for SQLite (a numbering shared with other
+        # engines) is a valid no-op that moves user_version — if its comments are closed
+        if not sqlite3.complete_statement(text.rstrip() + "\n;"):
+            at = text.rfind("/*")
+            problems.append(Problem(str(path), _line_at(text, at), _col_at(text, at),
+                                    "incomplete SQL: the file ends inside a /* comment",
+                                    "close it with */"))
+            return None
+        return ()
     if not parts:
         problems.append(Problem(str(path), 1, 1, f"{what} is empty",
-                                "write at least one SQL statement" if what == "migration" else
+                                "write at least one SQL statement, or a comment saying why "
+                                "this step does nothing (`-- nothing to do: …`), which makes "
+                                "it a no-op that only moves user_version"
+                                if what == "migration" else
                                 "write a SELECT that returns no rows when the tenant is "
                                 "healthy"))
         return None
@@ -494,18 +532,12 @@ def _load_function(path: Path, text: str, version: int,
     return fn  # type: ignore[no-any-return]
 
 
-_TXN_METHODS = {
-    "commit": "commits the reconciler's transaction half-way through the migration",
-    "rollback": "ends the reconciler's transaction",
-    "executescript": "COMMITs the reconciler's transaction before running the script",
-    "close": "closes the reconciler's connection",
-}
-
-
-def _python_transaction_problems(path: Path, tree: ast.AST) -> list[Problem]:
-    """Calls that would break "one migration, one transaction" (found statically, before
-    any tenant: at run time they would already have committed half a migration)."""
+def _python_transaction_problems(path: Path, tree: ast.Module) -> list[Problem]:
+    """Calls that would break "one migration, one transaction" or end the reconciler
+    (found statically, before any tenant: at run time they would already have committed
+    half a migration). The connection and process-ending rules live in ``pyrules``."""
     out: list[Problem] = []
+    foreign = pyrules.foreign_calls(tree)  # e.g. a scratch database of its own
     for node in ast.walk(tree):
         if isinstance(node, ast.AsyncFunctionDef) and node.name == "migrate":
             out.append(Problem(str(path), node.lineno, node.col_offset + 1,
@@ -513,21 +545,16 @@ def _python_transaction_problems(path: Path, tree: ast.AST) -> list[Problem]:
                                "write `def migrate(conn):`"))
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
             continue
-        method = node.func.attr
-        if method in _TXN_METHODS:
-            out.append(Problem(str(path), node.lineno, node.col_offset + 1,
-                               f"`.{method}()` {_TXN_METHODS[method]}",
-                               "remove it: the reconciler wraps migrate(conn) in BEGIN "
-                               "IMMEDIATE … COMMIT; run statements with conn.execute"))
-        elif method in ("execute", "executemany") and node.args and isinstance(
-                node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+        if (node.func.attr in ("execute", "executemany") and node not in foreign
+                and node.args and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
             rejected = _rejected(node.args[0].value)
             if rejected is not None:
                 why, hint = rejected
                 out.append(Problem(str(path), node.lineno, node.col_offset + 1,
                                    f"statement `{_first_words(node.args[0].value)}` {why}",
                                    hint))
-    return out
+    return out + pyrules.problems(path, tree)
 
 
 def _raised_at(exc: BaseException, path: Path) -> int | None:
@@ -612,15 +639,31 @@ def verify_recorded(catalog: Catalog, recorded: Mapping[int, tuple[str, str]],
                                     "but its file is gone",
                                     "restore the file from version control; never remove an "
                                     "applied migration"))
-        elif m.sha256 != sha:
+        elif m.sha256 != sha and sha not in m.accepts:
+            git, where = _git_for(m.path)
             problems.append(Problem(str(m.path), None, None,
                                     f"edited after it was applied: {have} version {version} "
                                     f"(recorded sha256 {sha[:12]}…, file now "
-                                    f"{m.sha256[:12]}…); no tenant was touched",
-                                    "restore the file exactly as it was applied (e.g. `git "
-                                    f"checkout <commit> -- {m.path.name}`) and put the change "
-                                    f"in a new migration {catalog.latest + 1:04d}_<slug>"))
+                                    f"{m.sha256[:12]}…; line endings and a byte-order mark "
+                                    "do not count); no tenant was touched",
+                                    f"restore the file exactly as it was applied (`{git} log -- "
+                                    f"{where}` lists its commits; then `{git} checkout <commit> "
+                                    f"-- {where}`) and put the change in a new migration "
+                                    f"{catalog.latest + 1:04d}_<slug>"))
     return problems
+
+
+def _git_for(path: Path) -> tuple[str, str]:
+    """(git command, pathspec) that name ``path`` from here: plain ``git`` and the path
+    relative to the working directory when that is inside the file's repository (the
+    nearest folder above it holding ``.git``), e.g. ``migrations/0002_x.sql``; else
+    ``git -C <its folder>`` and its name — a pathspec must lie in the repository the
+    command runs in."""
+    here = Path.cwd()
+    repo = next((d for d in path.parents if (d / ".git").exists()), None)
+    if repo is not None and here.is_relative_to(repo):
+        return "git", shlex.quote(Path(os.path.relpath(path, here)).as_posix())
+    return f"git -C {shlex.quote(str(path.parent))}", shlex.quote(path.name)
 
 
 def dry_run(catalog: Catalog, isolated: bool = False) -> list[Problem]:

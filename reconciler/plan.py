@@ -28,6 +28,7 @@ from typing import Any
 from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
 from reconciler.state import FileStates, JournalRow, Observed, Snapshot, TenantRow
+from reconciler.versions import unknown_version, unknown_version_hint
 
 
 class Kind(StrEnum):
@@ -241,7 +242,8 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
     region_problem = observed.regions[region].problem if region in observed.regions else None
     journal = observed.registry.journal.get(name)
     if journal is not None:  # a killed run's unfinished operation comes first
-        return _resume(journal, row, observed, want, target, retry_failed, base)
+        return _resume(journal, row, observed, want, target, retry_failed, base,
+                       catalog.latest)
 
     if spec.suspended:
         if row is None:
@@ -253,7 +255,7 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
         archives = observed.archives.get(name, ())
         here = observed.file(want)
         if archives:  # never start empty when a copy of the tenant's data exists
-            return _restore(archives[-1], observed, target, row, retry_failed, base)
+            return _restore(archives[-1], observed, catalog, target, row, retry_failed, base)
         if region_problem:
             return [_a(base, Kind.INVALID, detail=region_problem)]
         if here.exists:
@@ -261,6 +263,9 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
                 return [_a(base, Kind.INVALID, detail=f"{want} {here.error} — not adopted; move "
                                "it away or replace it with the tenant's database")]
             v = here.user_version
+            assert v is not None
+            if not catalog.knows(v):
+                return _unknown(base, want, v, catalog.latest)
             adopt = _a(base, Kind.ADOPT, from_version=v, to_version=v, status="active",
                        detail="file exists without a registry row — registered as is")
             return _then_migrate(adopt, here.user_version, target, None, retry_failed, base,
@@ -289,6 +294,9 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
     out: list[Action] = []
     version = found.user_version
     assert version is not None
+    if not catalog.knows(version):  # no correction, relocation or migration of it
+        return _unknown(base, current, version, catalog.latest, source=current,
+                        from_version=version)
     target_reached = version >= target
     if (row.status == "failed" and row.failed_key == key and target_reached
             and not retry_failed):
@@ -325,7 +333,8 @@ _RESUMABLE = {"relocate": Kind.RELOCATE, "archive": Kind.ARCHIVE, "restore": Kin
 
 
 def _resume(journal: JournalRow, row: TenantRow | None, observed: Observed, want: Path | None,
-            target: int, retry_failed: bool, base: Action) -> list[Action]:
+            target: int, retry_failed: bool, base: Action, latest: int | None = None
+            ) -> list[Action]:
     """Finish (or roll back) what a killed run journaled; the action module decides which
     from the journal phase and the files. ``want`` is None for an undeclared tenant."""
     kind = _RESUMABLE.get(journal.action)
@@ -345,24 +354,41 @@ def _resume(journal: JournalRow, row: TenantRow | None, observed: Observed, want
                 detail=f"resume interrupted {journal.action} (phase {journal.phase})")
     if want is None or (kind is Kind.RESTORE and journal.dest != str(want)):
         return [resume]
+    if version is not None and latest is not None and not 0 <= version <= latest:
+        # the interrupted operation is finished (it only moves the file); the file is
+        # then reported, never migrated
+        return [resume, *_unknown(base, want, version, latest)]
     # the file ends up at ``want`` (a resumed relocation whose destination changed
     # meanwhile goes on there; a tenant declared again while it was being archived is
     # restored right after): what its version needs follows in this pass
     return _then_migrate(resume, version, target, row, retry_failed, base, observed.now)
 
 
-def _restore(archive: Path, observed: Observed, target: int, row: TenantRow | None,
-             retry_failed: bool, base: Action) -> list[Action]:
+def _restore(archive: Path, observed: Observed, catalog: Catalog, target: int,
+             row: TenantRow | None, retry_failed: bool, base: Action) -> list[Action]:
     copy = observed.file(archive)
     if not copy.usable:
         return [_a(base, Kind.INVALID, source=archive, detail=f"newest archive {archive} "
                        f"{copy.error or 'is unreadable'} — not restored, nothing created; "
                        f"use `reconcile restore {base.tenant} --from FILE`")]
+    assert copy.user_version is not None
+    if not catalog.knows(copy.user_version):
+        return _unknown(base, archive, copy.user_version, catalog.latest, source=archive,
+                        note="not restored, nothing created")
     restore = _a(base, Kind.RESTORE, source=archive, from_version=copy.user_version,
                      to_version=copy.user_version, status="active",
                      detail=f"from {archive.name}")
     return _then_migrate(restore, copy.user_version, target, row, retry_failed, base,
                          observed.now)
+
+
+def _unknown(base: Action, path: Path, version: int, latest: int, note: str = "",
+             **changes: Any) -> list[Action]:
+    """The report for a file at a version outside 0…latest: it never indexes the
+    catalog, and nothing is done to the file or its registry row."""
+    hint = unknown_version_hint(version, latest)
+    return [_a(base, Kind.INVALID, detail=f"{path} {unknown_version(version, latest)} — "
+                   f"{note or 'left untouched'}; {hint}", **changes)]
 
 
 def _then_migrate(first: Action | None, version: int | None, target: int, row: TenantRow | None,

@@ -29,6 +29,7 @@ from reconciler.context import OK, Context, Logger, Outcome, Timer, record
 from reconciler.engine import Inputs, locked_registry
 from reconciler.errors import PermanentError
 from reconciler.registry import Registry
+from reconciler.versions import unknown_version, unknown_version_hint
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,8 @@ def stage_copy(source: Path, temp: Path, latest: int, busy_timeout: float) -> in
         if bad is not None:
             raise PermanentError(f"{source} failed integrity_check: {bad} — not restored")
         if not 0 <= version <= latest:
-            raise PermanentError(f"{source} is at schema version {version}, but the "
-                                 f"migrations end at v{latest} — it belongs to a newer "
-                                 "schema; not restored")
+            raise PermanentError(f"{source} {unknown_version(version, latest)} — not "
+                                 f"restored; {unknown_version_hint(version, latest)}")
         tenantdb.fsync_file(temp)
     except BaseException:
         tenantdb.remove_quietly(temp)

@@ -32,6 +32,7 @@ from reconciler import steprun
 from reconciler.context import crash_point
 from reconciler.errors import RetryableError, is_busy
 from reconciler.migrations import Catalog, MigrationError
+from reconciler.versions import unknown_version
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -122,6 +123,9 @@ def _step(conn: steprun.StepConnection, catalog: Catalog, target: int
     """One committed step: (version read, version committed), or (version, None) when
     the file needs none. Raises ``_StepFailed`` (rolled back) or ``RetryableError``."""
     current = _begin(conn)
+    if not catalog.knows(current):  # changed since it was planned: never index
+        conn.execute("ROLLBACK")
+        raise _StepFailed(current, f"the file {unknown_version(current, catalog.latest)}")
     try:
         if current >= target or current >= catalog.latest:
             conn.execute("COMMIT")
@@ -151,6 +155,10 @@ def _migrate_at_once(conn: steprun.StepConnection, catalog: Catalog, target: int
                      ) -> MigrateResult:
     """All pending steps in one transaction, the connection state reset between them."""
     start = current = _begin(conn)
+    if not catalog.knows(current):  # changed since it was planned: never index
+        conn.execute("ROLLBACK")
+        return MigrateResult(start, start, (),
+                             f"the file {unknown_version(current, catalog.latest)}")
     try:
         steps = catalog.steps(current, min(target, catalog.latest))
         for step in steps:

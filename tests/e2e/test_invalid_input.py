@@ -177,7 +177,7 @@ CASES = [
          "0002_other.sql", "duplicate migration number 0002"),
     Case("migration-bad-name", migration("4_add_tags.sql", "CREATE TABLE tags (a);\n"),
          "4_add_tags.sql", "not NNNN_slug.sql"),
-    Case("migration-empty", migration("0004_nothing.sql", "-- to do\n"),
+    Case("migration-empty", migration("0004_nothing.sql", "\n\n"),
          "0004_nothing.sql:1:1", "migration is empty"),
     Case("migration-commits", migration("0004_tags.sql", "CREATE TABLE tags (a);\nCOMMIT;\n"),
          "0004_tags.sql:2:1", "manages the transaction itself"),
