@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, progress, render, routing
+from reconciler import engine, log, progress, render, routecheck, routing
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
@@ -167,8 +167,7 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
     the_plan, observed = engine.preview(inputs)
     rows = status_mod.rows(inputs.desired, observed, the_plan, inputs.catalog)
-    with Registry.reading(inputs.desired.settings.central) as reg:
-        last = reg.last_run() if reg is not None else None
+    last = Registry.read(inputs.desired.settings.central, Registry.last_run, None)
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
@@ -192,12 +191,12 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
 def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
     problems = migrations_mod.dry_run(inputs.catalog)
-    with Registry.reading(inputs.desired.settings.central) as reg:
-        if reg is not None:
-            try:
-                engine.verify_catalog(inputs, reg.snapshot())
-            except InvalidInput as exc:
-                problems.extend(exc.problems)
+    snapshot = Registry.read(inputs.desired.settings.central, Registry.snapshot, None)
+    if snapshot is not None:
+        try:
+            engine.verify_catalog(inputs, snapshot)
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
     if problems:
         raise InvalidInput(problems)
     d = inputs.desired
@@ -209,8 +208,9 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
 
 def cmd_history(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
-    with Registry.reading(inputs.desired.settings.central) as reg:
-        events = reg.events(args.tenant, args.limit) if reg is not None else []
+    no_events: list[dict[str, Any]] = []
+    events = Registry.read(inputs.desired.settings.central,
+                           lambda reg: reg.events(args.tenant, args.limit), no_events)
     if args.json:
         _out(render.dumps(events))
         return EXIT_OK
@@ -242,27 +242,21 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
 
 
 def cmd_route(args: argparse.Namespace, logger: Any) -> int:
-    central = args.central or engine.load(engine.config_path(args.config)).desired.settings.central
+    central = (Path(args.central) if args.central
+               else engine.load(engine.config_path(args.config)).desired.settings.central)
     try:
-        with routing.Router(central) as router:
-            tenant = router.resolve(args.host)
-            reason = tenant.unavailable_reason()  # the schema: judged on the file itself
-            if reason is None:  # prove the file opens, exactly as an application would
-                try:
-                    router.connect(args.host, args.min_schema).close()
-                except routing.TenantUnavailable as exc:
-                    reason = exc.reason
+        found = routecheck.inspect(central, args.host, args.min_schema)
     except routing.RoutingError as exc:
         _err(f"error: {exc}")
         return EXIT_ERROR
-    host = routing.normalize_host(args.host)
+    tenant, reason = found.tenant, found.reason
     if args.json:
-        _out(render.dumps({"host": host, "tenant": tenant.name, "file": str(tenant.path),
+        _out(render.dumps({"host": found.host, "tenant": tenant.name, "file": str(tenant.path),
                            "region": tenant.region, "schema_version": tenant.schema_version,
                            "status": tenant.status, "available": reason is None,
                            "reason": reason}))
     else:
-        _out([f"host     {host}", f"tenant   {tenant.name}", f"file     {tenant.path}",
+        _out([f"host     {found.host}", f"tenant   {tenant.name}", f"file     {tenant.path}",
               f"region   {tenant.region}", f"version  v{tenant.schema_version}",
               f"status   {tenant.status}"])
     if reason is not None:

@@ -118,8 +118,8 @@ def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
 def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]:
     """Plan without changing anything on disk."""
     with collector_paused():
-        with Registry.reading(inputs.desired.settings.central) as reg:
-            snapshot = reg.snapshot() if reg is not None else Snapshot.empty()
+        snapshot = Registry.read(inputs.desired.settings.central, Registry.snapshot,
+                                 Snapshot.empty())
         return _plan_from(inputs, snapshot, retry_failed)
 
 
