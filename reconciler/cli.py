@@ -242,7 +242,7 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
 
 
 def cmd_route(args: argparse.Namespace, logger: Any) -> int:
-    central = (Path(args.central) if args.central
+    central = (Path(args.central).absolute() if args.central
                else engine.load(engine.config_path(args.config)).desired.settings.central)
     try:
         found = routecheck.inspect(central, args.host, args.min_schema)

@@ -198,7 +198,7 @@ class Registry:
                                      "tenant-reconciler")
             return fn(cls(path, conn, readonly=True))
         try:
-            return readonly.read(path, run)
+            return readonly.read(path.absolute(), run)
         except FileNotFoundError as exc:
             if exc.filename is not None and Path(exc.filename) != path:
                 raise
