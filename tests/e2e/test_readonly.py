@@ -22,14 +22,16 @@ import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import Fleet
 from tests.e2e.conftest import OtherUser, listing, readable_by_all
 
-TENANTS = {"aaron": {"region": "eu"}, "acme": {"region": "us", "domains": ["acme.example.com"]},
-           "globex": {"region": "eu", "schema": 2}}
+TENANTS: dict[str, dict[str, Any]] = {
+    "aaron": {"region": "eu"}, "acme": {"region": "us", "domains": ["acme.example.com"]},
+    "globex": {"region": "eu", "schema": 2}}
 
 # (arguments, exit code, a fragment of stdout)
 READS = [
