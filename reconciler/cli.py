@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, progress, render, routecheck, routing
+from reconciler import engine, log, options, progress, render, routecheck, routing
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
@@ -34,7 +34,7 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
                    help="default: console on a terminal, JSON lines otherwise",
                    **({"default": None} | d))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                   **({"default": "info"} | d))
+                   help="default: info", **({"default": None} | d))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,7 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or ("plan" if args.dry_run else "apply")
     if command == "apply" and getattr(args, "dry_run", False):
         command = "plan"
-    logger = log.configure(args.log_format, args.log_level)
+    refused = options.refusal(command, args)  # no option is accepted and then ignored
+    if refused is not None:
+        for line in refused.splitlines():
+            _err(f"error: {line}")
+        return EXIT_ERROR
+    logger = log.configure(args.log_format, args.log_level or "info")
     handler = COMMANDS[command]
     try:
         code: int = handler(args, logger)
