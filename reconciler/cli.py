@@ -9,12 +9,14 @@ after a second one.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, options, progress, render, routecheck, routing
+from reconciler import engine, log, options, ownership, progress, render, routecheck, routing
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
@@ -127,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except OSError as exc:  # last resort: no traceback for any operating-system error
+        _err(f"error: {ownership.explain(exc)}")
+        return EXIT_ERROR
+    except sqlite3.Error as exc:
+        _err(f"error: SQLite: {exc}")
+        return EXIT_ERROR
 
 
 def _err(text: str) -> None:
@@ -273,6 +281,10 @@ def cmd_route(args: argparse.Namespace, logger: Any) -> int:
 def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
     from reconciler import daemon  # watchfiles is only needed by the long-running command
 
+    # refuse a wrong user at once, not at every pass (an invalid file: the daemon says so)
+    with contextlib.suppress(InvalidInput):
+        ownership.require_owner(engine.load(engine.config_path(args.config)
+                                            ).desired.settings.central)
     return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from reconciler import desired as desired_mod
 from reconciler import migrations as migrations_mod
+from reconciler import ownership
 from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
@@ -127,6 +128,7 @@ def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]
 def locked_registry(inputs: Inputs, log: Logger, wait: bool) -> Iterator[Registry]:
     """The registry, opened for writing under the fleet lock (one writer per fleet)."""
     settings = inputs.desired.settings
+    ownership.require_owner(settings.central)  # files it creates must be the fleet's owner's
     lock = FleetLock(settings.central)
     lock.acquire(wait, on_wait=lambda holder: log.warning(
         "waiting for lock", holder=holder, lock=str(lock.path)))

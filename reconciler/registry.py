@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from reconciler import readonly
+from reconciler import ownership, readonly
 from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.state import STATUSES as STATUSES
 from reconciler.state import JournalRow as JournalRow
@@ -164,6 +164,12 @@ class Registry:
             reg = cls(path, conn, readonly=False)
             reg._upgrade()
         except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise PermanentError(
+                    f"cannot open the registry {path} for writing ({exc}): a command that "
+                    f"changes the fleet needs write access to it and to its folder (SQLite "
+                    f"creates {path.name}-wal and -shm there); the "
+                    f"{ownership.describe(path.parent)}") from exc
             raise _classify(exc, f"opening registry {path}") from exc
         return reg
 
