@@ -16,12 +16,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, options, ownership, progress, render, routecheck, routing
+from reconciler import (
+    central_path,
+    engine,
+    log,
+    observe,
+    options,
+    ownership,
+    progress,
+    render,
+    routecheck,
+    routing,
+)
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
-from reconciler.errors import InvalidInput, ReconcileError
-from reconciler.registry import Registry
+from reconciler.errors import InvalidInput, Problem, ReconcileError
+from reconciler.registry import Registry, Snapshot
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_PROBLEMS = 0, 1, 2, 3
 
@@ -176,8 +187,53 @@ def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
 
 
+def _looking(args: argparse.Namespace
+             ) -> tuple[engine.Inputs | None, Path, tuple[Problem, ...]]:
+    """For status, history and route: the inputs, or — when tenants.yaml is invalid —
+    None, after warning with every problem (also returned), and the registry it names
+    anyway."""
+    config = engine.config_path(args.config)
+    try:
+        inputs = engine.load(config)
+    except InvalidInput as exc:
+        n = len(exc.problems)
+        _err(f"warning: {config} is invalid ({n} problem{'s' if n != 1 else ''}) — showing "
+             "what the registry holds; nothing was changed:")
+        for problem in exc.problems:
+            _err(f"  {problem}")
+        return None, central_path.locate(config), exc.problems
+    return inputs, inputs.desired.settings.central, ()
+
+
+def _status_from_registry(args: argparse.Namespace, central: Path,
+                          problems: tuple[Problem, ...]) -> int:
+    """``status`` while tenants.yaml is invalid: the registry and the files, compared
+    with nothing; exit 1 (the fleet cannot be said to be in sync with a broken file)."""
+    snapshot = Registry.read(central, Registry.snapshot, Snapshot.empty())
+    files = observe.read_user_versions(Path(r.path) for r in snapshot.tenants.values()
+                                       if r.status != "archived")
+    rows = status_mod.registry_rows(snapshot, files)
+    last = Registry.read(central, Registry.last_run, None)
+    if args.json:
+        _out(render.dumps({"in_sync": None, "desired_state": "invalid",
+                           "problems": [str(p) for p in problems], "last_run": last,
+                           "tenants": [r.__dict__ for r in rows]}))
+        return EXIT_ERROR
+    _out(render.table(("TENANT", "REGION", "VERSION", "STATUS"),
+                      ((r.tenant, r.region, "-" if r.version is None else f"v{r.version}",
+                        r.status) for r in rows)))
+    _out(f"last pass: {last['summary']} (finished {last['finished_at']})" if last
+         else "last pass: none recorded")
+    _out(f"desired state: {engine.config_path(args.config)} is invalid — not compared "
+         "(the problems are above, on stderr)")
+    return EXIT_ERROR
+
+
 def cmd_status(args: argparse.Namespace, logger: Any) -> int:
-    inputs = engine.load(engine.config_path(args.config))
+    loaded, central, problems = _looking(args)
+    if loaded is None:
+        return _status_from_registry(args, central, problems)
+    inputs = loaded
     the_plan, observed = engine.preview(inputs)
     rows = status_mod.rows(inputs.desired, observed, the_plan, inputs.catalog)
     last = Registry.read(inputs.desired.settings.central, Registry.last_run, None)
@@ -220,10 +276,10 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
 
 
 def cmd_history(args: argparse.Namespace, logger: Any) -> int:
-    inputs = engine.load(engine.config_path(args.config))
+    central = _looking(args)[1]
     no_events: list[dict[str, Any]] = []
-    events = Registry.read(inputs.desired.settings.central,
-                           lambda reg: reg.events(args.tenant, args.limit), no_events)
+    events = Registry.read(central, lambda reg: reg.events(args.tenant, args.limit),
+                           no_events)
     if args.json:
         _out(render.dumps(events))
         return EXIT_OK
@@ -255,8 +311,7 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
 
 
 def cmd_route(args: argparse.Namespace, logger: Any) -> int:
-    central = (Path(args.central).absolute() if args.central
-               else engine.load(engine.config_path(args.config)).desired.settings.central)
+    central = Path(args.central).absolute() if args.central else _looking(args)[1]
     try:
         found = routecheck.inspect(central, args.host, args.min_schema)
     except routing.RoutingError as exc:

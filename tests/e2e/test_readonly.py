@@ -237,3 +237,48 @@ def test_a_registry_held_open_with_private_wal_is_refused_with_what_to_grant(
     assert "central.db-wal and central.db-shm" in result.stderr
     assert "read access" in result.stderr
     assert listing(held_registry.root) == before
+
+
+# tenants.yaml broken three ways; the registry (at a non-default path, named by the
+# broken file itself) still answers status, history and route
+BROKEN = {
+    "syntax": ("tenants: {aaron: [\n", "tenants.yaml:"),
+    "unknown region": ("tenants:\n  aaron: {region: mars}\n", "mars"),
+    "wrong type": ("settings:\n  schema: [1]\n", "settings.schema"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BROKEN))
+def test_status_history_and_route_read_the_registry_while_tenants_yaml_is_invalid(
+        open_dir: Path, other_user: OtherUser, breakage: str) -> None:
+    fleet = Fleet(open_dir / "fleet")
+    fleet.root.mkdir()
+    fleet.use_shipped_migrations()
+    fleet.declare(TENANTS, central="registry/central.db")
+    assert fleet.run().returncode == 0
+    text, says = BROKEN[breakage]
+    if breakage == "syntax":
+        fleet.config.write_text(fleet.config.read_text() + text)
+    else:
+        fleet.config.write_text(fleet.config.read_text().replace(
+            "tenants:\n" if "tenants" in text else "settings:\n", text, 1))
+    readable_by_all(fleet.root)
+    before = listing(fleet.root)
+    for run in (fleet.run, lambda *a: other_user.run(fleet, *a)):
+        status = run("status")
+        assert status.returncode == 1, status.stderr
+        assert "is invalid" in status.stderr and says in status.stderr
+        assert "aaron" in status.stdout and "acme" in status.stdout
+        assert "not compared" in status.stdout
+        shown = json.loads(run("status", "--json").stdout)
+        assert shown["in_sync"] is None and shown["problems"]
+        assert {t["tenant"] for t in shown["tenants"]} == set(TENANTS)
+        history = run("history", "aaron")
+        assert history.returncode == 0 and "create" in history.stdout
+        assert says in history.stderr
+        route = run("route", "acme.example.com")
+        assert route.returncode == 0 and "tenant   acme" in route.stdout
+        assert says in route.stderr
+        for out in (status, history, route):
+            assert "Traceback" not in out.stderr
+    assert listing(fleet.root) == before
