@@ -210,8 +210,8 @@ def _status_from_registry(args: argparse.Namespace, central: Path,
     """``status`` while tenants.yaml is invalid: the registry and the files, compared
     with nothing; exit 1 (the fleet cannot be said to be in sync with a broken file)."""
     snapshot = Registry.read(central, Registry.snapshot, Snapshot.empty())
-    files = observe.read_user_versions(Path(r.path) for r in snapshot.tenants.values()
-                                       if r.status != "archived")
+    files = observe.read_user_versions((Path(r.path) for r in snapshot.tenants.values()
+                                        if r.status != "archived"), mode="ro")
     rows = status_mod.registry_rows(snapshot, files)
     last = Registry.read(central, Registry.last_run, None)
     if args.json:

@@ -108,10 +108,10 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
+def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool, mode: str = "rw"
                ) -> tuple[Plan, Observed]:
     verify_catalog(inputs, snapshot)
-    observed = observe(inputs.desired, snapshot)
+    observed = observe(inputs.desired, snapshot, mode=mode)
     return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
                 retry_failed=retry_failed), observed
 
@@ -121,7 +121,7 @@ def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]
     with collector_paused():
         snapshot = Registry.read(inputs.desired.settings.central, Registry.snapshot,
                                  Snapshot.empty())
-        return _plan_from(inputs, snapshot, retry_failed)
+        return _plan_from(inputs, snapshot, retry_failed, mode="ro")  # changes no byte
 
 
 @contextlib.contextmanager

@@ -14,9 +14,10 @@ https://www.sqlite.org/uri.html ``immutable``, https://www.sqlite.org/lockingv3.
 * A ``-wal`` (or ``-journal``) beside the file: a connection has the database open now,
   or one died. Committed transactions may be in the ``-wal`` only, and SQLite's
   wal-index protocol is the only correct way to read them, so the file is opened with
-  ``mode=ro``: SQLite uses the existing ``-shm`` (read-only, with its heap-memory
-  wal-index, when it may not write it; SQLite ≥ 3.22). Nothing new is created (but a
-  ``-shm`` beside a crashed writer's ``-wal`` when the folder is writable).
+  ``mode=ro&readonly_shm=1`` (``connect``): SQLite opens the existing ``-shm``
+  read-only and builds its wal-index in heap memory (SQLite ≥ 3.22), so not even the
+  ``-shm`` changes. Nothing is created (but a ``-shm`` beside a crashed writer's lone
+  ``-wal`` when the folder is writable).
 * No ``-wal``: the main file holds every committed transaction. It is read with
   ``immutable=1`` (SQLite then opens no ``-wal``/``-shm`` and takes no lock) while this
   process holds a POSIX *read* lock on SQLite's SHARED byte range of the file — what
@@ -78,6 +79,20 @@ def _connect(uri: str, timeout: float) -> sqlite3.Connection:
                            check_same_thread=False)
 
 
+def connect(uri: str, timeout: float) -> sqlite3.Connection:
+    """A read-only connection to an existing file (``uri`` without a query) that may
+    have a ``-wal``: ``readonly_shm=1`` makes SQLite open the ``-shm`` read-only and keep
+    its wal-index in heap memory, so not even the ``-shm`` changes (after a crash a
+    writable ``-shm`` would be rebuilt). Only without a ``-shm`` (a ``-wal`` alone) is it
+    opened as plain ``mode=ro``, which creates the ``-shm`` if the folder is writable."""
+    try:
+        conn = _connect(f"{uri}?mode=ro&readonly_shm=1", timeout)
+        conn.execute("PRAGMA schema_version")  # opening is lazy: make it open now
+        return conn
+    except sqlite3.OperationalError:
+        return _connect(f"{uri}?mode=ro", timeout)
+
+
 def _shared_lock(fd: int) -> bool:
     try:
         fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST)
@@ -125,7 +140,7 @@ def read(path: Path, fn: Callable[[sqlite3.Connection], T], *, timeout: float = 
 def _read_shared(path: Path, fn: Callable[[sqlite3.Connection], T], timeout: float) -> T:
     """Read while another connection has the database open: SQLite's own protocol."""
     try:
-        conn = _connect(f"{path.as_uri()}?mode=ro", timeout)
+        conn = connect(path.as_uri(), timeout)
         try:
             return fn(conn)
         finally:

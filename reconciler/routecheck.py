@@ -57,7 +57,7 @@ def _file_reason(tenant: routing.Tenant, min_schema: int | None, busy_timeout: f
                  ) -> str | None:
     if not tenant.path.is_absolute():
         return f"the registry holds a relative path ({tenant.path})"
-    state = observe.read_user_version(tenant.path, busy_timeout)
+    state = observe.read_user_version(tenant.path, busy_timeout, mode="ro")
     if not state.exists:
         return (f"its database file {tenant.path} cannot be opened: it is gone; the "
                 "reconciler will report it missing")

@@ -282,3 +282,29 @@ def test_status_history_and_route_read_the_registry_while_tenants_yaml_is_invali
         for out in (status, history, route):
             assert "Traceback" not in out.stderr
     assert listing(fleet.root) == before
+
+
+CRASHED_WRITER = textwrap.dedent("""
+    import os, signal, sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE IF NOT EXISTS crash_probe (x)")
+    conn.execute("INSERT INTO crash_probe VALUES (1)")
+    os.kill(os.getpid(), signal.SIGKILL)  # dies holding the commit in its -wal only
+""")
+
+
+@pytest.mark.parametrize("args", [("--dry-run",), ("status",), ("route", "aaron.yoursaas.com")])
+def test_reading_a_tenant_left_with_a_wal_by_a_killed_writer_changes_no_byte(
+        tmp_path: Path, args: tuple[str, ...]) -> None:
+    fleet = _converged(tmp_path)
+    tenant = fleet.path("aaron", "eu")
+    killed = subprocess.run([sys.executable, "-c", CRASHED_WRITER, str(tenant)])
+    assert killed.returncode == -9
+    assert Path(f"{tenant}-wal").stat().st_size > 0
+    before = listing(fleet.root)
+    result = fleet.run(*args)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert listing(fleet.root) == before  # the -wal was read, not checkpointed
