@@ -2,8 +2,12 @@
 
 Exit codes (DESIGN §8): apply 0 converged / 1 invalid or error / 3 failures or
 problems left; plan 0 nothing to do / 2 changes pending / 1 invalid; status 0 in
-sync / 2 drift; validate, history, route 0 / 1; daemon 0 after SIGTERM/SIGINT, 128+n
-after a second one.
+sync / 2 drift / 1 tenants.yaml invalid (the registry is still shown); validate,
+history, route 0 / 1 (history and route read the registry even while tenants.yaml is
+invalid, and warn); daemon 0 after SIGTERM/SIGINT, 128+n after a second one. Any
+command: 1 for a global option it does not act on (``options``), for an OS error (one
+line with the path and the access needed, never a traceback), and for a command that
+writes run by a user who does not own the fleet (``ownership``).
 """
 
 from __future__ import annotations
