@@ -201,9 +201,10 @@ def _from_header(path: Path, header: bytes) -> FileState:
 
 def _sqlite_user_version(uri: str, busy_timeout: float, mode: str = "rw") -> int:
     """``PRAGMA user_version`` of an existing file (``uri`` without a query; neither
-    mode creates one; "ro" changes no byte, ``-shm`` included: ``readonly.connect``)."""
-    conn = (readonly.connect(uri, busy_timeout) if mode == "ro" else
-            sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=busy_timeout))
+    mode creates one; "ro" changes no byte, ``-shm`` included: ``readonly.user_version``)."""
+    if mode == "ro":
+        return readonly.user_version(uri, busy_timeout)
+    conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=busy_timeout)
     try:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
     finally:

@@ -14,7 +14,7 @@ https://www.sqlite.org/uri.html ``immutable``, https://www.sqlite.org/lockingv3.
 * A ``-wal`` (or ``-journal``) beside the file: a connection has the database open now,
   or one died. Committed transactions may be in the ``-wal`` only, and SQLite's
   wal-index protocol is the only correct way to read them, so the file is opened with
-  ``mode=ro&readonly_shm=1`` (``connect``): SQLite opens the existing ``-shm``
+  ``mode=ro&readonly_shm=1`` (``_first``): SQLite opens the existing ``-shm``
   read-only and builds its wal-index in heap memory (SQLite ≥ 3.22), so not even the
   ``-shm`` changes. Nothing is created (but a ``-shm`` beside a crashed writer's lone
   ``-wal`` when the folder is writable).
@@ -79,18 +79,32 @@ def _connect(uri: str, timeout: float) -> sqlite3.Connection:
                            check_same_thread=False)
 
 
-def connect(uri: str, timeout: float) -> sqlite3.Connection:
-    """A read-only connection to an existing file (``uri`` without a query) that may
-    have a ``-wal``: ``readonly_shm=1`` makes SQLite open the ``-shm`` read-only and keep
-    its wal-index in heap memory, so not even the ``-shm`` changes (after a crash a
-    writable ``-shm`` would be rebuilt). Only without a ``-shm`` (a ``-wal`` alone) is it
-    opened as plain ``mode=ro``, which creates the ``-shm`` if the folder is writable."""
-    try:
-        conn = _connect(f"{uri}?mode=ro&readonly_shm=1", timeout)
-        conn.execute("PRAGMA schema_version")  # opening is lazy: make it open now
-        return conn
-    except sqlite3.OperationalError:
-        return _connect(f"{uri}?mode=ro", timeout)
+_UNTOUCHED = ("mode=ro&readonly_shm=1", "mode=ro")
+
+
+def _first(uri: str, timeout: float, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn`` on a read-only connection to an existing file (``uri`` without a query)
+    that may have a ``-wal``: ``readonly_shm=1`` makes SQLite open the ``-shm`` read-only
+    and keep its wal-index in heap memory, so not even the ``-shm`` changes (after a
+    crash a writable ``-shm`` would be rebuilt). Only without a ``-shm`` (a ``-wal``
+    alone) is it opened as plain ``mode=ro``, which creates the ``-shm`` if the folder
+    is writable. The connection is closed afterwards."""
+    for query in _UNTOUCHED:
+        conn = _connect(f"{uri}?{query}", timeout)
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError:
+            if query == _UNTOUCHED[-1]:
+                raise
+        finally:
+            conn.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def user_version(uri: str, timeout: float) -> int:
+    """``PRAGMA user_version`` of an existing file, changing no byte (see ``_first``)."""
+    return _first(uri, timeout,
+                  lambda conn: int(conn.execute("PRAGMA user_version").fetchone()[0]))
 
 
 def _shared_lock(fd: int) -> bool:
@@ -140,11 +154,7 @@ def read(path: Path, fn: Callable[[sqlite3.Connection], T], *, timeout: float = 
 def _read_shared(path: Path, fn: Callable[[sqlite3.Connection], T], timeout: float) -> T:
     """Read while another connection has the database open: SQLite's own protocol."""
     try:
-        conn = connect(path.as_uri(), timeout)
-        try:
-            return fn(conn)
-        finally:
-            conn.close()
+        return _first(path.as_uri(), timeout, fn)
     except sqlite3.OperationalError as exc:
         text = str(exc)
         if not in_use(path):
