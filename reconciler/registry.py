@@ -195,7 +195,11 @@ class Registry:
         ``missing`` when there is no registry file yet. Works with read access only and
         leaves no file and no byte behind (``readonly.read``: ``fn`` may run more than
         once and must only read). Raises ``PermanentError`` (unreadable, or newer than
-        this reconciler) or ``PermissionError`` (no read access to ``path``)."""
+        this reconciler) or ``PermissionError`` (no read access to ``path``).
+
+        Never call it while this process holds the registry open for writing (e.g. from
+        another thread during a pass): closing its descriptor would drop that
+        connection's POSIX locks (see ``readonly``); use the open ``Registry`` then."""
         def run(conn: sqlite3.Connection) -> T:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > VERSION:
