@@ -2,24 +2,42 @@
 
 Exit codes (DESIGN §8): apply 0 converged / 1 invalid or error / 3 failures or
 problems left; plan 0 nothing to do / 2 changes pending / 1 invalid; status 0 in
-sync / 2 drift; validate, history, route 0 / 1; daemon 0 after SIGTERM/SIGINT, 128+n
-after a second one.
+sync / 2 drift / 1 tenants.yaml invalid (the registry is still shown); validate,
+history, route 0 / 1 (history and route read the registry even while tenants.yaml is
+invalid, and warn); daemon 0 after SIGTERM/SIGINT, 128+n after a second one. Any
+command: 1 for a global option it does not act on (``options``), for an OS error (one
+line with the path and the access needed, never a traceback), and for a command that
+writes run by a user who does not own the fleet (``ownership``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, progress, render, routing, supervise
+from reconciler import (
+    central_path,
+    engine,
+    log,
+    observe,
+    options,
+    ownership,
+    progress,
+    render,
+    routecheck,
+    routing,
+    supervise,
+)
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
-from reconciler.errors import InvalidInput, ReconcileError
-from reconciler.registry import Registry
+from reconciler.errors import InvalidInput, Problem, ReconcileError
+from reconciler.registry import Registry, Snapshot
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_PROBLEMS = 0, 1, 2, 3
 
@@ -34,7 +52,7 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
                    help="default: console on a terminal, JSON lines otherwise",
                    **({"default": None} | d))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                   **({"default": "info"} | d))
+                   help="default: info", **({"default": None} | d))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,7 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or ("plan" if args.dry_run else "apply")
     if command == "apply" and getattr(args, "dry_run", False):
         command = "plan"
-    logger = log.configure(args.log_format, args.log_level)
+    refused = options.refusal(command, args)  # no option is accepted and then ignored
+    if refused is not None:
+        for line in refused.splitlines():
+            _err(f"error: {line}")
+        return EXIT_ERROR
+    logger = log.configure(args.log_format, args.log_level or "info")
     handler = COMMANDS[command]
     if command == "apply":  # migrations run in it: a child, so os._exit() cannot pass as ok
         return supervise.command(lambda: _handle(handler, args, logger))
@@ -129,6 +152,12 @@ def _handle(handler: Callable[[argparse.Namespace, Any], int], args: argparse.Na
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except OSError as exc:  # last resort: no traceback for any operating-system error
+        _err(f"error: {ownership.explain(exc)}")
+        return EXIT_ERROR
+    except sqlite3.Error as exc:
+        _err(f"error: SQLite: {exc}")
+        return EXIT_ERROR
 
 
 def _err(text: str) -> None:
@@ -170,12 +199,56 @@ def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
 
 
+def _looking(args: argparse.Namespace
+             ) -> tuple[engine.Inputs | None, Path, tuple[Problem, ...]]:
+    """For status, history and route: the inputs, or — when tenants.yaml is invalid —
+    None, after warning with every problem (also returned), and the registry it names
+    anyway."""
+    config = engine.config_path(args.config)
+    try:
+        inputs = engine.load(config)
+    except InvalidInput as exc:
+        n = len(exc.problems)
+        _err(f"warning: {config} is invalid ({n} problem{'s' if n != 1 else ''}) — showing "
+             "what the registry holds; nothing was changed:")
+        for problem in exc.problems:
+            _err(f"  {problem}")
+        return None, central_path.locate(config), exc.problems
+    return inputs, inputs.desired.settings.central, ()
+
+
+def _status_from_registry(args: argparse.Namespace, central: Path,
+                          problems: tuple[Problem, ...]) -> int:
+    """``status`` while tenants.yaml is invalid: the registry and the files, compared
+    with nothing; exit 1 (the fleet cannot be said to be in sync with a broken file)."""
+    snapshot = Registry.read(central, Registry.snapshot, Snapshot.empty())
+    files = observe.read_user_versions((Path(r.path) for r in snapshot.tenants.values()
+                                        if r.status != "archived"), mode="ro")
+    rows = status_mod.registry_rows(snapshot, files)
+    last = Registry.read(central, Registry.last_run, None)
+    if args.json:
+        _out(render.dumps({"in_sync": None, "desired_state": "invalid",
+                           "problems": [str(p) for p in problems], "last_run": last,
+                           "tenants": [r.__dict__ for r in rows]}))
+        return EXIT_ERROR
+    _out(render.table(("TENANT", "REGION", "VERSION", "STATUS"),
+                      ((r.tenant, r.region, "-" if r.version is None else f"v{r.version}",
+                        r.status) for r in rows)))
+    _out(f"last pass: {last['summary']} (finished {last['finished_at']})" if last
+         else "last pass: none recorded")
+    _out(f"desired state: {engine.config_path(args.config)} is invalid — not compared "
+         "(the problems are above, on stderr)")
+    return EXIT_ERROR
+
+
 def cmd_status(args: argparse.Namespace, logger: Any) -> int:
-    inputs = engine.load(engine.config_path(args.config))
+    loaded, central, problems = _looking(args)
+    if loaded is None:
+        return _status_from_registry(args, central, problems)
+    inputs = loaded
     the_plan, observed = engine.preview(inputs)
     rows = status_mod.rows(inputs.desired, observed, the_plan, inputs.catalog)
-    with Registry.reading(inputs.desired.settings.central) as reg:
-        last = reg.last_run() if reg is not None else None
+    last = Registry.read(inputs.desired.settings.central, Registry.last_run, None)
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
@@ -199,12 +272,12 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
 def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
     problems = migrations_mod.dry_run(inputs.catalog, isolated=True)  # in a child process
-    with Registry.reading(inputs.desired.settings.central) as reg:
-        if reg is not None:
-            try:
-                engine.verify_catalog(inputs, reg.snapshot())
-            except InvalidInput as exc:
-                problems.extend(exc.problems)
+    snapshot = Registry.read(inputs.desired.settings.central, Registry.snapshot, None)
+    if snapshot is not None:
+        try:
+            engine.verify_catalog(inputs, snapshot)
+        except InvalidInput as exc:
+            problems.extend(exc.problems)
     if problems:
         raise InvalidInput(problems)
     d = inputs.desired
@@ -218,9 +291,10 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
 
 
 def cmd_history(args: argparse.Namespace, logger: Any) -> int:
-    inputs = engine.load(engine.config_path(args.config))
-    with Registry.reading(inputs.desired.settings.central) as reg:
-        events = reg.events(args.tenant, args.limit) if reg is not None else []
+    central = _looking(args)[1]
+    no_events: list[dict[str, Any]] = []
+    events = Registry.read(central, lambda reg: reg.events(args.tenant, args.limit),
+                           no_events)
     if args.json:
         _out(render.dumps(events))
         return EXIT_OK
@@ -252,27 +326,20 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
 
 
 def cmd_route(args: argparse.Namespace, logger: Any) -> int:
-    central = args.central or engine.load(engine.config_path(args.config)).desired.settings.central
+    central = Path(args.central).absolute() if args.central else _looking(args)[1]
     try:
-        with routing.Router(central) as router:
-            tenant = router.resolve(args.host)
-            reason = tenant.unavailable_reason()  # the schema: judged on the file itself
-            if reason is None:  # prove the file opens, exactly as an application would
-                try:
-                    router.connect(args.host, args.min_schema).close()
-                except routing.TenantUnavailable as exc:
-                    reason = exc.reason
+        found = routecheck.inspect(central, args.host, args.min_schema)
     except routing.RoutingError as exc:
         _err(f"error: {exc}")
         return EXIT_ERROR
-    host = routing.normalize_host(args.host)
+    tenant, reason = found.tenant, found.reason
     if args.json:
-        _out(render.dumps({"host": host, "tenant": tenant.name, "file": str(tenant.path),
+        _out(render.dumps({"host": found.host, "tenant": tenant.name, "file": str(tenant.path),
                            "region": tenant.region, "schema_version": tenant.schema_version,
                            "status": tenant.status, "available": reason is None,
                            "reason": reason}))
     else:
-        _out([f"host     {host}", f"tenant   {tenant.name}", f"file     {tenant.path}",
+        _out([f"host     {found.host}", f"tenant   {tenant.name}", f"file     {tenant.path}",
               f"region   {tenant.region}", f"version  v{tenant.schema_version}",
               f"status   {tenant.status}"])
     if reason is not None:
@@ -284,6 +351,10 @@ def cmd_route(args: argparse.Namespace, logger: Any) -> int:
 def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
     from reconciler import daemon  # watchfiles is only needed by the long-running command
 
+    # refuse a wrong user at once, not at every pass (an invalid file: the daemon says so)
+    with contextlib.suppress(InvalidInput):
+        ownership.require_owner(engine.load(engine.config_path(args.config)
+                                            ).desired.settings.central)
     return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull)
 
 

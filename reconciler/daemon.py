@@ -445,8 +445,8 @@ class Daemon:
     def _next_backoff(self, inputs: engine.Inputs) -> float | None:
         """When the earliest failed tenant's backoff expires (monotonic clock)."""
         try:
-            with Registry.reading(inputs.desired.settings.central) as reg:
-                at = reg.next_retry_at(time.time()) if reg is not None else None
+            at = Registry.read(inputs.desired.settings.central,
+                               lambda reg: reg.next_retry_at(time.time()), None)
         except ReconcileError:  # raised only by opening (next_retry_at raises none)
             return None
         if at is None:

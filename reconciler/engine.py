@@ -19,6 +19,7 @@ from pathlib import Path
 
 from reconciler import desired as desired_mod
 from reconciler import migrations as migrations_mod
+from reconciler import ownership
 from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
@@ -125,10 +126,10 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
+def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool, mode: str = "rw"
                ) -> tuple[Plan, Observed]:
     verify_catalog(inputs, snapshot)
-    observed = observe(inputs.desired, snapshot)
+    observed = observe(inputs.desired, snapshot, mode=mode)
     return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
                 retry_failed=retry_failed), observed
 
@@ -136,15 +137,16 @@ def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
 def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]:
     """Plan without changing anything on disk."""
     with collector_paused():
-        with Registry.reading(inputs.desired.settings.central) as reg:
-            snapshot = reg.snapshot() if reg is not None else Snapshot.empty()
-        return _plan_from(inputs, snapshot, retry_failed)
+        snapshot = Registry.read(inputs.desired.settings.central, Registry.snapshot,
+                                 Snapshot.empty())
+        return _plan_from(inputs, snapshot, retry_failed, mode="ro")  # changes no byte
 
 
 @contextlib.contextmanager
 def locked_registry(inputs: Inputs, log: Logger, wait: bool) -> Iterator[Registry]:
     """The registry, opened for writing under the fleet lock (one writer per fleet)."""
     settings = inputs.desired.settings
+    ownership.require_owner(settings.central)  # files it creates must be the fleet's owner's
     lock = FleetLock(settings.central)
     lock.acquire(wait, on_wait=lambda holder: log.warning(
         "waiting for lock", holder=holder, lock=str(lock.path)))

@@ -80,8 +80,9 @@ def collect(inputs: Inputs, older_than: float, log: Logger, *, dry_run: bool,
     """Delete (or, with ``dry_run``, list) retired copies older than ``older_than`` s."""
     settings = inputs.desired.settings
     if dry_run:
-        with Registry.reading(settings.central) as reg:
-            keep = reg.journal_paths() if reg is not None and reg.version >= 2 else set()
+        nothing: set[str] = set()
+        keep = Registry.read(settings.central, lambda reg: reg.journal_paths()
+                             if reg.version >= 2 else nothing, nothing)
         return scan(settings.retired_dir, older_than, keep)
     with locked_registry(inputs, log, wait) as registry:
         found = scan(settings.retired_dir, older_than, registry.journal_paths())

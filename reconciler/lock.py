@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from reconciler.errors import LockHeld
+from reconciler.errors import LockHeld, ReconcileError
+from reconciler.ownership import explain
 from reconciler.supervise import started_pid
 
 
@@ -32,8 +33,13 @@ class FleetLock:
         return text or "unknown holder"
 
     def acquire(self, wait: bool, on_wait: Callable[[str], None] | None = None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ReconcileError(f"cannot take the fleet lock (a command that changes the "
+                                 f"fleet needs write access to {self.path.parent}): "
+                                 f"{explain(exc)}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

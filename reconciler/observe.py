@@ -35,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote_from_bytes
 
+from reconciler import readonly
 from reconciler.desired import Desired
 from reconciler.state import FileState as FileState
 from reconciler.state import FileStates as FileStates
@@ -50,8 +51,13 @@ MAGIC = b"SQLite format 3\x00"
 _URI_SAFE = string.ascii_letters + string.digits + "._~-"
 
 
-def read_user_version(path: Path, busy_timeout: float = 5.0) -> FileState:
-    """The file's ``user_version``, read the cheapest way that is always right."""
+def read_user_version(path: Path, busy_timeout: float = 5.0, mode: str = "rw") -> FileState:
+    """The file's ``user_version``, read the cheapest way that is always right.
+
+    ``mode``: how SQLite opens a file with a ``-wal`` or ``-journal`` beside it — "rw"
+    in a pass (closing the last connection checkpoints a leftover ``-wal``, and a hot
+    journal is rolled back), "ro" for the commands that must change nothing (a
+    read-only connection never checkpoints, never rolls back)."""
     problem = _not_a_plain_file(path)
     if problem is not None:
         return problem
@@ -62,7 +68,7 @@ def read_user_version(path: Path, busy_timeout: float = 5.0) -> FileState:
             return _from_header(path, _read_header(base))
         except OSError as exc:
             return FileState(path, exists=True, error=f"cannot read: {exc.strerror}")
-    return _pragma_user_version(path, busy_timeout, wal)
+    return _pragma_user_version(path, busy_timeout, wal, mode)
 
 
 def _not_a_plain_file(path: Path) -> FileState | None:
@@ -80,18 +86,19 @@ def _not_a_plain_file(path: Path) -> FileState | None:
     return None
 
 
-def read_user_versions(paths: Iterable[Path], busy_timeout: float = 5.0
+def read_user_versions(paths: Iterable[Path], busy_timeout: float = 5.0, mode: str = "rw"
                        ) -> dict[Path, FileState]:
     """``read_user_version`` of many files, listing each directory once.
 
     Same answers as calling ``read_user_version`` per path: anything but a regular file
     with neither ``-wal`` nor ``-journal`` beside it (and any read error) is handed to it."""
     paths = list(paths)
-    states = FileStates(_read_many(sorted(os.fspath(p) for p in paths), busy_timeout))
+    states = FileStates(_read_many(sorted(os.fspath(p) for p in paths), busy_timeout, mode))
     return {p: states[p] for p in paths}
 
 
-def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, Read]:
+def _read_many(texts: Iterable[str], busy_timeout: float, mode: str = "rw"
+               ) -> dict[str, Read]:
     """Path text → what was read: a bare ``user_version`` (regular file, from its
     header: the common case, kept small), ``(user_version, wal)`` (read by SQLite), or
     the ``FileState`` of anything else (missing, unusable)."""
@@ -105,16 +112,16 @@ def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, Read]:
         else:
             listing = listings[directory] = _listing(directory)
         if listing is None:
-            out[text] = read_user_version(Path(text), busy_timeout)
+            out[text] = read_user_version(Path(text), busy_timeout, mode)
         elif name in listing.side:  # a -wal or -journal beside it: only SQLite knows
-            out[text] = _ask_sqlite(text, listing, name, busy_timeout)
+            out[text] = _ask_sqlite(text, listing, name, busy_timeout, mode)
         elif name not in listing.names:
             out[text] = FileState(Path(text), exists=False)
         else:
             try:
                 header = _read_header(text, regular_only=True)
             except OSError:  # not a regular file, unreadable, or changed since the listing:
-                out[text] = read_user_version(Path(text), busy_timeout)  # it says which
+                out[text] = read_user_version(Path(text), busy_timeout, mode)  # says which
                 continue
             if len(header) == 100 and header.startswith(MAGIC):
                 out[text] = int.from_bytes(header[60:64], "big", signed=True)
@@ -134,17 +141,18 @@ class Listing:
     uri: str | None  # "file://<directory>/" for SQLite, None if not absolute
 
 
-def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float) -> Read:
+def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float,
+                mode: str = "rw") -> Read:
     """``_pragma_user_version`` of a plain file, with what its directory's listing
     already knows (that it is a regular file, the URI of its directory): where
     applications hold files open this runs per file, beside SQLite's own open. Anything
     unusual goes to ``read_user_version``, which says exactly what it is."""
     if listing.uri is None or name in listing.irregular or name.strip(_URI_SAFE):
-        return read_user_version(Path(text), busy_timeout)
+        return read_user_version(Path(text), busy_timeout, mode)
     try:
-        version = _sqlite_user_version(f"{listing.uri}{name}?mode=rw", busy_timeout)
+        version = _sqlite_user_version(f"{listing.uri}{name}", busy_timeout, mode)
     except sqlite3.DatabaseError:
-        return read_user_version(Path(text), busy_timeout)  # reports the error
+        return read_user_version(Path(text), busy_timeout, mode)  # reports the error
     return version, name in listing.wal
 
 
@@ -191,18 +199,22 @@ def _from_header(path: Path, header: bytes) -> FileState:
     return FileState(path, exists=True, error="is not a SQLite database")
 
 
-def _sqlite_user_version(uri: str, busy_timeout: float) -> int:
-    """``PRAGMA user_version`` of an existing file (``mode=rw`` never creates one)."""
-    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+def _sqlite_user_version(uri: str, busy_timeout: float, mode: str = "rw") -> int:
+    """``PRAGMA user_version`` of an existing file (``uri`` without a query; neither
+    mode creates one; "ro" changes no byte, ``-shm`` included: ``readonly.user_version``)."""
+    if mode == "ro":
+        return readonly.user_version(uri, busy_timeout)
+    conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=busy_timeout)
     try:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
     finally:
         conn.close()
 
 
-def _pragma_user_version(path: Path, busy_timeout: float, wal: bool) -> FileState:
+def _pragma_user_version(path: Path, busy_timeout: float, wal: bool, mode: str = "rw"
+                         ) -> FileState:
     try:
-        version = _sqlite_user_version(f"{path.as_uri()}?mode=rw", busy_timeout)
+        version = _sqlite_user_version(path.as_uri(), busy_timeout, mode)
     except sqlite3.DatabaseError as exc:
         return FileState(path, exists=True, error=f"cannot read as SQLite: {exc}", wal=wal)
     return FileState(path, exists=True, user_version=version, wal=wal)
@@ -238,8 +250,10 @@ def list_archives(archive_dir: Path) -> dict[str, tuple[Path, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> Observed:
-    """Read everything plan() needs. Touches no file except to read it."""
+def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
+            mode: str = "rw") -> Observed:
+    """Read everything plan() needs. Touches no file except to read it (``mode``: see
+    ``read_user_version``; "ro" changes no byte)."""
     timeout = desired.settings.busy_timeout
     declared = desired.path_texts
     # a dict as an ordered set: files are read in tenant order (deterministic) with no
@@ -252,7 +266,7 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> O
     for spec in desired.tenants.values():
         if spec.name in archives:
             texts[os.fspath(archives[spec.name][-1])] = None  # restore needs its version
-    files = FileStates(_read_many(texts, timeout))
+    files = FileStates(_read_many(texts, timeout, mode))
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
     return Observed(

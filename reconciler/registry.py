@@ -19,18 +19,20 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
+from reconciler import ownership, readonly
 from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.state import STATUSES as STATUSES
 from reconciler.state import JournalRow as JournalRow
 from reconciler.state import Snapshot as Snapshot
 from reconciler.state import TenantRow as TenantRow
 
+T = TypeVar("T")
 _STATUS_CHECK = ", ".join(f"'{s}'" for s in STATUSES)
 
 # Each entry upgrades the registry from version i to i+1. Never edit a released step.
@@ -172,6 +174,12 @@ class Registry:
             reg = cls(path, conn, readonly=False)
             reg._upgrade()
         except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise PermanentError(
+                    f"cannot open the registry {path} for writing ({exc}): a command that "
+                    f"changes the fleet needs write access to it and to its folder (SQLite "
+                    f"creates {path.name}-wal and -shm there); the "
+                    f"{ownership.describe(path.parent)}") from exc
             raise _classify(exc, f"opening registry {path}") from exc
         return reg
 
@@ -192,16 +200,31 @@ class Registry:
         return cls(path, conn, readonly=True)
 
     @classmethod
-    @contextmanager
-    def reading(cls, path: Path) -> Iterator[Registry | None]:
-        """``open_readonly`` for the length of a block (None if there is no registry
-        yet), closed after it."""
-        reg = cls.open_readonly(path)
+    def read(cls, path: Path, fn: Callable[[Registry], T], missing: T) -> T:
+        """``fn(registry)`` on a read-only view of the registry at ``path``, or
+        ``missing`` when there is no registry file yet. Works with read access only and
+        leaves no file and no byte behind (``readonly.read``: ``fn`` may run more than
+        once and must only read). Raises ``PermanentError`` (unreadable, or newer than
+        this reconciler) or ``PermissionError`` (no read access to ``path``).
+
+        Never call it while this process holds the registry open for writing (e.g. from
+        another thread during a pass): closing its descriptor would drop that
+        connection's POSIX locks (see ``readonly``); use the open ``Registry`` then."""
+        def run(conn: sqlite3.Connection) -> T:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > VERSION:
+                raise PermanentError(f"registry {path} is at version {version}, newer than "
+                                     f"this reconciler understands ({VERSION}); upgrade "
+                                     "tenant-reconciler")
+            return fn(cls(path, conn, readonly=True))
         try:
-            yield reg
-        finally:
-            if reg is not None:
-                reg.close()
+            return readonly.read(path.absolute(), run)
+        except FileNotFoundError as exc:
+            if exc.filename is not None and Path(exc.filename) != path:
+                raise
+            return missing
+        except sqlite3.DatabaseError as exc:
+            raise PermanentError(f"cannot read registry {path}: {exc}") from exc
 
     def _upgrade(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -272,6 +295,16 @@ class Registry:
         if r is None:
             return None
         return _tenant_row(r)
+
+    def route(self, domain: str) -> tuple[str, Path, str, int, str] | None:
+        """``(name, path, region, schema_version, status)`` of the tenant routed at
+        ``domain`` (normalised), or None; the lookup ``routing.Router`` makes."""
+        if self.version < 1:
+            return None
+        r = self.conn.execute(
+            "SELECT t.name, t.path, t.region, t.schema_version, t.status FROM domains AS d "
+            "JOIN tenants AS t ON t.name = d.tenant WHERE d.domain = ?", (domain,)).fetchone()
+        return None if r is None else (r[0], Path(r[1]), r[2], int(r[3]), r[4])
 
     def events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = ("SELECT id, at, revision, tenant, action, outcome, detail, duration_ms "

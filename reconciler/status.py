@@ -7,13 +7,14 @@ do about it — derived from the same observe/plan as every pass, never a second
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
 from reconciler.plan import Plan
-from reconciler.state import Observed
+from reconciler.state import FileState, Observed, Snapshot
 
 
 @dataclass(frozen=True)
@@ -52,4 +53,18 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
                     row.status if row else "absent"),
             pending=pending,
         ))
+    return out
+
+
+def registry_rows(snapshot: Snapshot, files: Mapping[Path, FileState]) -> list[StatusRow]:
+    """Rows from the registry and the files alone, for when tenants.yaml is invalid:
+    nothing is wanted (``want_region`` "?") and nothing is planned."""
+    out: list[StatusRow] = []
+    for name in sorted(snapshot.tenants):
+        row = snapshot.tenants[name]
+        state = files.get(Path(row.path)) if row.status != "archived" else None
+        out.append(StatusRow(tenant=name, want_region="?", want_version=None,
+                             region=row.region,
+                             version=state.user_version if state is not None else None,
+                             status=row.status, pending="desired state invalid"))
     return out
