@@ -43,7 +43,7 @@ from reconciler.desired import Desired
 from reconciler.errors import PermanentError
 from reconciler.plan import Action, Plan
 from reconciler.registry import Registry
-from reconciler.state import Fence, FleetState, Snapshot, TenantRow
+from reconciler.state import Fence, FleetState, JournalRow, Snapshot, TenantRow
 
 COPIED, MOVED = "copied", "moved"
 
@@ -58,6 +58,14 @@ def check(desired: Desired, path: str | os.PathLike[str] | None, what: str) -> N
             f"declares ({', '.join(sorted(the_fence.dirs))}) — not touched; a pass acts on "
             "its own fleet's files only (was the registry copied or moved? `reconcile "
             "--dry-run` shows the reroot)")
+
+
+def check_journal(desired: Desired, journal: JournalRow | None) -> None:
+    """``check`` every path an unfinished operation names (before it is resumed)."""
+    if journal is not None:
+        for path in (journal.source, journal.dest, journal.temp,
+                     journal.details().get("retired_path")):
+            check(desired, path, f"{journal.tenant}'s unfinished {journal.action} names")
 
 
 def fence(desired: Desired) -> Fence:

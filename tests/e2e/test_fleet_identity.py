@@ -261,7 +261,8 @@ def test_a_retired_orphan_is_no_problem_not_routed_and_kept(fleet: Fleet) -> Non
     assert fleet.run("apply").returncode == 0
     assert fleet.run("route", "oldco.yoursaas.com").returncode == 1  # not routed
     assert fleet.path("oldco", "us").read_bytes() == kept  # the file is kept
-    assert "oldco" in fleet.run("status").stdout
+    status = fleet.run("status")
+    assert status.returncode == 0 and "oldco" in status.stdout and "retired" in status.stdout
 
     config["retired"] = ["aaron"]
     fleet.write_config(config)
@@ -269,3 +270,71 @@ def test_a_retired_orphan_is_no_problem_not_routed_and_kept(fleet: Fleet) -> Non
     assert bad.returncode == 1
     assert "tenants.yaml:" in bad.stderr and "declared under tenants: and listed under " \
         "retired:" in bad.stderr
+
+
+def test_a_copy_taken_mid_relocation_does_not_resume_it_on_the_originals_files(
+        fleet: Fleet, tmp_path: Path) -> None:
+    seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=30)
+    fleet.declare({"aaron": {"region": "us"}, "bob": {"region": "eu"}})
+    killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": "relocate:after-copy"})
+    assert killed.returncode == -9  # SIGKILL mid-relocation: the journal names prod's files
+    digests = tree_digests(fleet.root)
+    cp_a(fleet.root, tmp_path / "staging")
+    staging = Fleet(tmp_path / "staging")
+
+    plan = staging.run("--dry-run")
+    assert "! invalid aaron" in flat(plan.stdout) and "not resumed" in plan.stdout
+    applied = staging.run("apply")
+    assert applied.returncode == 3, applied.stdout + applied.stderr
+    assert tree_digests(fleet.root) == digests
+    assert staging.path("aaron", "eu").exists() and not staging.path("aaron", "us").exists()
+    # the original finishes its own relocation
+    assert fleet.run("apply").returncode == 0
+    assert fleet.path("aaron", "us").exists()
+
+
+def test_a_fleet_restored_from_a_backup_elsewhere_converges_like_a_moved_one(
+        prod: tuple[Fleet, dict[str, object]], tmp_path: Path) -> None:
+    original, before = prod
+    cp_a(original.root, tmp_path / "backup")
+    subprocess.run(["rm", "-rf", str(original.root)], check=True)  # the disk is lost
+    cp_a(tmp_path / "backup", tmp_path / "restored")
+    restored = Fleet(tmp_path / "restored")
+    plan = restored.run("--dry-run")
+    assert "* fleet moved registry" in flat(plan.stdout), plan.stdout
+    assert restored.run("apply").returncode == 0
+    for t, r in TENANTS.items():
+        assert content(restored, restored.path(t, r)) == before[t]
+    assert restored.run("--dry-run").returncode == 0
+
+
+def test_a_region_directory_moved_by_hand_and_declared_there_is_rerooted(
+        fleet: Fleet) -> None:
+    before = seed(fleet, {"aaron": "eu", "acme": "us"}, notes=20)
+    (fleet.data / "us").rename(fleet.data / "us-ssd")
+    edit(fleet, lambda c: c["regions"].update(us={"path": "data/us-ssd"}))
+    plan = fleet.run("--dry-run")
+    assert f"* reroot us: {fleet.data / 'us'} → {fleet.data / 'us-ssd'} (acme)" \
+        in flat(plan.stdout), plan.stdout
+    assert "missing" not in plan.stdout and "> relocate" not in plan.stdout
+    assert fleet.run("apply").returncode == 0
+    assert rows(fleet)["acme"] == ("us", str(fleet.data / "us-ssd" / "acme.db"), "active")
+    assert content(fleet, fleet.data / "us-ssd" / "acme.db") == before["acme"]
+    assert not (fleet.data / "_retired").exists()  # nothing copied, nothing retired
+
+
+def test_a_tenant_file_moved_by_hand_to_its_new_region_is_rerooted_not_restored(
+        fleet: Fleet) -> None:
+    before = seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=20)
+    fleet.path("aaron", "us").parent.mkdir(mode=0o700, exist_ok=True)
+    fleet.path("aaron", "eu").rename(fleet.path("aaron", "us"))
+    fleet.declare({"aaron": {"region": "us"}, "bob": {"region": "eu"}})
+    refused = fleet.run("restore", "aaron", "--from", str(fleet.path("aaron", "us")))
+    assert refused.returncode == 1 and "run `reconcile`" in refused.stderr
+    assert not fleet.path("aaron", "eu").exists()  # no second copy
+    plan = fleet.run("--dry-run")
+    assert "* reroot eu → us: " in flat(plan.stdout) and "missing" not in plan.stdout
+    assert fleet.run("apply").returncode == 0
+    assert rows(fleet)["aaron"] == ("us", str(fleet.path("aaron", "us")), "active")
+    assert content(fleet, fleet.path("aaron", "us")) == before["aaron"]
+    assert fleet.run("--dry-run").returncode == 0
