@@ -215,6 +215,9 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
         # failed its health gate at the target waits for --retry-failed, backoff or not)
         actions.extend(_plan_declared(desired, observed, catalog, spec, row, retry_failed))
 
+    for name in sorted(desired.retired - reg.tenants.keys()):
+        notes.append(f"retired: {name} is not in the registry — nothing to acknowledge "
+                     "(a typo, or already gone)")
     undeclared = _plan_undeclared(desired, observed, notes, reroots)
     actions.extend(undeclared)
     actions[:0] = reroots

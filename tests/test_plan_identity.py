@@ -160,3 +160,10 @@ def test_the_fence_holds_only_files_directly_in_declared_directories() -> None:
     assert not f.holds(f"{DATA}/eu/../../../prod/data/eu/a.db")
     assert not f.holds(OLD / "eu" / "a.db") and not f.holds(DATA / "central.db")
     assert FileState(DATA / "x", False).exists is False
+
+
+def test_a_retired_name_the_registry_does_not_know_is_noted_as_a_likely_typo() -> None:
+    d = replace(desired({"a": {"region": "eu"}}), retired=frozenset({"oldcoo"}))
+    p = plan(d, observed([row("a")], {"eu/a.db": 3}), catalog())
+    assert p.notes == ("retired: oldcoo is not in the registry — nothing to acknowledge "
+                       "(a typo, or already gone)",)
