@@ -75,13 +75,13 @@ class FleetLock:
                ) -> Iterator[None]:
         """Keep any pass from running for the length of a block (a reader's plan must not
         mix in a half-done pass), creating and changing nothing: a shared ``flock`` on
-        the lock file opened read-only, when it exists (no lock file: no pass has ever
-        run). Another reconciler mid-pass: wait for it (``on_wait`` is told who it is),
-        or raise ``PassInProgress`` when ``wait`` is False."""
+        the lock file opened read-only, when it exists and this user may read it.
+        Another reconciler mid-pass: wait for it (``on_wait`` is told who it is), or
+        raise ``PassInProgress`` when ``wait`` is False."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            yield
+        except OSError:  # none (no pass ever ran), or not readable by this user: a
+            yield        # read-only reader cannot tell, and plans as before
             return
         try:
             try:
