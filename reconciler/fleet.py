@@ -25,8 +25,16 @@ Acting on those names would move or migrate another fleet's data. Two guards clo
   original declares too (an absolute region path kept by the copy): the two would share
   tenant files, so every pass in the copy is refused until it gets its own directory.
 
+This module also carries the two out: ``record`` (first thing in every pass: the
+identity, one event when the registry was copied or moved here) and ``reroot`` (the
+action: a registry update, no file touched).
+
 Invariants: nothing here writes outside the registry; ``observe_fleet`` only stats
-the recorded registry path (to tell a copy from a move), it never opens it.
+the recorded registry path (to tell a copy from a move), it never opens it. Known limit:
+a registry copied before any pass recorded its identity (written by a reconciler older
+than the ``fleet`` table) cannot be told from its original; the fence still keeps it to
+its own directories, but a copy that keeps an absolute region path of the original
+shares that directory without being refused.
 """
 
 from __future__ import annotations

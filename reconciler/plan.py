@@ -13,7 +13,13 @@ Rules that protect data (DESIGN §5), enforced here:
 * a declared tenant with an archived copy is restored from it, never created empty;
 * a tenant that failed with the same desired state and migrations is retried only
   after its backoff or when asked to (``retry_failed``), so a broken migration is
-  not hammered in a loop.
+  not hammered in a loop;
+* its own fleet only (fleet.py): a registered path outside the directories tenants.yaml
+  declares is never acted on — the row is rerooted (first in the plan) to where this
+  fleet keeps the file, an unfinished operation naming such a path is not resumed;
+* every change apply makes is an action of its own (``suspend``, ``unsuspend``,
+  ``reroot`` included), so ``--dry-run`` never hides one; a ``retired:`` tenant is
+  acknowledged (``retired``): no problem, not routed, never archived.
 """
 
 from __future__ import annotations
