@@ -338,3 +338,35 @@ def test_a_tenant_file_moved_by_hand_to_its_new_region_is_rerooted_not_restored(
     assert rows(fleet)["aaron"] == ("us", str(fleet.path("aaron", "us")), "active")
     assert content(fleet, fleet.path("aaron", "us")) == before["aaron"]
     assert fleet.run("--dry-run").returncode == 0
+
+
+def _as_written_by_an_older_reconciler(f: Fleet) -> None:
+    """The registry as a reconciler without the ``fleet`` table left it (version 2)."""
+    conn = sqlite3.connect(f.central, isolation_level=None)
+    conn.execute("DROP TABLE fleet")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def test_a_copy_of_a_fleet_last_run_by_an_older_reconciler_is_rerooted_too(
+        fleet: Fleet, tmp_path: Path) -> None:
+    before = seed(fleet, {"aaron": "eu", "acme": "us"}, notes=20)
+    _as_written_by_an_older_reconciler(fleet)
+    assert fleet.run("--dry-run").returncode == 0  # recording the identity is no change
+    digests = tree_digests(fleet.root)
+    cp_a(fleet.root, tmp_path / "staging")
+    staging = Fleet(tmp_path / "staging")
+    edit(staging, lambda c: c["tenants"]["acme"].update(region="eu"))
+
+    plan = staging.run("--dry-run")
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert f"* reroot us: {fleet.data / 'us'} → {staging.data / 'us'} (acme)" in flat(
+        plan.stdout)
+    assert "> relocate acme us → eu" in flat(plan.stdout)  # from the copy's own file
+    assert staging.run("apply").returncode == 0
+    assert content(staging, staging.path("acme", "eu")) == before["acme"]
+    assert tree_digests(fleet.root) == digests  # prod's acme.db never moved
+    assert fleet.run("apply").returncode == 0  # the original records its identity
+    assert fleet.registry("SELECT value FROM fleet WHERE key = 'central'") == [
+        (str(fleet.central),)]
+    assert fleet.run("--dry-run").returncode == 0
