@@ -370,3 +370,50 @@ def test_a_copy_of_a_fleet_last_run_by_an_older_reconciler_is_rerooted_too(
     assert fleet.registry("SELECT value FROM fleet WHERE key = 'central'") == [
         (str(fleet.central),)]
     assert fleet.run("--dry-run").returncode == 0
+
+
+def _mount_bind(source: Path, target: Path) -> bool:
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """A directory, and two mount points it can be mounted at (unmounted afterwards)."""
+    disk, a, b = tmp_path / "disk", tmp_path / "mnt-a", tmp_path / "mnt-b"
+    disk.mkdir()
+    if not _mount_bind(disk, a):
+        pytest.skip("bind mounts need root (CAP_SYS_ADMIN); this test remounts a real "
+                    "filesystem at another path")
+    try:
+        yield disk, a, b
+    finally:
+        for point in (b, a):
+            subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def _fleet_at(root: Path) -> Fleet:
+    f = Fleet(root)
+    f.root.mkdir(exist_ok=True)
+    f.use_shipped_migrations()
+    return f
+
+
+def test_a_fleet_remounted_at_another_path_converges_and_a_second_mount_is_no_copy(
+        mounts: tuple[Path, Path, Path]) -> None:
+    _disk, a, b = mounts
+    first = _fleet_at(a / "fleet")
+    before = seed(first, {"aaron": "eu", "acme": "us"}, notes=20)
+    assert _mount_bind(a, b)  # the same filesystem seen at a second path as well
+    second = Fleet(b / "fleet")
+    plan = second.run("--dry-run")
+    assert "* fleet moved registry" in flat(plan.stdout), plan.stdout + plan.stderr
+    assert "is a copy" not in plan.stderr  # the same file under another name: no copy
+    subprocess.run(["umount", str(a)], check=True)  # remounted: only the new path is left
+    done = second.run("apply")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {t: p for t, (_r, p, _s) in rows(second).items()} == {
+        "aaron": str(second.path("aaron", "eu")), "acme": str(second.path("acme", "us"))}
+    assert content(second, second.path("acme", "us")) == before["acme"]
+    assert second.run("--dry-run").returncode == 0
