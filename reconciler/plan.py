@@ -206,7 +206,11 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
     for name, spec in desired.tenants.items():
         row = reg.tenants.get(name)
         if rerooted and row is not None and name in rerooted:
+            outside = row.path
             row = _reroot(row, rerooted[name], reroots)
+            actions.extend(_explained(_plan_declared(desired, observed, catalog, spec, row,
+                                                     retry_failed), outside, row.path))
+            continue
         if (row is not None and row.status == "active" and not spec.suspended
                 and row.region == spec.region and row.protected == spec.protected
                 and row.path == declared_at.get(name) and name not in journal):
@@ -552,6 +556,16 @@ def _reroot(row: TenantRow, home: str, reroots: list[Action]) -> TenantRow:
                           path=new, source=old, protected=row.protected,
                           detail=f"{old.parent} → {new.parent}"))
     return row._replace(path=home)
+
+
+def _explained(actions: list[Action], outside: str, home: str) -> list[Action]:
+    """A rerooted tenant with no file where this fleet keeps it: say where the registry
+    pointed and what to do, instead of only "file is gone"."""
+    return [_a(a, a.kind, detail=f"registered at v{a.from_version} at {outside}, outside "
+               "this fleet's directories (not looked at), and no file at "
+               f"{home} — not recreated; if this fleet's files are elsewhere, move them into "
+               f"{Path(home).parent}, or `reconcile restore {a.tenant} --from FILE`")
+            if a.kind is Kind.MISSING else a for a in actions]
 
 
 def _unplaced(observed: Observed) -> tuple[str, ...]:

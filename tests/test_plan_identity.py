@@ -59,7 +59,10 @@ def test_a_rerooted_tenant_whose_file_is_not_in_this_fleet_is_missing_not_create
     rows = [old_row("a")]
     p = plan(d, with_fleet(observed(rows, {}), fleet_state(d, rows)), catalog())
     assert kinds(p) == ["reroot", "missing"]
-    assert str(DATA / "eu" / "a.db") in p.actions[1].detail
+    detail = p.actions[1].detail
+    assert str(DATA / "eu" / "a.db") in detail and str(OLD / "eu" / "a.db") in detail
+    assert "outside this fleet's directories (not looked at)" in detail
+    assert f"move them into {DATA / 'eu'}" in detail
 
 
 def test_a_row_outside_the_fleet_in_an_undeclared_region_is_reported_untouched() -> None:
