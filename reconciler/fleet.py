@@ -155,7 +155,9 @@ def recorded_values(desired: Desired, snapshot_fleet: dict[str, str], copied: bo
 
 def stored(registry: Registry) -> dict[str, str]:
     """The ``fleet`` rows as recorded ({} before the first pass records them)."""
-    if registry.version < 3:
+    has_table = registry.conn.execute(  # by name: upgrade steps may be renumbered
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fleet'").fetchone()
+    if has_table is None:
         return {}
     return dict(registry.conn.execute("SELECT key, value FROM fleet").fetchall())
 
@@ -163,8 +165,7 @@ def stored(registry: Registry) -> dict[str, str]:
 def guard(desired: Desired, registry: Registry) -> None:
     """Refuse (``PermanentError``) to write to a registry that is a copy sharing
     directories with its original: called before any writer acts (``locked_registry``)."""
-    state = observe_fleet(desired, Snapshot.empty() if registry.version < 3 else
-                          _with_fleet(stored(registry)))
+    state = observe_fleet(desired, _with_fleet(stored(registry)))
     why = refusal(desired, state)
     if why is not None:
         raise PermanentError(why)
