@@ -24,6 +24,9 @@ Acting on those names would move or migrate another fleet's data. Two guards clo
   A copy becomes a fleet of its own (a new id) — unless it declares a directory the
   original declares too (an absolute region path kept by the copy): the two would share
   tenant files, so every pass in the copy is refused until it gets its own directory.
+  The directories are recorded by role (``region:<name>``, ``archive``, ``retired``), so
+  an unfinished operation journaled before a copy or move is carried over to the same
+  roles here (``translated``) and resumed on this fleet's own files.
 
 This module also carries the two out: ``record`` (first thing in every pass: the
 identity, one event when the registry was copied or moved here) and ``reroot`` (the
@@ -39,10 +42,11 @@ shares that directory without being refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from reconciler.context import OK, Context, Outcome
@@ -95,10 +99,49 @@ def home(desired: Desired, row: TenantRow) -> str | None:
     return os.fspath(region.path / f"{row.name}.db")
 
 
+def roots(desired: Desired) -> dict[str, str]:
+    """Each fence directory by its role: ``region:<name>``, ``archive``, ``retired``."""
+    s = desired.settings
+    out = {f"region:{name}": os.path.normpath(os.fspath(r.path))
+           for name, r in desired.regions.items()}
+    out["archive"] = os.path.normpath(os.fspath(s.archive_dir))
+    out["retired"] = os.path.normpath(os.fspath(s.retired_dir))
+    return out
+
+
+def dir_map(desired: Desired, recorded: Mapping[str, str]) -> dict[str, str]:
+    """Recorded directory → the directory of the same role now (only those that moved)."""
+    then = json.loads(recorded.get("roots", "{}"))
+    now = roots(desired)
+    return {old: now[role] for role, old in then.items() if role in now and now[role] != old}
+
+
+def translated(journal: JournalRow, moved: Mapping[str, str], the_fence: Fence
+               ) -> JournalRow | None:
+    """``journal`` with every path moved into the fence by ``moved`` (directory → its
+    new place); None when a path stays outside (that operation cannot be resumed here)."""
+    def one(path: str | None) -> str | None:
+        if path is None or the_fence.holds(path):
+            return path
+        parent, name = os.path.split(os.path.normpath(path))
+        return os.path.join(moved[parent], name) if parent in moved else None
+
+    detail = journal.details()
+    paths = (journal.source, journal.dest, journal.temp, detail.get("retired_path"))
+    new = [one(p) for p in paths]
+    if any(p is not None and n is None for p, n in zip(paths, new, strict=True)):
+        return None
+    if "retired_path" in detail:
+        detail["retired_path"] = new[3]
+    return dataclasses.replace(journal, source=new[0], dest=new[1], temp=new[2],
+                               detail=json.dumps(detail) if journal.detail else None)
+
+
 def observe_fleet(desired: Desired, registry: Snapshot, outside: Iterable[TenantRow] = ()
                   ) -> FleetState:
-    """Where the registry is now against where it was recorded, and where this fleet keeps
-    the file of each row in ``outside`` (rows whose path is outside the fence)."""
+    """Where the registry is now against where it was recorded, where this fleet keeps
+    the file of each row in ``outside`` (rows whose path is outside the fence), and the
+    unfinished operations naming files outside it, moved with the fleet's directories."""
     central = os.path.normpath(os.fspath(desired.settings.central))
     recorded = registry.fleet.get("central")
     origin: str | None = None
@@ -122,9 +165,16 @@ def observe_fleet(desired: Desired, registry: Snapshot, outside: Iterable[Tenant
             unplaced.append(row.name)
         else:
             rerooted[row.name] = target
-    return FleetState(central, fence(desired), recorded, origin, shared,
-                      MappingProxyType(rerooted),
-                      tuple(sorted(unplaced)))
+    the_fence, journals = fence(desired), {}
+    moved = dir_map(desired, registry.fleet) if origin is not None else {}
+    for name, journal in registry.journal.items():
+        if moved:
+            found = translated(journal, moved, the_fence)
+            if found is not None and found != journal:
+                journals[name] = found
+    return FleetState(central, the_fence, recorded, origin, shared,
+                      MappingProxyType(rerooted), tuple(sorted(unplaced)),
+                      MappingProxyType(journals))
 
 
 def refusal(desired: Desired, state: FleetState) -> str | None:
@@ -148,6 +198,7 @@ def recorded_values(desired: Desired, snapshot_fleet: dict[str, str], copied: bo
     if fleet_id is None or copied:
         fleet_id = uuid.uuid4().hex
     return {"id": fleet_id, "central": os.path.normpath(os.fspath(desired.settings.central)),
+            "roots": json.dumps(roots(desired), sort_keys=True),
             "dirs": json.dumps(dirs)}
 
 
@@ -187,12 +238,24 @@ def record(plan: Plan, ctx: Context) -> None:
                              and change.key == COPIED)
     if values == before:
         return
+    moved = dir_map(ctx.desired, before) if change is not None else {}
     with ctx.registry.durable_transaction():
         ctx.registry.set_fleet(values)
+        for journal in _journals(ctx.registry) if moved else ():
+            found = translated(journal, moved, fence(ctx.desired))
+            if found is not None and found != journal:  # moved with the fleet (see plan)
+                ctx.registry.journal_set(found.tenant, found.action, found.phase,
+                                         source=found.source, dest=found.dest,
+                                         temp=found.temp, detail=found.details() or None)
         if change is not None:
             ctx_record(ctx, "fleet", None, OK, level="warning", origin=change.key,
                        was=change.old, now=change.new, fleet_id=values["id"],
                        previous_id=before.get("id"))
+
+
+def _journals(registry: Registry) -> list[JournalRow]:
+    names = [r[0] for r in registry.conn.execute("SELECT tenant FROM journal")]
+    return [j for j in (registry.journal_row(n) for n in names) if j is not None]
 
 
 def reroot(action: Action, ctx: Context) -> Outcome:

@@ -376,6 +376,8 @@ def _resume(journal: JournalRow, row: TenantRow | None, observed: Observed, want
     from the journal phase and the files. ``want`` is None for an undeclared tenant."""
     kind = _RESUMABLE.get(journal.action)
     fence = observed.fleet.fence if observed.fleet is not None else None
+    if observed.fleet is not None:  # moved with the fleet: resumed where it is now
+        journal = observed.fleet.journals.get(journal.tenant, journal)
     if kind is not None and fence is not None:
         far = [p for p in (journal.source, journal.dest, journal.temp,
                            journal.details().get("retired_path")) if p and not fence.holds(p)]

@@ -165,6 +165,8 @@ class FleetState:
     # tenant → where this fleet keeps the file of a row registered outside the fence
     rerooted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     unplaced: tuple[str, ...] = ()  # rows outside the fence whose region is not declared
+    # tenant → its unfinished operation with every path moved with the fleet's directories
+    journals: Mapping[str, JournalRow] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,26 @@ def test_a_retired_name_the_registry_does_not_know_is_noted_as_a_likely_typo() -
     p = plan(d, observed([row("a")], {"eu/a.db": 3}), catalog())
     assert p.notes == ("retired: oldcoo is not in the registry — nothing to acknowledge "
                        "(a typo, or already gone)",)
+
+
+def test_an_unfinished_operation_moved_with_the_fleet_is_resumed_on_its_new_paths() -> None:
+    d = desired({"a": {"region": "us"}})
+    old = JournalRow("a", "relocate", "retire", str(OLD / "eu" / "a.db"),
+                     str(OLD / "us" / "a.db"), str(OLD / "us" / ".a.db.relocating"),
+                     "2026-01-01T00:00:00.000Z",
+                     '{"retired_path": "/prod/data/_retired/a-eu-x.db", "to_region": "us"}')
+    moved = {str(OLD / r): str(DATA / r) for r in ("eu", "us", "_retired")}
+    new = fleet_mod.translated(old, moved, fleet_mod.fence(d))
+    assert new is not None
+    assert (new.source, new.dest, new.temp) == (
+        str(DATA / "eu" / "a.db"), str(DATA / "us" / "a.db"), str(DATA / "us" / ".a.db.relocating"))
+    assert new.details() == {"retired_path": str(DATA / "_retired" / "a-eu-x.db"),
+                             "to_region": "us"}
+    assert fleet_mod.translated(old, {}, fleet_mod.fence(d)) is None  # nowhere to go
+
+    rows = [old_row("a", status="relocating")]
+    state = replace(fleet_state(d, rows), journals=MappingProxyType({"a": new}))
+    p = plan(d, with_fleet(observed(rows, {"us/a.db": 3}, journal={"a": old}), state),
+             catalog())
+    assert kinds(p) == ["reroot", "relocate"]
+    assert p.actions[1].source == DATA / "eu" / "a.db" and "resume" in p.actions[1].detail

@@ -276,25 +276,50 @@ def test_a_retired_orphan_is_no_problem_not_routed_and_kept(fleet: Fleet) -> Non
         "retired:" in bad.stderr
 
 
-def test_a_copy_taken_mid_relocation_does_not_resume_it_on_the_originals_files(
-        fleet: Fleet, tmp_path: Path) -> None:
-    seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=30)
+@pytest.mark.parametrize("how", ["cp -a", "mv"])
+def test_a_relocation_killed_before_a_copy_or_move_resumes_on_that_fleets_own_files(
+        fleet: Fleet, tmp_path: Path, how: str) -> None:
+    before = seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=30)
     fleet.declare({"aaron": {"region": "us"}, "bob": {"region": "eu"}})
     killed = fleet.run("apply", env={"RECONCILE_CRASH_AT": "relocate:after-copy"})
-    assert killed.returncode == -9  # SIGKILL mid-relocation: the journal names prod's files
+    assert killed.returncode == -9  # SIGKILL mid-relocation: the journal names its files
     digests = tree_digests(fleet.root)
-    cp_a(fleet.root, tmp_path / "staging")
-    staging = Fleet(tmp_path / "staging")
+    subprocess.run([*how.split(), str(fleet.root), str(tmp_path / "other")], check=True)
+    other = Fleet(tmp_path / "other")
 
-    plan = staging.run("--dry-run")
+    plan = other.run("--dry-run")
+    assert "> relocate aaron eu → us v3 resume interrupted relocate" in flat(plan.stdout), \
+        plan.stdout + plan.stderr
+    assert "invalid" not in plan.stdout
+    applied = other.run("apply")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert rows(other)["aaron"] == ("us", str(other.path("aaron", "us")), "active")
+    assert content(other, other.path("aaron", "us")) == before["aaron"]
+    assert not other.path("aaron", "eu").exists()
+    assert len(list((other.data / "_retired").glob("aaron-eu-*.db"))) == 1
+    assert other.registry("SELECT * FROM journal") == []
+    assert other.run("--dry-run").returncode == 0
+    if how == "cp -a":  # the original is untouched, and finishes its own relocation
+        assert tree_digests(fleet.root) == digests
+        assert fleet.run("apply").returncode == 0
+        assert content(fleet, fleet.path("aaron", "us")) == before["aaron"]
+
+
+def test_an_unfinished_operation_naming_files_nowhere_in_the_fleet_is_not_resumed(
+        fleet: Fleet, tmp_path: Path) -> None:
+    seed(fleet, {"aaron": "eu", "bob": "eu"}, notes=5)
+    fleet.declare({"aaron": {"region": "us"}, "bob": {"region": "eu"}})
+    assert fleet.run("apply", env={"RECONCILE_CRASH_AT": "relocate:after-copy"}
+                     ).returncode == -9
+    elsewhere = tmp_path / "elsewhere"
+    conn = sqlite3.connect(fleet.central, isolation_level=None)
+    conn.execute("UPDATE journal SET source = ? WHERE tenant = 'aaron'",
+                 (str(elsewhere / "aaron.db"),))  # a path no declared directory maps to
+    conn.close()
+    plan = fleet.run("--dry-run")
     assert "! invalid aaron" in flat(plan.stdout) and "not resumed" in plan.stdout
-    applied = staging.run("apply")
-    assert applied.returncode == 3, applied.stdout + applied.stderr
-    assert tree_digests(fleet.root) == digests
-    assert staging.path("aaron", "eu").exists() and not staging.path("aaron", "us").exists()
-    # the original finishes its own relocation
-    assert fleet.run("apply").returncode == 0
-    assert fleet.path("aaron", "us").exists()
+    assert fleet.run("apply").returncode == 3
+    assert not elsewhere.exists() and fleet.path("aaron", "eu").exists()
 
 
 def test_a_fleet_restored_from_a_backup_elsewhere_converges_like_a_moved_one(
