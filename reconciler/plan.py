@@ -274,7 +274,8 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
         if row is None:
             return [_a(base, Kind.SUSPENDED, detail="suspended — not created")]
         if row.status not in ("suspended", "archived", "missing"):
-            return [_a(base, Kind.SUSPEND, from_version=row.schema_version, status="suspended",
+            return [_a(base, Kind.SUSPEND, from_version=row.schema_version,
+                       to_version=row.schema_version, status="suspended",
                        detail=f"status {row.status} → suspended: routing answers 503, the "
                        "reconciler leaves it alone")]
         return [_a(base, Kind.SUSPENDED, from_version=row.schema_version,
