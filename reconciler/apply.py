@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from reconciler import archive, relocate, rollout, tenantdb
+from reconciler import archive, fleet, relocate, rollout, tenantdb
 from reconciler.context import (
     FAILED,
     OK,
@@ -71,6 +71,7 @@ class Result:
 
 def apply(plan: Plan, ctx: Context) -> Result:
     outcomes: list[Outcome] = []
+    fleet.record(plan, ctx)
     _sync_settings(plan, ctx)
     _record_checksums_before_use(plan, ctx)
     blocked: set[str] = set()
@@ -170,6 +171,9 @@ def _run(action: Action, ctx: Context) -> Outcome:
     handler = HANDLERS.get(action.kind, report)
     timer = Timer()
     try:
+        if action.kind in _TOUCHES_FILES:  # the last guard: its own fleet's files only
+            fleet.check(ctx.desired, action.path, f"{action.tenant}'s path")
+            fleet.check(ctx.desired, action.source, f"{action.tenant}'s file")
         return handler(action, ctx)
     except RetryableError as exc:
         outcome = Outcome(action.tenant, action.kind.value, RETRY, action.from_version,
@@ -181,6 +185,9 @@ def _run(action: Action, ctx: Context) -> Outcome:
     with ctx.registry.transaction():
         record(ctx, action, action.tenant, outcome)
     return outcome
+
+
+_TOUCHES_FILES = frozenset((Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.ARCHIVE))
 
 
 def create(action: Action, ctx: Context) -> Outcome:
@@ -239,6 +246,20 @@ def correct(action: Action, ctx: Context) -> Outcome:
     return outcome
 
 
+def set_status(action: Action, ctx: Context) -> Outcome:
+    """``suspend`` / ``unsuspend``: the registry status routing answers by, and one event."""
+    status = action.status or "active"
+    fields: dict[str, object] = {"status": status}
+    if status == "active":
+        fields.update(failure=None, failed_key=None, failures=0, retry_at=None)
+    outcome = Outcome(action.tenant, action.kind.value, OK, action.from_version,
+                      action.to_version, detail={"reason": action.detail})
+    with ctx.registry.transaction():
+        ctx.registry.update_tenant(action.tenant, **fields)
+        record(ctx, action, action.tenant, outcome)
+    return outcome
+
+
 def report(action: Action, ctx: Context) -> Outcome:
     """A problem or state the reconciler must not fix alone: set status, say so once."""
     outcome = Outcome(action.tenant, action.kind.value, REPORTED, action.from_version,
@@ -286,5 +307,8 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.RELOCATE: relocate.run,
     Kind.ARCHIVE: archive.archive,
     Kind.RESTORE: archive.restore,
+    Kind.REROOT: fleet.reroot,
+    Kind.SUSPEND: set_status,
+    Kind.UNSUSPEND: set_status,
 }
 

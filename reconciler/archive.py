@@ -26,7 +26,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from reconciler import relocate, tenantdb
+from reconciler import fleet, relocate, tenantdb
 from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError
 from reconciler.plan import Action, Kind
@@ -36,6 +36,7 @@ from reconciler.registry import JournalRow
 def archive(action: Action, ctx: Context) -> Outcome:
     name, timer = action.tenant, Timer()
     journal = ctx.registry.journal_row(name)
+    fleet.check_journal(ctx.desired, journal)  # its own fleet's files only
     if journal is not None and journal.action != "archive":
         raise PermanentError(f"{name} has an unfinished {journal.action} (phase "
                              f"{journal.phase}); it is finished first")
@@ -44,6 +45,7 @@ def archive(action: Action, ctx: Context) -> Outcome:
         if row is None:
             raise PermanentError(f"archiving {name}: it is not registered")
         source = Path(row.path)
+        fleet.check(ctx.desired, source, f"archiving {name}: its file")
         if not os.path.lexists(source):
             raise PermanentError(f"archiving {name}: its file {source} is gone — nothing "
                                  "was changed")
@@ -86,6 +88,7 @@ def restore(action: Action, ctx: Context) -> Outcome:
     name, timer = action.tenant, Timer()
     timeout = ctx.desired.settings.busy_timeout
     journal = ctx.registry.journal_row(name)
+    fleet.check_journal(ctx.desired, journal)  # its own fleet's files only
     if journal is not None and journal.action != "restore":
         raise PermanentError(f"{name} has an unfinished {journal.action} (phase "
                              f"{journal.phase}); it is finished first")

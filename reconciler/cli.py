@@ -190,7 +190,9 @@ def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
 
 def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
-    the_plan, _ = engine.preview(inputs, retry_failed=getattr(args, "retry_failed", False))
+    the_plan, _ = engine.preview(inputs, retry_failed=getattr(args, "retry_failed", False),
+                                 between_passes=True,
+                                 wait=not getattr(args, "no_wait", False), log=logger)
     if args.json:
         _out(render.dumps(render.plan_json(the_plan)))
     else:

@@ -131,6 +131,9 @@ class Desired:
     globals: Mapping[str, str]
     regions: Mapping[str, Region]
     tenants: Mapping[str, TenantSpec]  # sorted by name
+    # ``retired:``: undeclared tenants an operator acknowledged — "known, keep the file,
+    # do not route" (an acknowledged orphan is not a problem)
+    retired: frozenset[str] = frozenset()
 
     def tenant_path(self, name: str, region: str) -> Path:
         return self.regions[region].path / f"{name}.db"
@@ -216,7 +219,7 @@ _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (
                      "tenant's pending migrations commit together, or none)")
 _GIT_KEYS = ("remote", "branch")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
-_TOP_KEYS = ("version", "settings", "globals", "regions", "tenants")
+_TOP_KEYS = ("version", "settings", "globals", "regions", "tenants", "retired")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
 
 
@@ -294,13 +297,39 @@ class _Checker(NodeChecker):
                        "add a `tenants:` mapping, e.g. `tenants: {acme: {region: eu}}` "
                        "(`tenants: {}` declares an empty fleet)")
         tenants = self.tenants(sections.get("tenants"), regions, settings, latest)
+        retired = self.retired(sections.get("retired"), tenants)
         return Desired(
             source=source,
             settings=settings,
             globals=MappingProxyType(dict(sorted(glob.items()))),
             regions=MappingProxyType(regions),
             tenants=MappingProxyType(dict(sorted(tenants.items()))),
+            retired=retired,
         )
+
+    def retired(self, node: yaml.Node | None, tenants: dict[str, TenantSpec]
+                ) -> frozenset[str]:
+        """``retired: [name, …]``: tenant names, each once, none also under ``tenants:``."""
+        if node is None or is_null(node):
+            return frozenset()
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, f"retired must be a list of tenant names, got {kind(node)}",
+                       "write `retired: [oldco, initech]`")
+            return frozenset()
+        out: set[str] = set()
+        for item in node.value:
+            name = self.label(item, "retired tenant name")
+            if name is None:
+                continue
+            if name in out:
+                self.error(item, f"tenant '{name}' is listed twice under retired:",
+                           "list each retired tenant once")
+            elif name in tenants:
+                self.error(item, f"tenant '{name}' is declared under tenants: and listed "
+                           "under retired:", f"remove '{name}' from retired: to keep serving "
+                           "it, or remove it from tenants: to retire it")
+            out.add(name)
+        return frozenset(out)
 
     def settings(self, node: yaml.Node | None, base: Path,
                  latest_for: Callable[[Path], int | None]) -> tuple[Settings, int | None]:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import desired as desired_mod
+from reconciler import fleet as fleet_mod
 from reconciler import migrations as migrations_mod
 from reconciler import ownership
 from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
-from reconciler.errors import InvalidInput, Problem
+from reconciler.errors import InvalidInput, PermanentError, Problem
 from reconciler.lock import FleetLock
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed, observe
@@ -128,14 +129,33 @@ def collector_paused() -> Iterator[None]:
 
 def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool, mode: str = "rw"
                ) -> tuple[Plan, Observed]:
+    # a copy sharing its original's directories is refused before a file is even read
+    why = fleet_mod.refusal(inputs.desired, fleet_mod.observe_fleet(inputs.desired, snapshot))
+    if why is not None:
+        raise PermanentError(why)
     verify_catalog(inputs, snapshot)
     observed = observe(inputs.desired, snapshot, mode=mode)
     return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
                 retry_failed=retry_failed), observed
 
 
-def preview(inputs: Inputs, retry_failed: bool = False) -> tuple[Plan, Observed]:
-    """Plan without changing anything on disk."""
+def preview(inputs: Inputs, retry_failed: bool = False, *, between_passes: bool = False,
+            wait: bool = True, log: Logger | None = None) -> tuple[Plan, Observed]:
+    """Plan without changing anything on disk.
+
+    ``between_passes``: the plan a reviewer reads — taken while no pass runs (holding a
+    shared lock, see ``FleetLock.shared``), waiting for one in progress (``wait``) or
+    raising ``PassInProgress``, never mixing a half-done pass into the diff."""
+    if not between_passes:
+        return _preview(inputs, retry_failed)
+    lock = FleetLock(inputs.desired.settings.central)
+    with lock.shared(wait, on_wait=None if log is None else lambda holder: log.warning(
+            "waiting for the pass in progress to finish before planning", holder=holder,
+            lock=str(lock.path))):
+        return _preview(inputs, retry_failed)
+
+
+def _preview(inputs: Inputs, retry_failed: bool) -> tuple[Plan, Observed]:
     with collector_paused():
         snapshot = Registry.read(inputs.desired.settings.central, Registry.snapshot,
                                  Snapshot.empty())
@@ -153,6 +173,7 @@ def locked_registry(inputs: Inputs, log: Logger, wait: bool) -> Iterator[Registr
     try:
         registry = Registry.open(settings.central)
         try:
+            fleet_mod.guard(inputs.desired, registry)  # a copy sharing its original's files
             yield registry
         finally:
             registry.close()

@@ -8,16 +8,31 @@ and command line only to name it in messages; the lock itself is the ``flock``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
 from reconciler.errors import LockHeld, ReconcileError
 from reconciler.ownership import explain
 from reconciler.supervise import started_pid
+
+
+class PassInProgress(LockHeld):
+    """A read-only plan was asked for (``--no-wait``) while a pass holds the lock."""
+
+    def __init__(self, lock_path: str, holder: str) -> None:
+        super().__init__(lock_path, holder)
+        self.args = (f"another reconciler is applying a pass on this fleet right now "
+                     f"({holder}, lock {lock_path}): a plan now would mix its half-done work "
+                     "into the diff, so none is shown — run again when it has finished, or "
+                     "without --no-wait to wait for it",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class FleetLock:
@@ -61,6 +76,33 @@ class FleetLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    @contextlib.contextmanager
+    def shared(self, wait: bool, on_wait: Callable[[str], None] | None = None
+               ) -> Iterator[None]:
+        """Keep any pass from running for the length of a block (a reader's plan must not
+        mix in a half-done pass), creating and changing nothing: a shared ``flock`` on
+        the lock file opened read-only, when it exists and this user may read it.
+        Another reconciler mid-pass: wait for it (``on_wait`` is told who it is), or
+        raise ``PassInProgress`` when ``wait`` is False."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # none (no pass ever ran), or not readable by this user: a
+            yield        # read-only reader cannot tell, and plans as before
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self.holder()
+                if not wait:
+                    raise PassInProgress(str(self.path), holder) from None
+                if on_wait is not None:
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
 
     def __enter__(self) -> FleetLock:
         return self

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote_from_bytes
 
+from reconciler import fleet as fleet_mod
 from reconciler import readonly
 from reconciler.desired import Desired
 from reconciler.state import FileState as FileState
@@ -259,9 +260,18 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
     # a dict as an ordered set: files are read in tenant order (deterministic) with no
     # sort of 100k strings; each directory is listed once whatever the order
     texts = dict.fromkeys(declared.values())
+    fence = fleet_mod.fence(desired)
+    outside = []  # registered outside the fleet's directories: never opened (fleet.py)
     for row in registry.tenants.values():
-        if row.status != "archived" and row.path not in texts:
-            texts[os.fspath(Path(row.path))] = None  # normalised, as a Path key would be
+        if row.path not in texts:
+            if not fence.holds(row.path):
+                outside.append(row)
+            elif row.status != "archived":
+                texts[os.fspath(Path(row.path))] = None  # normalised, as a Path key would be
+    fleet = fleet_mod.observe_fleet(desired, registry, outside)
+    for name, path in fleet.rerooted.items():
+        if registry.tenants[name].status != "archived":
+            texts[path] = None  # where this fleet keeps it: read there instead
     archives = list_archives(desired.settings.archive_dir)
     for spec in desired.tenants.values():
         if spec.name in archives:
@@ -276,4 +286,5 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
         archives=MappingProxyType(archives),
         now=time.time() if now is None else now,
         declared=declared,
+        fleet=fleet,
     )

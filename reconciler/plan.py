@@ -13,7 +13,13 @@ Rules that protect data (DESIGN §5), enforced here:
 * a declared tenant with an archived copy is restored from it, never created empty;
 * a tenant that failed with the same desired state and migrations is retried only
   after its backoff or when asked to (``retry_failed``), so a broken migration is
-  not hammered in a loop.
+  not hammered in a loop;
+* its own fleet only (fleet.py): a registered path outside the directories tenants.yaml
+  declares is never acted on — the row is rerooted (first in the plan) to where this
+  fleet keeps the file, an unfinished operation naming such a path is not resumed;
+* every change apply makes is an action of its own (``suspend``, ``unsuspend``,
+  ``reroot`` included), so ``--dry-run`` never hides one; a ``retired:`` tenant is
+  acknowledged (``retired``): no problem, not routed, never archived.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ class Kind(StrEnum):
     MIGRATE = "migrate"
     ARCHIVE = "archive"
     CORRECT = "correct"
+    REROOT = "reroot"  # the registry names a file outside the fleet's directories (fleet.py)
+    SUSPEND = "suspend"  # declared suspended: routing answers 503 from now on
+    UNSUSPEND = "unsuspend"  # no longer suspended: back in service
     # reports: nothing is done to the tenant's file
     MISSING = "missing"
     ORPHANED = "orphaned"
@@ -47,10 +56,11 @@ class Kind(StrEnum):
     FAILED = "failed"
     INVALID = "invalid"
     PENDING = "pending"  # would migrate, but its rollout halted (see ``rollout_key``)
+    RETIRED = "retired"  # undeclared and acknowledged under ``retired:``: kept, not routed
 
 
 CHANGES = (Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.MIGRATE, Kind.ARCHIVE,
-           Kind.CORRECT)
+           Kind.CORRECT, Kind.REROOT, Kind.SUSPEND, Kind.UNSUSPEND)
 PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID,
             Kind.PENDING)
 
@@ -83,7 +93,7 @@ class Action:
 class RegistryChange:
     """Bookkeeping the registry needs: a global setting or a routed domain."""
 
-    table: str  # "settings" | "domains"
+    table: str  # "settings" | "domains" | "fleet" (key "copied"/"moved": where from → here)
     key: str
     old: str | None
     new: str | None
@@ -191,8 +201,17 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
     declared_at, journal = observed.declared, reg.journal
     version_at = (observed.files.version_of if isinstance(observed.files, FileStates)
                   else observed.version_at)
+    fleet = observed.fleet
+    rerooted = fleet.rerooted if fleet is not None else {}
+    reroots: list[Action] = []  # first in the plan: every later action uses the new path
     for name, spec in desired.tenants.items():
         row = reg.tenants.get(name)
+        if rerooted and row is not None and name in rerooted:
+            outside = row.path
+            row = _reroot(row, rerooted[name], reroots)
+            actions.extend(_explained(_plan_declared(desired, observed, catalog, spec, row,
+                                                     retry_failed), outside, row.path))
+            continue
         if (row is not None and row.status == "active" and not spec.suspended
                 and row.region == spec.region and row.protected == spec.protected
                 and row.path == declared_at.get(name) and name not in journal):
@@ -207,8 +226,12 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
         # failed its health gate at the target waits for --retry-failed, backoff or not)
         actions.extend(_plan_declared(desired, observed, catalog, spec, row, retry_failed))
 
-    undeclared = _plan_undeclared(desired, observed, notes)
+    for name in sorted(desired.retired - reg.tenants.keys()):
+        notes.append(f"retired: {name} is not in the registry — nothing to acknowledge "
+                     "(a typo, or already gone)")
+    undeclared = _plan_undeclared(desired, observed, notes, reroots)
     actions.extend(undeclared)
+    actions[:0] = reroots
     archiving = {a.tenant for a in undeclared if a.kind is Kind.ARCHIVE}
 
     key = ""
@@ -224,7 +247,8 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
         target=default_target,
         tenant_count=len(desired.tenants),
         actions=tuple(actions),
-        registry=tuple(_registry_changes(desired, observed, archiving)),
+        registry=(*_fleet_changes(observed),
+                  *_registry_changes(desired, observed, archiving)),
         waves=waves(migrating, ro.canary, ro.batch),
         notes=tuple(notes),
         declared=tuple(desired.tenants),
@@ -245,11 +269,19 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
         return _resume(journal, row, observed, want, target, retry_failed, base,
                        catalog.latest)
 
+    if row is not None and row.name in _unplaced(observed):
+        return [_a(base, Kind.INVALID, source=Path(row.path), detail=_unplaced_detail(row))]
+
     if spec.suspended:
         if row is None:
             return [_a(base, Kind.SUSPENDED, detail="suspended — not created")]
+        if row.status not in ("suspended", "archived", "missing"):
+            return [_a(base, Kind.SUSPEND, from_version=row.schema_version,
+                       to_version=row.schema_version, status="suspended",
+                       detail=f"status {row.status} → suspended: routing answers 503, the "
+                       "reconciler leaves it alone")]
         return [_a(base, Kind.SUSPENDED, from_version=row.schema_version,
-                       detail="suspended — left alone", status="suspended")]
+                       detail="suspended — left alone", status=row.status)]
 
     if row is None or row.status == "archived":
         archives = observed.archives.get(name, ())
@@ -281,6 +313,15 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
     found = observed.file(current)
     if not found.exists:
         moved = observed.file(want) if want != current else None
+        if moved is not None and moved.usable and observed.fleet is not None:
+            # its registered file is gone and a database sits where tenants.yaml wants it
+            # (moved there by hand): register that one — copying it back and forth between
+            # the two places would only end in `restore` and `relocate` refusing each other
+            reroot = _a(base, Kind.REROOT, from_region=row.region, source=current,
+                        detail=f"registered file {current} is gone; {want} holds its database")
+            return [reroot, *_plan_declared(desired, observed, catalog, spec,
+                                            row._replace(path=str(want), region=region),
+                                            retry_failed)]
         hint = (f"; a file exists at {want} — check it, then `reconcile restore {name} --from "
                 f"{want}`" if moved is not None and moved.exists else
                 f"; restore it with `reconcile restore {name} --from FILE`")
@@ -307,6 +348,12 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
     unverified = row.status == "migrating" and version == target
     wrong_status = row.status != "active" and not unverified and not (
         row.status in ("failed", "pending", "migrating") and not target_reached)
+    if row.status == "suspended":  # declared again without `suspended: true`
+        out.append(_a(base, Kind.UNSUSPEND, from_version=row.schema_version,
+                      to_version=version, source=current, status="active",
+                      detail="suspended → active: back in service"))
+        wrong_status = False
+        row = row._replace(status="active")
     if row.schema_version != version or wrong_status or row.protected != spec.protected:
         reasons = []
         if row.schema_version != version:
@@ -338,6 +385,18 @@ def _resume(journal: JournalRow, row: TenantRow | None, observed: Observed, want
     """Finish (or roll back) what a killed run journaled; the action module decides which
     from the journal phase and the files. ``want`` is None for an undeclared tenant."""
     kind = _RESUMABLE.get(journal.action)
+    fence = observed.fleet.fence if observed.fleet is not None else None
+    if observed.fleet is not None:  # moved with the fleet: resumed where it is now
+        journal = observed.fleet.journals.get(journal.tenant, journal)
+    if kind is not None and fence is not None:
+        far = [p for p in (journal.source, journal.dest, journal.temp,
+                           journal.details().get("retired_path")) if p and not fence.holds(p)]
+        if far:
+            return [_a(base, Kind.INVALID, detail=f"unfinished {journal.action} (phase "
+                       f"{journal.phase}) refers to {far[0]}, outside the directories "
+                       "tenants.yaml declares — not resumed, nothing touched; finish it in "
+                       "the fleet this registry was copied from (or copy that fleet once it "
+                       "has converged)")]
     if kind is None:
         return [_a(base, Kind.INVALID, detail=f"unfinished {journal.action!r} in the journal, "
                        "which this reconciler does not know — upgrade tenant-reconciler")]
@@ -419,8 +478,10 @@ def _then_migrate(first: Action | None, version: int | None, target: int, row: T
     return out
 
 
-def _plan_undeclared(desired: Desired, observed: Observed, notes: list[str]) -> list[Action]:
+def _plan_undeclared(desired: Desired, observed: Observed, notes: list[str],
+                     reroots: list[Action]) -> list[Action]:
     out: list[Action] = []
+    rerooted = observed.fleet.rerooted if observed.fleet is not None else {}
     settings = desired.settings
     archived = 0
     registered = observed.registry.tenants
@@ -428,15 +489,31 @@ def _plan_undeclared(desired: Desired, observed: Observed, notes: list[str]) -> 
     undeclared = sorted((name, registered[name])
                         for name in registered.keys() - desired.tenants.keys()
                         if registered[name].status != "archived")
+    for name in sorted(rerooted):  # archived rows outside the fence: registry only
+        row = registered[name]
+        if row.status == "archived" and name not in desired.tenants:
+            _reroot(row, rerooted[name], reroots)
     journal = observed.registry.journal
+    unplaced = _unplaced(observed)
     for name, row in undeclared:
+        if name in rerooted:
+            row = _reroot(row, rerooted[name], reroots)
         path = Path(row.path)
         base = Action(Kind.ORPHANED, name, row.region, from_version=row.schema_version,
                       path=path, protected=row.protected)
         if name in journal:
             out.extend(_resume(journal[name], row, observed, None, 0, False, base))
             continue
+        if name in unplaced:
+            out.append(_a(base, Kind.INVALID, detail=_unplaced_detail(row)))
+            continue
         found = observed.file(path)
+        if name in desired.retired:  # acknowledged: not a problem, not routed, kept
+            out.append(_a(base, Kind.RETIRED, status="orphaned",
+                          detail="acknowledged under retired: — its file is kept"
+                          + ("" if found.exists else f" (but {path} is gone)")
+                          + ", not routed, never archived"))
+            continue
         if not found.exists:
             out.append(_a(base, Kind.ORPHANED, status="orphaned", detail="not in tenants.yaml and "
                               f"its file {path} is gone"))
@@ -486,7 +563,8 @@ def _registry_changes(desired: Desired, observed: Observed,
         if tenant in desired.tenants:
             continue
         row = reg.tenants.get(tenant)
-        if row is not None and row.status != "archived" and tenant not in archiving:
+        if row is not None and row.status != "archived" and tenant not in archiving \
+                and tenant not in desired.retired:
             wanted.setdefault(domain, tenant)
     if wanted == reg.domains:  # the steady state: one comparison, no sort of every domain
         return out
@@ -495,3 +573,43 @@ def _registry_changes(desired: Desired, observed: Observed,
         if new != old:
             out.append(RegistryChange("domains", domain, old, new))
     return out
+
+
+def _reroot(row: TenantRow, home: str, reroots: list[Action]) -> TenantRow:
+    """Add the ``reroot`` of ``row`` to ``home`` (where this fleet keeps its file, see
+    fleet.py) to ``reroots``; returns the row as it will be once rerooted."""
+    old = Path(row.path)
+    new = Path(home)
+    reroots.append(Action(Kind.REROOT, row.name, row.region, from_region=row.region,
+                          from_version=row.schema_version, to_version=row.schema_version,
+                          path=new, source=old, protected=row.protected,
+                          detail=f"{old.parent} → {new.parent}"))
+    return row._replace(path=home)
+
+
+def _explained(actions: list[Action], outside: str, home: str) -> list[Action]:
+    """A rerooted tenant with no file where this fleet keeps it: say where the registry
+    pointed and what to do, instead of only "file is gone"."""
+    return [_a(a, a.kind, detail=f"registered at v{a.from_version} at {outside}, outside "
+               "this fleet's directories (not looked at), and no file at "
+               f"{home} — not recreated; if this fleet's files are elsewhere, move them into "
+               f"{Path(home).parent}, or `reconcile restore {a.tenant} --from FILE`")
+            if a.kind is Kind.MISSING else a for a in actions]
+
+
+def _unplaced(observed: Observed) -> tuple[str, ...]:
+    return observed.fleet.unplaced if observed.fleet is not None else ()
+
+
+def _unplaced_detail(row: TenantRow) -> str:
+    return (f"registered at {row.path} in region {row.region}, which tenants.yaml no longer "
+            "declares: outside this fleet's directories — not touched; declare the region "
+            "again (where this fleet keeps its files)")
+
+
+def _fleet_changes(observed: Observed) -> list[RegistryChange]:
+    """The registry was copied or moved here: recorded as such (a copy gets a new id)."""
+    fleet = observed.fleet
+    if fleet is None or fleet.origin is None:
+        return []
+    return [RegistryChange("fleet", fleet.origin, fleet.recorded, fleet.central)]

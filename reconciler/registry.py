@@ -108,6 +108,12 @@ UPGRADES: tuple[str, ...] = (
     """
     ALTER TABLE migrations ADD COLUMN applied INTEGER NOT NULL DEFAULT 1;
     """,
+    # the fleet's identity (see reconciler/fleet.py): its id, where this registry was
+    # when last written (``central``), and the directories the fleet then declared
+    # (``dirs``, JSON) — so a copied or moved registry is recognised as such
+    """
+    CREATE TABLE fleet (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 VERSION = len(UPGRADES)
 
@@ -278,6 +284,9 @@ class Registry:
                 if _has_column(c, "migrations", "applied") else frozenset()
             journal: dict[str, JournalRow] = {}
             rollout: dict[str, str] = {}
+            fleet: dict[str, str] = {}
+            if "fleet" in have:
+                fleet = dict(c.execute("SELECT key, value FROM fleet").fetchall())
             if "journal" in have:
                 journal = {r[0]: JournalRow(*r) for r in c.execute(
                     "SELECT tenant, action, phase, source, dest, temp, started_at, detail "
@@ -287,7 +296,8 @@ class Registry:
             c.execute("COMMIT")
         return Snapshot(True, MappingProxyType(tenants), MappingProxyType(domains),
                         MappingProxyType(settings), MappingProxyType(migrations),
-                        MappingProxyType(journal), MappingProxyType(rollout), unconfirmed)
+                        MappingProxyType(journal), MappingProxyType(rollout), unconfirmed,
+                        MappingProxyType(fleet))
 
     def tenant(self, name: str) -> TenantRow | None:
         r = self.conn.execute(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = ?",
@@ -439,6 +449,11 @@ class Registry:
             extra = json.loads(detail) if detail else {}
             out.update(str(v) for k, v in extra.items() if k.endswith("path") and v)
         return out
+
+    def set_fleet(self, values: Mapping[str, str]) -> None:
+        """Record the fleet's identity (``fleet`` table: key → value)."""
+        self.conn.executemany("INSERT INTO fleet (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                              "DO UPDATE SET value = excluded.value", sorted(values.items()))
 
     def delete_domains(self, tenant: str) -> None:
         self.conn.execute("DELETE FROM domains WHERE tenant = ?", (tenant,))

@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import tenantdb
+from reconciler import fleet, tenantdb
 from reconciler.context import OK, PENDING, Context, Outcome, crash_point, record
 from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.plan import Action
@@ -454,6 +454,7 @@ def move_out(source: Path, target: Path, busy_timeout: float, during: str) -> No
 
 def run(action: Action, ctx: Context) -> Outcome:
     journal = ctx.registry.journal_row(action.tenant)
+    fleet.check_journal(ctx.desired, journal)  # its own fleet's files only
     if journal is not None and journal.action == "relocate":
         outcome = _resume(action, journal, ctx)
         row = ctx.registry.tenant(action.tenant)
@@ -476,6 +477,8 @@ def _start(action: Action, ctx: Context) -> Outcome:
     if row is None or action.path is None or action.region is None:
         raise PermanentError(f"relocating {name}: no registry row or no destination")
     source, dest = Path(row.path), action.path
+    fleet.check(ctx.desired, source, f"relocating {name}: its file")
+    fleet.check(ctx.desired, dest, f"relocating {name} to")
     if dest == source:
         raise PermanentError(f"relocating {name}: already at {dest}")
     if not os.path.lexists(source):

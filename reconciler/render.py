@@ -20,7 +20,8 @@ SYMBOLS = {
     Kind.CREATE: "+", Kind.ADOPT: "=", Kind.RESTORE: "<", Kind.RELOCATE: ">",
     Kind.MIGRATE: "~", Kind.ARCHIVE: "-", Kind.CORRECT: "*", Kind.MISSING: "!",
     Kind.ORPHANED: "?", Kind.DOWNGRADE: "!", Kind.SUSPENDED: " ", Kind.FAILED: "!",
-    Kind.INVALID: "!", Kind.PENDING: "!",
+    Kind.INVALID: "!", Kind.PENDING: "!", Kind.REROOT: "*", Kind.SUSPEND: "|",
+    Kind.UNSUSPEND: "^", Kind.RETIRED: " ",
 }
 
 
@@ -46,10 +47,17 @@ def _columns(a: Action) -> tuple[str, str, str]:
 def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None) -> list[str]:
     lines = [f"Plan for {config_name} @ {short(plan.revision)} — {plan.tenant_count} tenants, "
              f"target schema {plan.target}"]
-    rows = [(SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a)) for a in plan.actions]
+    rows = [(SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a)) for a in plan.actions
+            if a.kind is not Kind.REROOT]
+    rows[:0] = reroot_rows(plan)
     for c in plan.registry:
         sym = "+" if c.old is None else "-" if c.new is None else "~"
-        if c.table == "domains":
+        if c.table == "fleet":
+            rows.insert(0, ("*", "fleet", c.key, "", "", f"registry {c.old} → {c.new}"
+                            + (" — a fleet of its own from now on (new fleet id); the "
+                               "original's files are never touched" if c.key == "copied"
+                               else "")))
+        elif c.table == "domains":
             rows.append((sym, "route", c.key, "", "", f"→ {c.new}" if c.new else
                          f"(was {c.old}) removed"))
         else:
@@ -116,17 +124,39 @@ def halted_lines(plan: Plan) -> list[str]:
             "--retry-failed` (editing tenants.yaml or the migrations also resumes it)"]
 
 
+def reroot_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str]]:
+    """Reroots grouped by region and directory: ``* reroot eu: /old/eu → /new/eu (40
+    tenants)`` — one line per moved directory, not one per tenant (``--json`` lists them
+    all)."""
+    groups: dict[tuple[str, str, str, str], list[str]] = {}
+    for a in plan.actions:
+        if a.kind is Kind.REROOT and a.source is not None and a.path is not None:
+            key = (a.from_region or "", a.region or "", str(a.source.parent), str(a.path.parent))
+            groups.setdefault(key, []).append(a.tenant)
+    out = []
+    for (old_region, region, old, new), names in groups.items():
+        where = region if old_region == region else f"{old_region} → {region}"
+        who = names[0] if len(names) == 1 else f"{len(names)} tenants: {_names(names)}"
+        out.append(("*", "reroot", f"{where}:", "", "", f"{old} → {new} ({who})"))
+    return out
+
+
 def plan_summary(plan: Plan) -> str:
     if plan.is_empty and not plan.problems:
         return "No changes: the fleet matches the desired state."
     parts = [f"{plan.count(Kind.CREATE)} to create", f"{plan.count(Kind.MIGRATE)} to migrate",
              f"{plan.count(Kind.RELOCATE)} to relocate", f"{plan.count(Kind.ARCHIVE)} to archive"]
     for kind, label in ((Kind.ADOPT, "to adopt"), (Kind.RESTORE, "to restore"),
+                        (Kind.REROOT, "to reroot"), (Kind.SUSPEND, "to suspend"),
+                        (Kind.UNSUSPEND, "to unsuspend"),
                         (Kind.CORRECT, "registry corrections")):
         if plan.count(kind):
             parts.append(f"{plan.count(kind)} {label}")
-    if plan.registry:
-        parts.append(f"{len(plan.registry)} routing/settings updates")
+    fleet = [c for c in plan.registry if c.table == "fleet"]
+    if fleet:
+        parts.append(f"fleet registry {fleet[0].key}")
+    if len(plan.registry) > len(fleet):
+        parts.append(f"{len(plan.registry) - len(fleet)} routing/settings updates")
     problems = len(plan.problems)
     return f"Plan: {', '.join(parts)}; {problems} problem{'s' if problems != 1 else ''}."
 

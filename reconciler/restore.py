@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import relocate, tenantdb
+from reconciler import fleet, relocate, tenantdb
 from reconciler.context import OK, Context, Logger, Outcome, Timer, record
 from reconciler.engine import Inputs, locked_registry
 from reconciler.errors import PermanentError
@@ -114,6 +114,27 @@ def _restore(inputs: Inputs, registry: Registry, tenant: str, source: Path, log:
             raise PermanentError(f"{tenant} is archived at {row.path}; declare it in "
                                  f"{desired.source.name} and run `reconcile` to restore it")
         dest, region, protected = Path(row.path), row.region, row.protected
+        if not fleet.fence(desired).holds(dest):
+            # registered outside this fleet's directories (a copied or moved registry):
+            # never recreate that tree — the copy goes where this fleet keeps the tenant
+            home = fleet.home(desired, row)
+            if home is None:
+                raise PermanentError(f"{tenant} is registered at {dest} in region {region}, "
+                                     f"which {desired.source.name} no longer declares; "
+                                     "declare the region again first")
+            dest = Path(home)
+    fleet.check(desired, dest, f"restoring {tenant} to")
+    wanted = desired.tenant_path(tenant, spec.region) if spec is not None else None
+    if row is not None and os.path.lexists(dest) and str(dest) != row.path:
+        raise PermanentError(f"{tenant}'s database is already at {dest}, where this fleet "
+                             f"keeps it (the registry still names {row.path}): run "
+                             "`reconcile` — it points the registry at that file (reroot), "
+                             "no copy needed")
+    if row is not None and wanted is not None and str(wanted) != row.path and \
+            os.path.lexists(wanted) and source.absolute() == wanted.absolute():
+        raise PermanentError(f"{source} is already where {desired.source.name} wants "
+                             f"{tenant}: run `reconcile` — it registers that file (reroot), "
+                             "no copy needed")
     if os.path.lexists(dest):
         raise PermanentError(f"{tenant}'s file {dest} exists (status "
                              f"{row.status if row else 'unregistered'}); restore only fills "
@@ -138,7 +159,7 @@ def _restore(inputs: Inputs, registry: Registry, tenant: str, source: Path, log:
         if row is None:
             registry.upsert_tenant(tenant, region, dest, version, "active", protected)
         else:
-            registry.update_tenant(tenant, schema_version=version, status="active",
+            registry.update_tenant(tenant, schema_version=version, status="active", path=dest,
                                    failure=None, failed_key=None, failures=0, retry_at=None)
         record(ctx, "restore", tenant, outcome, level="warning")
     return Restored(tenant, source, dest, region, version, inputs.catalog.latest)

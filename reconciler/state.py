@@ -69,11 +69,13 @@ class Snapshot:
     rollout: Mapping[str, str]  # key → state
     # migrations recorded before their first use that no tenant was confirmed to commit
     unconfirmed: frozenset[int] = frozenset()
+    # the ``fleet`` table (reconciler/fleet.py): id, central, dirs; {} before it is recorded
+    fleet: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
     def empty() -> Snapshot:
         e: Mapping[Any, Any] = MappingProxyType({})
-        return Snapshot(False, e, e, e, e, e, e)
+        return Snapshot(False, e, e, e, e, e, e, frozenset(), e)
 
 
 
@@ -141,6 +143,35 @@ class FileStates(Mapping[Path, FileState]):
 
 
 @dataclass(frozen=True)
+class Fence:
+    """The directories (normalised absolute path texts) a pass may touch files in: the
+    region directories, ``_archive`` and ``_retired`` its tenants.yaml declares."""
+
+    dirs: frozenset[str]
+    config: str = "tenants.yaml"
+
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Is ``path`` a file directly inside one of the declared directories?"""
+        return os.path.dirname(os.path.normpath(os.fspath(path))) in self.dirs
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """Where the registry is against where it was recorded (see reconciler/fleet.py)."""
+
+    central: str  # where the registry is now (normalised absolute path text)
+    fence: Fence = field(default_factory=lambda: Fence(frozenset()))
+    recorded: str | None = None  # where it was when last written; None: never recorded
+    origin: str | None = None  # "copied" | "moved" | None (where it was recorded)
+    shared: tuple[str, ...] = ()  # declared directories a copy shares with its original
+    # tenant → where this fleet keeps the file of a row registered outside the fence
+    rerooted: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    unplaced: tuple[str, ...] = ()  # rows outside the fence whose region is not declared
+    # tenant → its unfinished operation with every path moved with the fleet's directories
+    journals: Mapping[str, JournalRow] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
 class Observed:
     registry: Snapshot
     files: Mapping[Path, FileState]
@@ -150,6 +181,7 @@ class Observed:
     # declared tenant → the text of the path its file belongs at (== the text of
     # desired.tenant_path), so the planner's steady-state check needs no Path at all
     declared: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    fleet: FleetState | None = None  # None: not observed (unit tests of other rules)
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)

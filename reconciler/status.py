@@ -50,7 +50,8 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
             region=row.region if row else "-",
             version=file_version,
             status=("suspended" if spec and spec.suspended and row is None else
-                    row.status if row else "absent"),
+                    "retired" if row and name in desired.retired and row.status == "orphaned"
+                    else row.status if row else "absent"),
             pending=pending,
         ))
     return out
