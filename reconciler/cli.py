@@ -9,17 +9,31 @@ after a second one.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from reconciler import engine, log, progress, render, routing
+from reconciler import (
+    __version__,
+    compact,
+    engine,
+    errors_json,
+    log,
+    progress,
+    render,
+    routing,
+    terminal,
+)
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
-from reconciler.errors import InvalidInput, ReconcileError
+from reconciler.errors import InvalidInput, Problem, ReconcileError
 from reconciler.registry import Registry
+from reconciler.revision import short
+from reconciler.wording import plural
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_PROBLEMS = 0, 1, 2, 3
 
@@ -28,20 +42,30 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
     d: dict[str, Any] = {"default": argparse.SUPPRESS} if sub else {}
     p.add_argument("-c", "--config", help="desired state file (default ./tenants.yaml, "
                    "env RECONCILE_CONFIG)", **({"default": None} | d))
-    p.add_argument("--json", action="store_true", help="machine-readable output",
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout "
+                   "(errors too, as a JSON object; exit codes unchanged)",
+                   **({"default": False} | d))
+    p.add_argument("-v", "--verbose", action="store_true", help="every line, also on a "
+                   "terminal (where results and large plans are compact by default)",
                    **({"default": False} | d))
     p.add_argument("--log-format", choices=("console", "json"),
                    help="default: console on a terminal, JSON lines otherwise",
                    **({"default": None} | d))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                   **({"default": "info"} | d))
+                   help="default: info (warning for apply on a terminal, unless --verbose)",
+                   **({"default": None} | d))
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 1 (invalid input), not argparse's 2, which means "changes
     pending" to scripts running ``reconcile plan``."""
 
+    json_errors = False  # --json was on the command line: usage errors as JSON too
+
     def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            _out(render.dumps(errors_json.usage(f"{self.prog}: {message}")))
+            self.exit(EXIT_ERROR)
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
@@ -51,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
         prog="reconcile",
         description="Converge a fleet of per-tenant SQLite databases to tenants.yaml.")
     _common(p, sub=False)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the version and exit")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--no-wait", action="store_true",
                    help="exit at once if another reconciler holds the lock")
@@ -59,17 +85,25 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     a = sub.add_parser("apply", help="one pass: observe, plan, apply (default)")
     _common(a, sub=True)
-    a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS)
-    a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
-    a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS)
+    a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                   help="print the plan, change nothing (same as `reconcile plan`)")
+    a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
+                   help="exit at once if another reconciler holds the lock")
+    a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS,
+                   help="retry failed tenants and halted rollouts now")
     _common(sub.add_parser("plan", help="print the plan, change nothing"), sub=True)
-    _common(sub.add_parser("status", help="desired vs actual, per tenant"), sub=True)
+    st = sub.add_parser("status", help="the fleet in numbers, then the tenants that need a "
+                        "person")
+    _common(st, sub=True)
+    st.add_argument("--all", action="store_true", dest="all_tenants",
+                    help="a row for every tenant: desired vs actual region, version, status")
     _common(sub.add_parser("validate", help="check tenants.yaml and migrations only"),
             sub=True)
     h = sub.add_parser("history", help="the events table, newest first")
     _common(h, sub=True)
-    h.add_argument("tenant", nargs="?")
-    h.add_argument("-n", "--limit", type=int, default=50)
+    h.add_argument("tenant", nargs="?", help="only this tenant's events (default: all)")
+    h.add_argument("-n", "--limit", type=int, default=50, metavar="N",
+                   help="at most N events (default 50)")
     dm = sub.add_parser("daemon", help="keep the fleet converged (systemd Type=notify service)")
     _common(dm, sub=True)
     dm.add_argument("--git-pull", action="store_true",
@@ -85,10 +119,11 @@ def parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("restore", help="verify a file and put it in service for a missing "
                         "tenant")
     _common(rs, sub=True)
-    rs.add_argument("tenant")
+    rs.add_argument("tenant", help="the missing tenant to put back in service")
     rs.add_argument("--from", dest="source", required=True, metavar="FILE",
                     help="a retired or archived copy, or a backup (copied, never moved)")
-    rs.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
+    rs.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
+                    help="exit at once if another reconciler holds the lock")
     g = sub.add_parser("gc", help="delete retired copies older than a duration (the only "
                        "command that deletes)")
     _common(g, sub=True)
@@ -96,32 +131,67 @@ def parser() -> argparse.ArgumentParser:
                    help="e.g. 30d, 12h; copies retired at least this long ago are deleted")
     g.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
                    help="list what would be deleted, delete nothing")
-    g.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
+    g.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
+                   help="exit at once if another reconciler holds the lock")
+    c = sub.add_parser("completion", help="print a shell completion script: "
+                       "source <(reconcile completion bash)")
+    c.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete in")
     return p
 
 
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")  # those shtab supports that systemd hosts use
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    for each in _parsers(p):
+        each.json_errors = "--json" in argv
+    args = p.parse_args(argv)
     command = args.command or ("plan" if args.dry_run else "apply")
     if command == "apply" and getattr(args, "dry_run", False):
         command = "plan"
-    logger = log.configure(args.log_format, args.log_level)
+    quiet = command == "apply" and _compact_logs(args)
+    logger = log.configure(args.log_format, args.log_level or ("warning" if quiet else "info"),
+                           per_tenant=not quiet)
     handler = COMMANDS[command]
     try:
         code: int = handler(args, logger)
         return code
     except InvalidInput as exc:
-        _err(f"invalid input — nothing was changed ({len(exc.problems)} problem"
-             f"{'s' if len(exc.problems) != 1 else ''}):")
+        if args.json:
+            _out(render.dumps(errors_json.invalid(exc)))
+            return EXIT_ERROR
+        _err(f"invalid input — nothing was changed ({plural(len(exc.problems), 'problem')}):")
         for problem in exc.problems:
             _err(f"  {problem}")
         return EXIT_ERROR
     except ReconcileError as exc:  # LockHeld, RetryableError, PermanentError, routing
-        _err(f"error: {exc}")
+        if args.json:
+            _out(render.dumps(errors_json.error(exc)))
+        else:
+            _err(f"error: {exc}")
         return EXIT_ERROR
+    except BrokenPipeError:  # `reconcile status | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
+        if args.json:
+            _out(render.dumps(errors_json.interrupted()))
         _err("interrupted")
         return 130
+
+
+def _compact_logs(args: argparse.Namespace) -> bool:
+    """A person at a terminal reads the result, not one log line per action: there, apply
+    logs only fleet-wide warnings and errors (the result reports each tenant) unless
+    --verbose, --json, a log format or a log level was asked for."""
+    return (not args.verbose and not args.json and args.log_format is None
+            and args.log_level is None and terminal.is_terminal(sys.stderr))
+
+
+def _compact_output(args: argparse.Namespace) -> bool:
+    return not args.verbose and terminal.is_terminal(sys.stdout)
 
 
 def _err(text: str) -> None:
@@ -148,7 +218,8 @@ def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
                            "halted": result.halted,
                            "outcomes": [o.__dict__ for o in result.outcomes]}))
     else:
-        _out(render.result_lines(result, summary))
+        _out(compact.result_lines(result, summary) if _compact_output(args)
+             else render.result_lines(result, summary))
     return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
@@ -158,8 +229,9 @@ def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     if args.json:
         _out(render.dumps(render.plan_json(the_plan)))
     else:
-        _out(render.plan_lines(the_plan, inputs.config.name,
-                               inputs.desired.settings.rollout))
+        _out(terminal.style_for(sys.stdout).plan_lines(render.plan_lines(
+            the_plan, inputs.config.name, inputs.desired.settings.rollout,
+            verbose=args.verbose)))
     return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
 
 
@@ -170,22 +242,21 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     with Registry.reading(inputs.desired.settings.central) as reg:
         last = reg.last_run() if reg is not None else None
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
+    fleet = status_mod.fleet_counts(rows)
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
+                           "fleet": status_mod.counts_json(fleet),
                            "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}))
+        return EXIT_OK if in_sync else EXIT_CHANGES
+    style = terminal.style_for(sys.stdout)
+    _out(compact.status_lines(fleet, rows, target=the_plan.target,
+                              show_all=args.all_tenants, style=style))
+    if last is not None:
+        _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
     else:
-        def ver(v: int | None) -> str:
-            return "-" if v is None else f"v{v}"
-        _out(render.table(
-            ("TENANT", "WANT", "REGION", "VERSION", "STATUS", "PENDING"),
-            ((r.tenant, f"{r.want_region} {ver(r.want_version)}", r.region, ver(r.version),
-              r.status, r.pending or "in sync") for r in rows)))
-        if last is not None:
-            _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
-        else:
-            _out("last pass: none recorded")
-        _out(f"desired state: {inputs.config.name} @ {inputs.revision}"
-             f" — {'in sync' if in_sync else 'drift'}")
+        _out("last pass: none recorded")
+    _out(f"desired state: {inputs.config.name} @ {short(inputs.revision)} — "
+         + (style.paint("in sync", "green") if in_sync else style.paint("out of sync", "yellow")))
     return EXIT_OK if in_sync else EXIT_CHANGES
 
 
@@ -201,9 +272,16 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
     if problems:
         raise InvalidInput(problems)
     d = inputs.desired
-    _out(f"{inputs.config}: ok — {len(d.tenants)} tenants in {len(d.regions)} regions; "
-         f"{inputs.catalog.latest} migrations (latest v{inputs.catalog.latest}), "
-         f"{len(inputs.catalog.checks)} health checks")
+    if args.json:
+        _out(render.dumps({"ok": True, "config": str(inputs.config),
+                           "revision": inputs.revision, "tenants": len(d.tenants),
+                           "regions": len(d.regions), "latest": inputs.catalog.latest,
+                           "checks": len(inputs.catalog.checks), "problems": []}))
+        return EXIT_OK
+    _out(f"{inputs.config}: ok — {plural(len(d.tenants), 'tenant')} in "
+         f"{plural(len(d.regions), 'region')}; "
+         f"{plural(inputs.catalog.latest, 'migration')} (latest v{inputs.catalog.latest}), "
+         f"{plural(len(inputs.catalog.checks), 'health check')}")
     return EXIT_OK
 
 
@@ -235,7 +313,7 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
 
     _out(render.table(
         ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "DETAIL"),
-        ((e["id"], e["at"], (e["revision"] or "")[:12], e["tenant"] or "-", e["action"],
+        ((e["id"], e["at"], short(e["revision"] or ""), e["tenant"] or "-", e["action"],
           e["outcome"], e["duration_ms"] if e["duration_ms"] is not None else "",
           describe(e)) for e in events)))
     return EXIT_OK
@@ -243,18 +321,14 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
 
 def cmd_route(args: argparse.Namespace, logger: Any) -> int:
     central = args.central or engine.load(engine.config_path(args.config)).desired.settings.central
-    try:
-        with routing.Router(central) as router:
-            tenant = router.resolve(args.host)
-            reason = tenant.unavailable_reason()  # the schema: judged on the file itself
-            if reason is None:  # prove the file opens, exactly as an application would
-                try:
-                    router.connect(args.host, args.min_schema).close()
-                except routing.TenantUnavailable as exc:
-                    reason = exc.reason
-    except routing.RoutingError as exc:
-        _err(f"error: {exc}")
-        return EXIT_ERROR
+    with routing.Router(central) as router:  # a RoutingError ends in main: exit 1
+        tenant = router.resolve(args.host)
+        reason = tenant.unavailable_reason()  # the schema: judged on the file itself
+        if reason is None:  # prove the file opens, exactly as an application would
+            try:
+                router.connect(args.host, args.min_schema).close()
+            except routing.TenantUnavailable as exc:
+                reason = exc.reason
     host = routing.normalize_host(args.host)
     if args.json:
         _out(render.dumps({"host": host, "tenant": tenant.name, "file": str(tenant.path),
@@ -298,8 +372,8 @@ def cmd_gc(args: argparse.Namespace, logger: Any) -> int:
     try:
         older_than = parse_duration(args.retired_older_than)
     except ValueError as exc:
-        _err(f"error: --retired-older-than: {exc} (write e.g. 30d, 12h or 90m)")
-        return EXIT_ERROR
+        raise InvalidInput([Problem("--retired-older-than", None, None, str(exc),
+                                    "write e.g. 30d, 12h or 90m")]) from None
     inputs = engine.load(engine.config_path(args.config))
     found = gc.collect(inputs, older_than, logger, dry_run=args.dry_run,
                        wait=not args.no_wait)
@@ -309,6 +383,36 @@ def cmd_gc(args: argparse.Namespace, logger: Any) -> int:
     else:
         _out(gc.lines(found, older_than, args.dry_run, inputs.desired.settings.data_dir))
     return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace, logger: Any) -> int:
+    """shtab writes the script from the parser itself, so it never falls behind it."""
+    import shtab  # only this command needs it (importing it costs ~35 ms)
+
+    p = parser()
+    for action in _actions(p):
+        if action.dest in _FILE_ARGUMENTS:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+    _out(shtab.complete(p, shell=args.shell))
+    return EXIT_OK
+
+
+_FILE_ARGUMENTS = frozenset(("config", "source", "central"))
+
+
+def _parsers(p: argparse.ArgumentParser) -> list[_Parser]:
+    """``p`` and the parsers of its subcommands."""
+    out = [p] if isinstance(p, _Parser) else []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.extend(_parsers(sub))
+    return out
+
+
+def _actions(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every argument of ``p`` and of its subcommands."""
+    return [a for each in _parsers(p) for a in each._actions]
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
@@ -321,6 +425,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "daemon": cmd_daemon,
     "restore": cmd_restore,
     "gc": cmd_gc,
+    "completion": cmd_completion,
 }
 
 

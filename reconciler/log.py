@@ -16,19 +16,26 @@ from typing import Any
 
 import structlog
 
+from reconciler import terminal
 
-def configure(fmt: str | None = None, level: str = "info") -> Any:
-    """A logger writing to stderr in ``fmt`` at ``level`` (no global configuration)."""
+
+def configure(fmt: str | None = None, level: str = "info", per_tenant: bool = True) -> Any:
+    """A logger writing to stderr in ``fmt`` at ``level`` (no global configuration).
+
+    ``per_tenant=False`` drops events about one tenant (those with a ``tenant`` field):
+    on a terminal the result summary reports them, and ``reconcile history`` keeps them
+    all; fleet-wide events (waiting for the lock, a halted rollout) still show."""
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=terminal.colour_wanted(sys.stderr))
     return structlog.wrap_logger(
         structlog.PrintLogger(sys.stderr),
         processors=[
+            *(() if per_tenant else (_drop_tenant_events,)),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -37,3 +44,9 @@ def configure(fmt: str | None = None, level: str = "info") -> Any:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
     )
+
+
+def _drop_tenant_events(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    if event.get("tenant") is not None:
+        raise structlog.DropEvent
+    return event

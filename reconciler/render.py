@@ -8,13 +8,16 @@ here decides anything: it formats values computed elsewhere.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reconciler.apply import Result
+from reconciler.context import Outcome
 from reconciler.desired import Rollout
-from reconciler.plan import Action, Kind, Plan
+from reconciler.plan import Action, Kind, Plan, RegistryChange
 from reconciler.revision import short
+from reconciler.wording import count, names, plural
 
 SYMBOLS = {
     Kind.CREATE: "+", Kind.ADOPT: "=", Kind.RESTORE: "<", Kind.RELOCATE: ">",
@@ -43,27 +46,98 @@ def _columns(a: Action) -> tuple[str, str, str]:
     return region, _v(a.from_version), a.detail
 
 
-def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None) -> list[str]:
-    lines = [f"Plan for {config_name} @ {short(plan.revision)} — {plan.tenant_count} tenants, "
-             f"target schema {plan.target}"]
-    rows = [(SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a)) for a in plan.actions]
+def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None,
+               verbose: bool = False) -> list[str]:
+    """The plan as a reviewer reads it. Every action has a line, except that more than
+    ``GROUP_AT`` actions of one kind are grouped (``~ migrate 9,812 tenants us v2 → v3 in
+    394 waves (aaron … zed)``) unless ``verbose``; ``plan_json`` always lists each one."""
+    lines = [f"Plan for {config_name} @ {short(plan.revision)} — "
+             f"{plural(plan.tenant_count, 'tenant')}, target schema {plan.target}"]
+    if not verbose and _groupable(plan):
+        return [*lines, *_grouped_lines(plan, rollout)]
+    rows: list[Row] = [(SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a))
+                       for a in plan.actions]
+    rows.extend(_registry_row(c) for c in plan.registry)
+    lines.extend(_aligned(rows))
+    lines.extend(_plan_tail(plan, rollout))
+    return lines
+
+
+Row = tuple[str, str, str, str, str, str]  # symbol, kind, name, region, version, tail
+
+
+def _registry_row(c: RegistryChange) -> Row:
+    sym = "+" if c.old is None else "-" if c.new is None else "~"
+    if c.table == "domains":
+        return (sym, "route", c.key, "", "", f"→ {c.new}" if c.new else
+                f"(was {c.old}) removed")
+    return (sym, "setting", c.key, "", "", f"= {c.new!r}" if c.new is not None else "removed")
+
+
+def _aligned(rows: Sequence[Row]) -> list[str]:
+    if not rows:
+        return []
+    w_name = max(len(r[2]) for r in rows)
+    w_region = max(len(r[3]) for r in rows)
+    w_ver = max((len(r[4]) for r in rows), default=0)
+    return [f"  {sym} {kind:<9} {name:<{w_name}}  {region:<{w_region}}  {ver:<{w_ver}}  "
+            f"{tail}".rstrip() for sym, kind, name, region, ver, tail in rows]
+
+
+GROUP_AT = 20  # more actions of one kind than this are grouped in the text plan
+
+
+def _groupable(plan: Plan) -> bool:
+    by_kind = Counter(a.kind for a in plan.actions)
+    by_table = Counter(c.table for c in plan.registry)
+    return any(n > GROUP_AT for n in (*by_kind.values(), *by_table.values()))
+
+
+def _grouped_lines(plan: Plan, rollout: Rollout | None) -> list[str]:
+    """Actions of a kind with more than ``GROUP_AT`` members become one line per
+    (kind, region, version, target); smaller kinds keep one line per tenant."""
+    big = {k for k, n in Counter(a.kind for a in plan.actions).items() if n > GROUP_AT}
+    groups: dict[tuple[Kind, str, str, str], list[str]] = {}
+    rows: list[Row] = []
+    wave_of = {name: i for i, w in enumerate(plan.waves) for name in w}
+    for a in plan.actions:
+        region, ver, tail = _columns(a)
+        if a.kind not in big:
+            rows.append((SYMBOLS[a.kind], a.kind.value, a.tenant, region, ver, tail))
+            continue
+        same = tail if a.kind in (Kind.CREATE, Kind.MIGRATE) else ""
+        groups.setdefault((a.kind, region, ver, same), []).append(a.tenant)
+    for (kind, region, ver, tail), tenants in groups.items():
+        if kind in (Kind.MIGRATE, Kind.PENDING):
+            waves = {wave_of[t] for t in tenants if t in wave_of}
+            if waves:
+                tail += f" in {plural(len(waves), 'wave')}"
+        rows.append((SYMBOLS[kind], kind.value, plural(len(tenants), "tenant"), region, ver,
+                     f"{tail} ({_span(tenants)})".lstrip()))
+    big_tables = {t for t, n in Counter(c.table for c in plan.registry).items() if n > GROUP_AT}
+    registry_groups: dict[tuple[str, str], list[str]] = {}
     for c in plan.registry:
-        sym = "+" if c.old is None else "-" if c.new is None else "~"
-        if c.table == "domains":
-            rows.append((sym, "route", c.key, "", "", f"→ {c.new}" if c.new else
-                         f"(was {c.old}) removed"))
+        row = _registry_row(c)
+        if c.table in big_tables:
+            registry_groups.setdefault((row[0], row[1]), []).append(c.key)
         else:
-            rows.append((sym, "setting", c.key, "", "", f"= {c.new!r}" if c.new is not None
-                         else "removed"))
-    if rows:
-        w_name = max(len(r[2]) for r in rows)
-        w_region = max(len(r[3]) for r in rows)
-        w_ver = max((len(r[4]) for r in rows), default=0)
-        for sym, kind, name, region, ver, tail in rows:
-            line = (f"  {sym} {kind:<9} {name:<{w_name}}  {region:<{w_region}}  "
-                    f"{ver:<{w_ver}}  {tail}")
-            lines.append(line.rstrip())
-    lines.extend(wave_lines(plan, rollout))
+            rows.append(row)
+    for (sym, label), keys in registry_groups.items():
+        what = {"+": "added", "-": "removed", "~": "changed"}[sym]
+        noun = plural(len(keys), "domain" if label == "route" else "setting")
+        rows.append((sym, label, noun, "", "", f"{what} ({_span(keys)})"))
+    after = _plan_tail(plan, rollout)  # waves, halts, notes, then the summary line
+    return [*_aligned(rows), *after[:-1],
+            "  (large sets grouped: --verbose lists every tenant, --json lists them all)",
+            after[-1]]
+
+
+def _span(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{items[0]} … {items[-1]}"
+
+
+def _plan_tail(plan: Plan, rollout: Rollout | None) -> list[str]:
+    lines = wave_lines(plan, rollout)
     lines.extend(halted_lines(plan))
     for note in plan.notes:
         lines.append(f"  note: {note}")
@@ -78,31 +152,23 @@ def wave_lines(plan: Plan, rollout: Rollout | None = None) -> list[str]:
     """The rollout as the next pass would run it: waves in order, the canary first."""
     if not plan.waves:
         return []
-    count = sum(len(w) for w in plan.waves)
-    head = f"Rollout: {count} tenant{'s' if count != 1 else ''} in {len(plan.waves)} wave" \
-        f"{'s' if len(plan.waves) != 1 else ''}"
+    head = f"Rollout: {plural(sum(len(w) for w in plan.waves), 'tenant')} in " \
+        f"{plural(len(plan.waves), 'wave')}"
     if rollout is not None:
         head += (f" — canary {rollout.canary}, batch {rollout.batch}, up to {rollout.parallel} "
-                 f"at once, halts after more than {rollout.max_failures} failure"
-                 f"{'s' if rollout.max_failures != 1 else ''}"
+                 f"at once, halts after more than {plural(rollout.max_failures, 'failure')}"
                  f"{', snapshot before each' if rollout.snapshot else ''}")
     out = [head]
     canary = rollout.canary > 0 if rollout is not None else False
     shown = plan.waves if len(plan.waves) <= MAX_WAVE_LINES else plan.waves[:MAX_WAVE_LINES - 1]
     for i, wave in enumerate(shown, start=1):
         label = f"wave {i}" + (" (canary)" if i == 1 and canary else "")
-        out.append(f"  {label:<16} {len(wave):>4}  {_names(wave)}")
+        out.append(f"  {label:<16} {len(wave):>4}  {names(wave)}")
     if len(shown) < len(plan.waves):
         rest = plan.waves[len(shown):]
-        out.append(f"  … {len(rest)} more waves, {sum(len(w) for w in rest)} tenants "
-                   f"({rest[0][0]} … {rest[-1][-1]})")
+        out.append(f"  … {plural(len(rest), 'more wave')}, "
+                   f"{plural(sum(len(w) for w in rest), 'tenant')} ({rest[0][0]} … {rest[-1][-1]})")
     return out
-
-
-def _names(names: Sequence[str], limit: int = 6) -> str:
-    if len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join(names[:limit - 1]) + f", … {names[-1]}"
 
 
 def halted_lines(plan: Plan) -> list[str]:
@@ -110,8 +176,8 @@ def halted_lines(plan: Plan) -> list[str]:
     if not pending:
         return []
     failed = [a.tenant for a in plan.actions if a.kind is Kind.FAILED]
-    return [f"Rollout halted: {len(pending)} pending ({_names(pending)}), {len(failed)} failed"
-            + (f" ({_names(failed)})" if failed else "")
+    return [f"Rollout halted: {len(pending)} pending ({names(pending)}), {len(failed)} failed"
+            + (f" ({names(failed)})" if failed else "")
             + " — fix the failed tenants or the migration, then `reconcile apply "
             "--retry-failed` (editing tenants.yaml or the migrations also resumes it)"]
 
@@ -119,16 +185,18 @@ def halted_lines(plan: Plan) -> list[str]:
 def plan_summary(plan: Plan) -> str:
     if plan.is_empty and not plan.problems:
         return "No changes: the fleet matches the desired state."
-    parts = [f"{plan.count(Kind.CREATE)} to create", f"{plan.count(Kind.MIGRATE)} to migrate",
-             f"{plan.count(Kind.RELOCATE)} to relocate", f"{plan.count(Kind.ARCHIVE)} to archive"]
-    for kind, label in ((Kind.ADOPT, "to adopt"), (Kind.RESTORE, "to restore"),
-                        (Kind.CORRECT, "registry corrections")):
+    parts = [f"{count(plan.count(Kind.CREATE))} to create",
+             f"{count(plan.count(Kind.MIGRATE))} to migrate",
+             f"{count(plan.count(Kind.RELOCATE))} to relocate",
+             f"{count(plan.count(Kind.ARCHIVE))} to archive"]
+    for kind, label in ((Kind.ADOPT, "to adopt"), (Kind.RESTORE, "to restore")):
         if plan.count(kind):
-            parts.append(f"{plan.count(kind)} {label}")
+            parts.append(f"{count(plan.count(kind))} {label}")
+    if plan.count(Kind.CORRECT):
+        parts.append(plural(plan.count(Kind.CORRECT), "registry correction"))
     if plan.registry:
-        parts.append(f"{len(plan.registry)} routing/settings updates")
-    problems = len(plan.problems)
-    return f"Plan: {', '.join(parts)}; {problems} problem{'s' if problems != 1 else ''}."
+        parts.append(plural(len(plan.registry), "routing/settings update"))
+    return f"Plan: {', '.join(parts)}; {plural(len(plan.problems), 'problem')}."
 
 
 def action_json(a: Action) -> dict[str, Any]:
@@ -155,27 +223,66 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def result_lines(result: Result, summary: str) -> list[str]:
+    """Every outcome, one line each, then what needs a person, then ``summary``: what a
+    pipe or a log gets (and ``--verbose`` on a terminal; see ``compact``)."""
+    where = regions_of(result.plan)
+    lines = [outcome_line(o, where) for o in result.outcomes
+             if o.outcome not in ("reported", "pending")]  # pending: one line below
+    lines.extend(attention_lines(result))
+    lines.append(summary)
+    return lines
+
+
+def regions_of(plan: Plan) -> dict[str, str]:
+    """Tenant → the region words its result line shows (``eu``, or ``eu → us`` for a
+    relocation)."""
+    out: dict[str, str] = {}
+    for a in plan.actions:
+        if a.kind is Kind.RELOCATE and a.from_region:
+            out[a.tenant] = f"{a.from_region} → {a.region}"
+        elif a.region:
+            out.setdefault(a.tenant, a.region)
+    return out
+
+
+def outcome_line(o: Outcome, where: dict[str, str]) -> str:
+    """E.g. ``  ok       relocate  globex eu → us v3`` or ``  failed   migrate   acme us
+    v1 → v2: <error>``."""
+    versions = ""
+    if o.from_version is not None or o.to_version is not None:
+        versions = (f" {_v(o.to_version)}" if o.from_version == o.to_version else
+                    f" {_v(o.from_version)} → {_v(o.to_version)}")
+    region = f" {where[o.tenant]}" if o.tenant in where else ""
+    err = f": {o.error}" if o.error else ""
+    return f"  {o.outcome:<8} {o.action:<9} {o.tenant}{region}{versions}{err}"
+
+
+def attention_lines(result: Result, per_kind: int | None = None) -> list[str]:
+    """The plan's problems (at most ``per_kind`` of each kind, then a count), the
+    tenants a halted rollout left pending (one line), and the halt itself."""
     lines: list[str] = []
-    pending = [o.tenant for o in result.outcomes if o.outcome == "pending"]
-    for o in result.outcomes:
-        if o.outcome == "reported" or o.outcome == "pending":
-            continue  # pending tenants get one line below, not one each
-        versions = ""
-        if o.from_version is not None or o.to_version is not None:
-            versions = f" {_v(o.from_version)} → {_v(o.to_version)}".replace(" → ", " → ", 1)
-        err = f": {o.error}" if o.error else ""
-        lines.append(f"  {o.outcome:<8} {o.action:<9} {o.tenant}{versions}{err}")
+    shown: Counter[Kind] = Counter()
+    where = regions_of(result.plan)
     for a in result.plan.problems:
-        lines.append(f"  {'problem':<8} {a.kind.value:<9} {a.tenant}: {a.detail}")
+        if a.kind is Kind.PENDING:
+            continue  # from the outcomes below: one line for all of them
+        shown[a.kind] += 1
+        if per_kind is None or shown[a.kind] <= per_kind:
+            region = f" {where[a.tenant]}" if a.tenant in where else ""
+            lines.append(f"  {'problem':<8} {a.kind.value:<9} {a.tenant}{region}: {a.detail}")
+    for kind, n in shown.items():
+        if per_kind is not None and n > per_kind:
+            lines.append(f"  {'problem':<8} {kind.value:<9} … {plural(n - per_kind, 'more tenant')}"
+                         " (`reconcile status` lists them all)")
+    pending = [o.tenant for o in result.outcomes if o.outcome == "pending"]
     if pending:
-        lines.append(f"  {'pending':<8} {'migrate':<9} {len(pending)} tenant"
-                     f"{'s' if len(pending) != 1 else ''} stay at their version: "
-                     f"{_names(pending)}")
+        lines.append(f"  {'pending':<8} {'migrate':<9} {plural(len(pending), 'tenant')} "
+                     f"{'stays' if len(pending) == 1 else 'stay'} at their version: "
+                     f"{names(pending)}")
     if result.halted:
         lines.append("  rollout halted: failures exceeded rollout.max_failures; remaining "
                      "tenants stay at their version (pending) — fix and re-run, or "
                      "`reconcile apply --retry-failed`")
-    lines.append(summary)
     return lines
 
 
