@@ -82,7 +82,9 @@ def parser() -> argparse.ArgumentParser:
                    help="exit at once if another reconciler holds the lock")
     p.add_argument("--retry-failed", action="store_true",
                    help="retry failed tenants and halted rollouts now")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",
+                           help="what to do (default: apply; `reconcile COMMAND -h` for its "
+                           "options)")
     a = sub.add_parser("apply", help="one pass: observe, plan, apply (default)")
     _common(a, sub=True)
     a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,

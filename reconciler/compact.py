@@ -39,19 +39,20 @@ _NOT_DONE = {FAILED: "failed", RETRY: "to retry (busy)", SKIPPED: "skipped"}
 
 
 def result_lines(result: Result, summary: str) -> list[str]:
-    """An apply's result for a terminal: every line when it did at most ``LIST_MAX``
-    actions, else ``Applied: 398 created, 1 failed, 1 skipped`` and only the failures,
-    problems and halts (capped per kind), then ``summary``."""
+    """An apply's result for a terminal: each action when it did at most ``LIST_MAX``,
+    else ``Applied: 398 created, 1 failed, 1 skipped`` and only the failures; then the
+    problems and halts (at most ``PER_KIND_MAX`` of a kind), then ``summary``."""
     done = [o for o in result.outcomes if o.outcome not in ("reported", "pending")]
-    if len(done) <= LIST_MAX:
-        return render.result_lines(result, summary)
-    lines = [outcome_counts(result)]
     where = render.regions_of(result.plan)
-    failed = [o for o in done if o.outcome == FAILED]
-    lines.extend(render.outcome_line(o, where) for o in failed[:PER_KIND_MAX])
-    if len(failed) > PER_KIND_MAX:
-        lines.append(f"  {'failed':<8} … {plural(len(failed) - PER_KIND_MAX, 'more tenant')} "
-                     "(`reconcile status` lists them all)")
+    if len(done) <= LIST_MAX:
+        lines = [render.outcome_line(o, where) for o in done]
+    else:
+        lines = [outcome_counts(result)]
+        failed = [o for o in done if o.outcome == FAILED]
+        lines.extend(render.outcome_line(o, where) for o in failed[:PER_KIND_MAX])
+        if len(failed) > PER_KIND_MAX:
+            lines.append(f"  {'failed':<8} … {plural(len(failed) - PER_KIND_MAX, 'more tenant')}"
+                         " (`reconcile status` lists them all)")
     lines.extend(render.attention_lines(result, per_kind=PER_KIND_MAX))
     lines.append(summary)
     return lines

@@ -98,22 +98,26 @@ def _grouped_lines(plan: Plan, rollout: Rollout | None) -> list[str]:
     (kind, region, version, target); smaller kinds keep one line per tenant."""
     big = {k for k, n in Counter(a.kind for a in plan.actions).items() if n > GROUP_AT}
     groups: dict[tuple[Kind, str, str, str], list[str]] = {}
+    slot: dict[tuple[Kind, str, str, str], int] = {}  # a group sits where its first member was
     rows: list[Row] = []
-    wave_of = {name: i for i, w in enumerate(plan.waves) for name in w}
     for a in plan.actions:
         region, ver, tail = _columns(a)
         if a.kind not in big:
             rows.append((SYMBOLS[a.kind], a.kind.value, a.tenant, region, ver, tail))
             continue
-        same = tail if a.kind in (Kind.CREATE, Kind.MIGRATE) else ""
-        groups.setdefault((a.kind, region, ver, same), []).append(a.tenant)
-    for (kind, region, ver, tail), tenants in groups.items():
-        if kind in (Kind.MIGRATE, Kind.PENDING):
-            waves = {wave_of[t] for t in tenants if t in wave_of}
-            if waves:
-                tail += f" in {plural(len(waves), 'wave')}"
-        rows.append((SYMBOLS[kind], kind.value, plural(len(tenants), "tenant"), region, ver,
-                     f"{tail} ({_span(tenants)})".lstrip()))
+        key = (a.kind, region, ver, tail if a.kind in (Kind.CREATE, Kind.MIGRATE) else "")
+        if key not in groups:
+            groups[key], slot[key] = [], len(rows)
+            rows.append(("", "", "", "", "", ""))
+        groups[key].append(a.tenant)
+    wave_of = {name: i for i, w in enumerate(plan.waves) for name in w}
+    for key, tenants in groups.items():
+        kind, region, ver, tail = key
+        in_waves = {wave_of[t] for t in tenants if t in wave_of}
+        if in_waves and kind in (Kind.MIGRATE, Kind.PENDING):
+            tail += f" in {plural(len(in_waves), 'wave')}"
+        rows[slot[key]] = (SYMBOLS[kind], kind.value, plural(len(tenants), "tenant"), region,
+                           ver, f"{tail} ({_span(tenants)})".lstrip())
     big_tables = {t for t, n in Counter(c.table for c in plan.registry).items() if n > GROUP_AT}
     registry_groups: dict[tuple[str, str], list[str]] = {}
     for c in plan.registry:
