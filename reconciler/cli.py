@@ -45,15 +45,19 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout "
                    "(errors too, as a JSON object; exit codes unchanged)",
                    **({"default": False} | d))
-    p.add_argument("-v", "--verbose", action="store_true", help="every line, also on a "
-                   "terminal (where results and large plans are compact by default)",
-                   **({"default": False} | d))
     p.add_argument("--log-format", choices=("console", "json"),
                    help="default: console on a terminal, JSON lines otherwise",
                    **({"default": None} | d))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="default: info (warning for apply on a terminal, unless --verbose)",
                    **({"default": None} | d))
+
+
+def _verbose(p: argparse.ArgumentParser, sub: bool) -> None:
+    """Only where it changes the output (apply, plan): elsewhere it would be ignored."""
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS if sub
+                   else False, help="every line, also on a terminal (where results and large "
+                   "plans are compact by default)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
         prog="reconcile",
         description="Converge a fleet of per-tenant SQLite databases to tenants.yaml.")
     _common(p, sub=False)
+    _verbose(p, sub=False)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                    help="print the version and exit")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -87,13 +92,16 @@ def parser() -> argparse.ArgumentParser:
                            "options)")
     a = sub.add_parser("apply", help="one pass: observe, plan, apply (default)")
     _common(a, sub=True)
+    _verbose(a, sub=True)
     a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
                    help="print the plan, change nothing (same as `reconcile plan`)")
     a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
                    help="exit at once if another reconciler holds the lock")
     a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS,
                    help="retry failed tenants and halted rollouts now")
-    _common(sub.add_parser("plan", help="print the plan, change nothing"), sub=True)
+    pl = sub.add_parser("plan", help="print the plan, change nothing")
+    _common(pl, sub=True)
+    _verbose(pl, sub=True)
     st = sub.add_parser("status", help="the fleet in numbers, then the tenants that need a "
                         "person")
     _common(st, sub=True)
@@ -188,12 +196,12 @@ def _compact_logs(args: argparse.Namespace) -> bool:
     """A person at a terminal reads the result, not one log line per action: there, apply
     logs only fleet-wide warnings and errors (the result reports each tenant) unless
     --verbose, --json, a log format or a log level was asked for."""
-    return (not args.verbose and not args.json and args.log_format is None
+    return (not getattr(args, "verbose", False) and not args.json and args.log_format is None
             and args.log_level is None and terminal.is_terminal(sys.stderr))
 
 
 def _compact_output(args: argparse.Namespace) -> bool:
-    return not args.verbose and terminal.is_terminal(sys.stdout)
+    return not getattr(args, "verbose", False) and terminal.is_terminal(sys.stdout)
 
 
 def _err(text: str) -> None:
@@ -233,7 +241,7 @@ def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     else:
         _out(terminal.style_for(sys.stdout).plan_lines(render.plan_lines(
             the_plan, inputs.config.name, inputs.desired.settings.rollout,
-            verbose=args.verbose)))
+            verbose=getattr(args, "verbose", False))))
     return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
 
 
@@ -298,26 +306,7 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
         _out("no events recorded" + (f" for {args.tenant}" if args.tenant else ""))
         return EXIT_OK
 
-    def describe(e: dict[str, Any]) -> str:
-        d = e["detail"]
-        parts = []
-        if "from_version" in d or "to_version" in d:
-            parts.append(f"v{d.get('from_version', '?')} → v{d.get('to_version', '?')}")
-        if e["action"] == "wave":  # a rollout's summary event
-            parts.append((f"wave {d['wave']}/{d['waves']}" if "wave" in d else
-                          f"busy retry {d.get('retry')}") + f": {len(d.get('tenants', []))} "
-                         f"tenants, {d.get('failed', 0)} failed ({d.get('failures', 0)} in "
-                         f"the rollout)" + (" — halted" if d.get("halted") else ""))
-        for key in ("error", "reason", "domain", "key"):
-            if key in d:
-                parts.append(f"{key}: {d[key]}")
-        return "; ".join(parts)
-
-    _out(render.table(
-        ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "DETAIL"),
-        ((e["id"], e["at"], short(e["revision"] or ""), e["tenant"] or "-", e["action"],
-          e["outcome"], e["duration_ms"] if e["duration_ms"] is not None else "",
-          describe(e)) for e in events)))
+    _out(render.history_lines(events))
     return EXIT_OK
 
 

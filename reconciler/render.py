@@ -290,6 +290,39 @@ def attention_lines(result: Result, per_kind: int | None = None) -> list[str]:
     return lines
 
 
+def history_lines(events: Sequence[dict[str, Any]]) -> list[str]:
+    """``reconcile history``: one row per event, newest first, its detail in words."""
+    return table(
+        ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "DETAIL"),
+        ((e["id"], e["at"], short(e["revision"] or ""), e["tenant"] or "-", e["action"],
+          e["outcome"], e["duration_ms"] if e["duration_ms"] is not None else "",
+          event_detail(e)) for e in events))
+
+
+def event_detail(e: dict[str, Any]) -> str:
+    """E.g. ``eu → us; v3`` for a relocation, ``eu; v0 → v3`` for a create, a wave's
+    tally for a rollout's summary event, then any error, reason, domain or key."""
+    d = e["detail"]
+    parts = []
+    if d.get("from_region") and d.get("region") and d["from_region"] != d["region"]:
+        parts.append(f"{d['from_region']} → {d['region']}")
+    elif d.get("region"):
+        parts.append(str(d["region"]))
+    if "from_version" in d or "to_version" in d:
+        start, end = d.get("from_version", "?"), d.get("to_version", "?")
+        parts.append(f"v{end}" if start == end else f"v{start} → v{end}")
+    if e["action"] == "wave":  # a rollout's summary event
+        which = f"wave {d['wave']}/{d['waves']}" if "wave" in d else \
+            f"busy retry {d.get('retry')}"
+        parts.append(f"{which}: {plural(len(d.get('tenants', [])), 'tenant')}, "
+                     f"{count(d.get('failed', 0))} failed ({count(d.get('failures', 0))} in "
+                     f"the rollout)" + (" — halted" if d.get("halted") else ""))
+    for key in ("error", "reason", "domain", "key"):
+        if key in d:
+            parts.append(f"{key}: {d[key]}")
+    return "; ".join(parts)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     rows = [list(map(str, r)) for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

@@ -177,9 +177,16 @@ def test_a_small_run_on_a_terminal_still_lists_each_action_naming_regions(fleet:
     fleet.declare({"aaron": {"region": "eu"}, "globex": {"region": "eu"}})
     assert piped(fleet).code == 0
     fleet.declare({"aaron": {"region": "eu"}, "globex": {"region": "us"}})
+    assert [ln.split() for ln in piped(fleet, "plan").out.splitlines()[1:2]] == [
+        [">", "relocate", "globex", "eu", "→", "us", "v3"]]
     run = on_terminal(fleet)
     assert run.code == 0, run.out + run.err
     assert content_lines(run.out)[0] == "  ok       relocate  globex eu → us v3"
+    history = piped(fleet, "history", "globex").out.splitlines()
+    assert history[1].split()[3:] == ["globex", "relocate", "ok", history[1].split()[6], "eu",
+                                      "→", "us;", "v3"]
+    assert history[-1].split()[4:6] == ["create", "ok"]
+    assert history[-1].endswith("  eu; v0 → v3")
 
 
 # -- item 8 / issue 13 item 6: status ------------------------------------------------------
