@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from reconciler import terminal
+from reconciler.revision import short
 
 
 def configure(fmt: str | None = None, level: str = "info", per_tenant: bool = True) -> Any:
@@ -30,8 +31,9 @@ def configure(fmt: str | None = None, level: str = "info", per_tenant: bool = Tr
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=terminal.colour_wanted(sys.stderr))
+    else:  # for a person: the revision in the short form every other output uses
+        renderer = _ShortRevision(structlog.dev.ConsoleRenderer(
+            colors=terminal.colour_wanted(sys.stderr)))
     return structlog.wrap_logger(
         structlog.PrintLogger(sys.stderr),
         processors=[
@@ -44,6 +46,19 @@ def configure(fmt: str | None = None, level: str = "info", per_tenant: bool = Tr
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
     )
+
+
+class _ShortRevision:
+    """Shows ``revision`` as ``revision.short`` does before rendering; JSON lines keep the
+    full value, which is what ``jq`` filters and the events table compare with."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> Any:
+        if isinstance(event.get("revision"), str):
+            event["revision"] = short(event["revision"])
+        return self._inner(logger, method, event)
 
 
 def _drop_tenant_events(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -391,10 +391,12 @@ def test_commit_hashes_have_one_length_in_plan_apply_status_and_history(fleet: F
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     plan = piped(fleet, "plan").out
-    apply = piped(fleet).out
+    run = on_terminal(fleet, "--verbose")  # the console log too
+    apply, logs = run.text, ANSI.sub("", run.err)
+    assert "revision=" in logs
     status = piped(fleet, "status").out
     history = piped(fleet, "history").out
-    shown = set(re.findall(r"\b[0-9a-f]{7,40}\b", plan + apply + status + history))
+    shown = set(re.findall(r"\b[0-9a-f]{7,40}\b", plan + apply + logs + status + history))
     assert shown == {head[:7]}
     assert f"@ {head[:7]} —" in plan and f"rev {head[:7]}" in apply
     assert f"@ {head[:7]} —" in status.splitlines()[-1]
