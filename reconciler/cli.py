@@ -256,7 +256,9 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
                            "fleet": status_mod.counts_json(fleet),
-                           "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}))
+                           "tenants": [r.__dict__ | {"in_sync": r.in_sync,
+                                                     "needs_person": r.needs_person}
+                                       for r in rows]}))
         return EXIT_OK if in_sync else EXIT_CHANGES
     style = terminal.style_for(sys.stdout)
     _out(compact.status_lines(fleet, rows, target=the_plan.target,

@@ -224,6 +224,7 @@ def test_status_opens_with_the_fleet_in_numbers_then_lists_only_who_needs_a_pers
                              "counts": {"in sync": 1, "pending": 28, "pinned": 1, "failed": 0,
                                         "missing": 1, "orphaned": 0, "suspended": 0}}
     assert len(data["tenants"]) == 30
+    assert [t["tenant"] for t in data["tenants"] if t["needs_person"]] == ["t005"]
 
 
 def test_status_of_a_converged_fleet_says_so_in_one_line(fleet: Fleet) -> None:
