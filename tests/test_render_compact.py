@@ -209,3 +209,21 @@ def test_plan_lines_are_coloured_by_their_symbol_and_other_lines_left_alone() ->
     assert painted == ["Plan for x", "\x1b[32m  + create    a\x1b[0m",
                        "\x1b[1;31m  ! missing   b\x1b[0m", "  wave 1  a", "Plan: 1 to create"]
     assert terminal.PLAIN.plan_lines(lines) == lines
+
+
+# -- history -------------------------------------------------------------------------------
+
+def test_history_names_regions_and_versions_once_when_they_did_not_change() -> None:
+    def event(action: str, **detail: object) -> dict[str, object]:
+        return {"id": 1, "at": "t", "revision": "0123456789abcdef", "tenant": "globex",
+                "action": action, "outcome": "ok", "duration_ms": 3, "detail": detail}
+    assert render.event_detail(event("relocate", from_region="eu", region="us",
+                                     from_version=3, to_version=3)) == "eu → us; v3"
+    assert render.event_detail(event("create", region="eu", from_version=0,
+                                     to_version=3)) == "eu; v0 → v3"
+    assert render.event_detail(event("wave", wave=1, waves=9, tenants=["a"], failed=1,
+                                     failures=1, halted=True)) == \
+        "wave 1/9: 1 tenant, 1 failed (1 in the rollout) — halted"
+    head, row = render.history_lines([event("create", region="eu")])
+    assert head.split()[2] == "REVISION"
+    assert row.split()[2] == "0123456"

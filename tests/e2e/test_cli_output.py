@@ -402,3 +402,15 @@ def test_commit_hashes_have_one_length_in_plan_apply_status_and_history(fleet: F
     assert f"@ {head[:7]} —" in plan and f"rev {head[:7]}" in apply
     assert f"@ {head[:7]} —" in status.splitlines()[-1]
     assert all(ln.split()[2] == head[:7] for ln in history.splitlines()[1:])
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(fleet: Fleet) -> None:
+    fleet.declare(many(400))  # a --json plan of ~200 KB: more than a pipe holds
+    done = subprocess.run(f"{RECONCILE} plan --json | head -c 10", shell=True, cwd=fleet.root,
+                          env=_env(fleet, None), capture_output=True, text=True, timeout=120)
+    assert done.stdout == "{\n  \"revis"
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    status = subprocess.run(f"{RECONCILE} plan --json | head -c 10; exit ${{PIPESTATUS[0]}}",
+                            shell=True, executable="bash", cwd=fleet.root,
+                            env=_env(fleet, None), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 141  # 128 + SIGPIPE, as a shell reports a killed writer
