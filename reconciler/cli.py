@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -21,8 +23,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from reconciler import (
+    __version__,
     central_path,
+    compact,
     engine,
+    errors_json,
     log,
     observe,
     options,
@@ -32,12 +37,15 @@ from reconciler import (
     routecheck,
     routing,
     supervise,
+    terminal,
 )
 from reconciler import migrations as migrations_mod
 from reconciler import status as status_mod
 from reconciler.durations import parse_duration
 from reconciler.errors import InvalidInput, Problem, ReconcileError
 from reconciler.registry import Registry, Snapshot
+from reconciler.revision import short
+from reconciler.wording import plural
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_PROBLEMS = 0, 1, 2, 3
 
@@ -46,20 +54,34 @@ def _common(p: argparse.ArgumentParser, sub: bool) -> None:
     d: dict[str, Any] = {"default": argparse.SUPPRESS} if sub else {}
     p.add_argument("-c", "--config", help="desired state file (default ./tenants.yaml, "
                    "env RECONCILE_CONFIG)", **({"default": None} | d))
-    p.add_argument("--json", action="store_true", help="machine-readable output",
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout "
+                   "(errors too, as a JSON object; exit codes unchanged)",
                    **({"default": False} | d))
     p.add_argument("--log-format", choices=("console", "json"),
                    help="default: console on a terminal, JSON lines otherwise",
                    **({"default": None} | d))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                   help="default: info", **({"default": None} | d))
+                   help="default: info (warning for apply on a terminal, unless --verbose)",
+                   **({"default": None} | d))
+
+
+def _verbose(p: argparse.ArgumentParser, sub: bool) -> None:
+    """Only where it changes the output (apply, plan): elsewhere it would be ignored."""
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS if sub
+                   else False, help="every line, also on a terminal (where results and large "
+                   "plans are compact by default)")
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 1 (invalid input), not argparse's 2, which means "changes
     pending" to scripts running ``reconcile plan``."""
 
+    json_errors = False  # --json was on the command line: usage errors as JSON too
+
     def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            _out(render.dumps(errors_json.usage(f"{self.prog}: {message}")))
+            self.exit(EXIT_ERROR)
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
@@ -69,25 +91,41 @@ def parser() -> argparse.ArgumentParser:
         prog="reconcile",
         description="Converge a fleet of per-tenant SQLite databases to tenants.yaml.")
     _common(p, sub=False)
+    _verbose(p, sub=False)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the version and exit")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--no-wait", action="store_true",
                    help="exit at once if another reconciler holds the lock")
     p.add_argument("--retry-failed", action="store_true",
                    help="retry failed tenants and halted rollouts now")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",
+                           help="what to do (default: apply; `reconcile COMMAND -h` for its "
+                           "options)")
     a = sub.add_parser("apply", help="one pass: observe, plan, apply (default)")
     _common(a, sub=True)
-    a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS)
-    a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
-    a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS)
-    _common(sub.add_parser("plan", help="print the plan, change nothing"), sub=True)
-    _common(sub.add_parser("status", help="desired vs actual, per tenant"), sub=True)
+    _verbose(a, sub=True)
+    a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                   help="print the plan, change nothing (same as `reconcile plan`)")
+    a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
+                   help="exit at once if another reconciler holds the lock")
+    a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS,
+                   help="retry failed tenants and halted rollouts now")
+    pl = sub.add_parser("plan", help="print the plan, change nothing")
+    _common(pl, sub=True)
+    _verbose(pl, sub=True)
+    st = sub.add_parser("status", help="the fleet in numbers, then the tenants that need a "
+                        "person")
+    _common(st, sub=True)
+    st.add_argument("--all", action="store_true", dest="all_tenants",
+                    help="a row for every tenant: desired vs actual region, version, status")
     _common(sub.add_parser("validate", help="check tenants.yaml and migrations only"),
             sub=True)
     h = sub.add_parser("history", help="the events table, newest first")
     _common(h, sub=True)
-    h.add_argument("tenant", nargs="?")
-    h.add_argument("-n", "--limit", type=int, default=50)
+    h.add_argument("tenant", nargs="?", help="only this tenant's events (default: all)")
+    h.add_argument("-n", "--limit", type=int, default=50, metavar="N",
+                   help="at most N events (default 50)")
     dm = sub.add_parser("daemon", help="keep the fleet converged (systemd Type=notify service)")
     _common(dm, sub=True)
     dm.add_argument("--git-pull", action="store_true",
@@ -103,10 +141,11 @@ def parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("restore", help="verify a file and put it in service for a missing "
                         "tenant")
     _common(rs, sub=True)
-    rs.add_argument("tenant")
+    rs.add_argument("tenant", help="the missing tenant to put back in service")
     rs.add_argument("--from", dest="source", required=True, metavar="FILE",
                     help="a retired or archived copy, or a backup (copied, never moved)")
-    rs.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
+    rs.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
+                    help="exit at once if another reconciler holds the lock")
     g = sub.add_parser("gc", help="delete retired copies older than a duration (the only "
                        "command that deletes)")
     _common(g, sub=True)
@@ -114,12 +153,23 @@ def parser() -> argparse.ArgumentParser:
                    help="e.g. 30d, 12h; copies retired at least this long ago are deleted")
     g.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
                    help="list what would be deleted, delete nothing")
-    g.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
+    g.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
+                   help="exit at once if another reconciler holds the lock")
+    c = sub.add_parser("completion", help="print a shell completion script: "
+                       "source <(reconcile completion bash)")
+    c.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete in")
     return p
 
 
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")  # those shtab supports that systemd hosts use
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    for each in _parsers(p):
+        each.json_errors = "--json" in argv
+    args = p.parse_args(argv)
     command = args.command or ("plan" if args.dry_run else "apply")
     if command == "apply" and getattr(args, "dry_run", False):
         command = "plan"
@@ -128,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in refused.splitlines():
             _err(f"error: {line}")
         return EXIT_ERROR
-    logger = log.configure(args.log_format, args.log_level or "info")
+    quiet = command == "apply" and _compact_logs(args)
+    logger = log.configure(args.log_format, args.log_level or ("warning" if quiet else "info"),
+                           per_tenant=not quiet)
     handler = COMMANDS[command]
     if command == "apply":  # migrations run in it: a child, so os._exit() cannot pass as ok
         return supervise.command(lambda: _handle(handler, args, logger))
@@ -141,15 +193,25 @@ def _handle(handler: Callable[[argparse.Namespace, Any], int], args: argparse.Na
         code: int = handler(args, logger)
         return code
     except InvalidInput as exc:
-        _err(f"invalid input — nothing was changed ({len(exc.problems)} problem"
-             f"{'s' if len(exc.problems) != 1 else ''}):")
+        if args.json:
+            _out(render.dumps(errors_json.invalid(exc)))
+            return EXIT_ERROR
+        _err(f"invalid input — nothing was changed ({plural(len(exc.problems), 'problem')}):")
         for problem in exc.problems:
             _err(f"  {problem}")
         return EXIT_ERROR
     except ReconcileError as exc:  # LockHeld, RetryableError, PermanentError, routing
-        _err(f"error: {exc}")
+        if args.json:
+            _out(render.dumps(errors_json.error(exc)))
+        else:
+            _err(f"error: {exc}")
         return EXIT_ERROR
+    except BrokenPipeError:  # `reconcile status | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
+        if args.json:
+            _out(render.dumps(errors_json.interrupted()))
         _err("interrupted")
         return 130
     except OSError as exc:  # last resort: no traceback for any operating-system error
@@ -158,6 +220,18 @@ def _handle(handler: Callable[[argparse.Namespace, Any], int], args: argparse.Na
     except sqlite3.Error as exc:
         _err(f"error: SQLite: {exc}")
         return EXIT_ERROR
+
+
+def _compact_logs(args: argparse.Namespace) -> bool:
+    """A person at a terminal reads the result, not one log line per action: there, apply
+    logs only fleet-wide warnings and errors (the result reports each tenant) unless
+    --verbose, --json, a log format or a log level was asked for."""
+    return (not getattr(args, "verbose", False) and not args.json and args.log_format is None
+            and args.log_level is None and terminal.is_terminal(sys.stderr))
+
+
+def _compact_output(args: argparse.Namespace) -> bool:
+    return not getattr(args, "verbose", False) and terminal.is_terminal(sys.stdout)
 
 
 def _err(text: str) -> None:
@@ -184,7 +258,8 @@ def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
                            "halted": result.halted,
                            "outcomes": [o.__dict__ for o in result.outcomes]}))
     else:
-        _out(render.result_lines(result, summary))
+        _out(compact.result_lines(result, summary) if _compact_output(args)
+             else render.result_lines(result, summary))
     return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
@@ -196,8 +271,9 @@ def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     if args.json:
         _out(render.dumps(render.plan_json(the_plan)))
     else:
-        _out(render.plan_lines(the_plan, inputs.config.name,
-                               inputs.desired.settings.rollout))
+        _out(terminal.style_for(sys.stdout).plan_lines(render.plan_lines(
+            the_plan, inputs.config.name, inputs.desired.settings.rollout,
+            verbose=getattr(args, "verbose", False))))
     return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
 
 
@@ -252,22 +328,23 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     rows = status_mod.rows(inputs.desired, observed, the_plan, inputs.catalog)
     last = Registry.read(inputs.desired.settings.central, Registry.last_run, None)
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
+    fleet = status_mod.fleet_counts(rows)
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
-                           "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}))
+                           "fleet": status_mod.counts_json(fleet),
+                           "tenants": [r.__dict__ | {"in_sync": r.in_sync,
+                                                     "needs_person": r.needs_person}
+                                       for r in rows]}))
+        return EXIT_OK if in_sync else EXIT_CHANGES
+    style = terminal.style_for(sys.stdout)
+    _out(compact.status_lines(fleet, rows, target=the_plan.target,
+                              show_all=args.all_tenants, style=style))
+    if last is not None:
+        _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
     else:
-        def ver(v: int | None) -> str:
-            return "-" if v is None else f"v{v}"
-        _out(render.table(
-            ("TENANT", "WANT", "REGION", "VERSION", "STATUS", "PENDING"),
-            ((r.tenant, f"{r.want_region} {ver(r.want_version)}", r.region, ver(r.version),
-              r.status, r.pending or "in sync") for r in rows)))
-        if last is not None:
-            _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
-        else:
-            _out("last pass: none recorded")
-        _out(f"desired state: {inputs.config.name} @ {inputs.revision}"
-             f" — {'in sync' if in_sync else 'drift'}")
+        _out("last pass: none recorded")
+    _out(f"desired state: {inputs.config.name} @ {short(inputs.revision)} — "
+         + (style.paint("in sync", "green") if in_sync else style.paint("out of sync", "yellow")))
     return EXIT_OK if in_sync else EXIT_CHANGES
 
 
@@ -283,9 +360,18 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
     if problems:
         raise InvalidInput(problems)
     d = inputs.desired
-    _out(f"{inputs.config}: ok — {len(d.tenants)} tenants in {len(d.regions)} regions; "
-         f"{inputs.catalog.latest} migrations (latest v{inputs.catalog.latest}), "
-         f"{len(inputs.catalog.checks)} health checks")
+    if args.json:
+        _out(render.dumps({"ok": True, "config": str(inputs.config),
+                           "revision": inputs.revision, "tenants": len(d.tenants),
+                           "regions": len(d.regions), "latest": inputs.catalog.latest,
+                           "checks": len(inputs.catalog.checks), "problems": [],
+                           "notes": [f"{m.path}: holds only comments — a no-op step"
+                                     for m in inputs.catalog.no_ops]}))
+        return EXIT_OK
+    _out(f"{inputs.config}: ok — {plural(len(d.tenants), 'tenant')} in "
+         f"{plural(len(d.regions), 'region')}; "
+         f"{plural(inputs.catalog.latest, 'migration')} (latest v{inputs.catalog.latest}), "
+         f"{plural(len(inputs.catalog.checks), 'health check')}")
     for m in inputs.catalog.no_ops:
         _out(f"note: {m.path}: holds only comments — a no-op step that moves user_version "
              f"to {m.version}")
@@ -304,26 +390,7 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
         _out("no events recorded" + (f" for {args.tenant}" if args.tenant else ""))
         return EXIT_OK
 
-    def describe(e: dict[str, Any]) -> str:
-        d = e["detail"]
-        parts = []
-        if "from_version" in d or "to_version" in d:
-            parts.append(f"v{d.get('from_version', '?')} → v{d.get('to_version', '?')}")
-        if e["action"] == "wave":  # a rollout's summary event
-            parts.append((f"wave {d['wave']}/{d['waves']}" if "wave" in d else
-                          f"busy retry {d.get('retry')}") + f": {len(d.get('tenants', []))} "
-                         f"tenants, {d.get('failed', 0)} failed ({d.get('failures', 0)} in "
-                         f"the rollout)" + (" — halted" if d.get("halted") else ""))
-        for key in ("error", "reason", "domain", "key"):
-            if key in d:
-                parts.append(f"{key}: {d[key]}")
-        return "; ".join(parts)
-
-    _out(render.table(
-        ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "DETAIL"),
-        ((e["id"], e["at"], (e["revision"] or "")[:12], e["tenant"] or "-", e["action"],
-          e["outcome"], e["duration_ms"] if e["duration_ms"] is not None else "",
-          describe(e)) for e in events)))
+    _out(render.history_lines(events))
     return EXIT_OK
 
 
@@ -381,8 +448,8 @@ def cmd_gc(args: argparse.Namespace, logger: Any) -> int:
     try:
         older_than = parse_duration(args.retired_older_than)
     except ValueError as exc:
-        _err(f"error: --retired-older-than: {exc} (write e.g. 30d, 12h or 90m)")
-        return EXIT_ERROR
+        raise InvalidInput([Problem("--retired-older-than", None, None, str(exc),
+                                    "write e.g. 30d, 12h or 90m")]) from None
     inputs = engine.load(engine.config_path(args.config))
     found = gc.collect(inputs, older_than, logger, dry_run=args.dry_run,
                        wait=not args.no_wait)
@@ -392,6 +459,36 @@ def cmd_gc(args: argparse.Namespace, logger: Any) -> int:
     else:
         _out(gc.lines(found, older_than, args.dry_run, inputs.desired.settings.data_dir))
     return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace, logger: Any) -> int:
+    """shtab writes the script from the parser itself, so it never falls behind it."""
+    import shtab  # only this command needs it (importing it costs ~35 ms)
+
+    p = parser()
+    for action in _actions(p):
+        if action.dest in _FILE_ARGUMENTS:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+    _out(shtab.complete(p, shell=args.shell))
+    return EXIT_OK
+
+
+_FILE_ARGUMENTS = frozenset(("config", "source", "central"))
+
+
+def _parsers(p: argparse.ArgumentParser) -> list[_Parser]:
+    """``p`` and the parsers of its subcommands."""
+    out = [p] if isinstance(p, _Parser) else []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.extend(_parsers(sub))
+    return out
+
+
+def _actions(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every argument of ``p`` and of its subcommands."""
+    return [a for each in _parsers(p) for a in each._actions]
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
@@ -404,6 +501,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "daemon": cmd_daemon,
     "restore": cmd_restore,
     "gc": cmd_gc,
+    "completion": cmd_completion,
 }
 
 

@@ -32,6 +32,7 @@ from reconciler.plan import Plan, plan
 from reconciler.registry import Registry, Snapshot, utcnow
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
+from reconciler.wording import plural
 
 DEFAULT_CONFIG = "tenants.yaml"
 
@@ -221,7 +222,7 @@ def summary(result: Result) -> str:
     if waiting:
         parts.append(f"{len(waiting)} pending")
     if problems:
-        parts.append(f"{len(problems)} problems")
+        parts.append(plural(len(problems), "problem"))
     if result.halted:
         parts.append("rollout halted")
     parts.append(f"rev {short(plan_.revision)}")

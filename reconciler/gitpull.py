@@ -23,6 +23,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.revision import short
+
 UP_TO_DATE, FAST_FORWARD, REFUSED, ERROR = "up-to-date", "fast-forward", "refused", "error"
 GIT_TIMEOUT = 120.0
 
@@ -108,18 +110,18 @@ def _pull(root: Path, remote: str, branch: str, watched: list[str]) -> PullResul
         merged = _git(top, "merge", "--ff-only", "--quiet", theirs, check=False)
         if merged.returncode != 0:
             return PullResult(REFUSED, head, head, theirs,
-                              f"fast-forward to {theirs[:7]} failed: "
+                              f"fast-forward to {short(theirs)} failed: "
                               f"{merged.stderr.strip() or merged.stdout.strip()}")
         after = _git(top, "rev-parse", "--verify", "HEAD").stdout.strip()
         return PullResult(FAST_FORWARD, head, after, theirs)
     if _is_ancestor(top, theirs, head):
         return PullResult(REFUSED, head, head, theirs,
-                          f"local branch {branch} ({head[:7]}) has commits {remote}/{branch} "
-                          f"({theirs[:7]}) does not — push them through review, or reset the "
+                          f"local branch {branch} ({short(head)}) has commits {remote}/{branch} "
+                          f"({short(theirs)}) does not — push them through review, or reset the "
                           "clone to the remote")
     return PullResult(REFUSED, head, head, theirs,
-                      f"not a fast-forward: {remote}/{branch} moved to {theirs[:7]}, which does "
-                      f"not contain the applied commit {head[:7]} (history was rewritten) — "
+                      f"not a fast-forward: {remote}/{branch} moved to {short(theirs)}, which does "
+                      f"not contain the applied commit {short(head)} (history was rewritten) — "
                       f"review it, then `git -C {top} reset --hard {remote}/{branch}` to accept")
 
 

@@ -22,7 +22,7 @@ import argparse
 GLOBAL: dict[str, str] = {
     "config": "-c/--config", "json": "--json", "log_format": "--log-format",
     "log_level": "--log-level", "dry_run": "--dry-run", "no_wait": "--no-wait",
-    "retry_failed": "--retry-failed",
+    "retry_failed": "--retry-failed", "verbose": "-v/--verbose",
 }
 
 _READ = frozenset({"config", "json", "dry_run"})
@@ -31,11 +31,12 @@ _LOGS = frozenset({"log_format", "log_level"})
 #: command → the global options it acts on
 HONOURS: dict[str, frozenset[str]] = {
     "apply": frozenset(GLOBAL),
-    "plan": _READ | {"retry_failed"},
+    "plan": _READ | {"retry_failed", "no_wait", "verbose"},
     "status": _READ,
     "history": _READ,
     "route": _READ,
-    "validate": frozenset({"config", "dry_run"}),
+    "validate": frozenset({"config", "json", "dry_run"}),
+    "completion": frozenset(),
     "daemon": frozenset({"config"}) | _LOGS,
     "restore": frozenset({"config", "json", "no_wait"}) | _LOGS,
     "gc": frozenset({"config", "json", "dry_run", "no_wait"}) | _LOGS,
@@ -56,6 +57,7 @@ _WHY: dict[tuple[str, str] | str, str] = {
     "log_format": "it writes no log lines",
     "log_level": "it writes no log lines",
     "dry_run": "it has no dry run",
+    "verbose": "its output is the same on a terminal and in a pipe",
     "config": "it does not read tenants.yaml here",
 }
 

@@ -8,13 +8,16 @@ here decides anything: it formats values computed elsewhere.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from reconciler.apply import Result
+from reconciler.context import Outcome
 from reconciler.desired import Rollout
-from reconciler.plan import Action, Kind, Plan
+from reconciler.plan import Action, Kind, Plan, RegistryChange
 from reconciler.revision import short
+from reconciler.wording import count, names, plural
 
 SYMBOLS = {
     Kind.CREATE: "+", Kind.ADOPT: "=", Kind.RESTORE: "<", Kind.RELOCATE: ">",
@@ -44,34 +47,116 @@ def _columns(a: Action) -> tuple[str, str, str]:
     return region, _v(a.from_version), a.detail
 
 
-def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None) -> list[str]:
-    lines = [f"Plan for {config_name} @ {short(plan.revision)} — {plan.tenant_count} tenants, "
-             f"target schema {plan.target}"]
-    rows = [(SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a)) for a in plan.actions
-            if a.kind is not Kind.REROOT]
-    rows[:0] = reroot_rows(plan)
+def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None,
+               verbose: bool = False) -> list[str]:
+    """The plan as a reviewer reads it. Every action has a line, except that more than
+    ``GROUP_AT`` actions of one kind are grouped (``~ migrate 9,812 tenants us v2 → v3 in
+    394 waves (aaron … zed)``) unless ``verbose``; ``plan_json`` always lists each one."""
+    lines = [f"Plan for {config_name} @ {short(plan.revision)} — "
+             f"{plural(plan.tenant_count, 'tenant')}, target schema {plan.target}"]
+    if not verbose and _groupable(plan):
+        return [*lines, *_grouped_lines(plan, rollout)]
+    rows: list[Row] = [*_fleet_rows(plan), *reroot_rows(plan)]
+    rows.extend((SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a))
+                for a in plan.actions if a.kind is not Kind.REROOT)
+    rows.extend(_registry_row(c) for c in plan.registry if c.table != "fleet")
+    lines.extend(_aligned(rows))
+    lines.extend(_plan_tail(plan, rollout))
+    return lines
+
+
+Row = tuple[str, str, str, str, str, str]  # symbol, kind, name, region, version, tail
+
+
+def _fleet_rows(plan: Plan) -> list[Row]:
+    """``* fleet copied|moved registry OLD → NEW`` (see "Copied and moved fleets")."""
+    return [("*", "fleet", c.key, "", "", f"registry {c.old} → {c.new}"
+             + (" — a fleet of its own from now on (new fleet id); the original's files "
+                "are never touched" if c.key == "copied" else ""))
+            for c in plan.registry if c.table == "fleet"]
+
+
+def _registry_row(c: RegistryChange) -> Row:
+    sym = "+" if c.old is None else "-" if c.new is None else "~"
+    if c.table == "domains":
+        return (sym, "route", c.key, "", "", f"→ {c.new}" if c.new else
+                f"(was {c.old}) removed")
+    return (sym, "setting", c.key, "", "", f"= {c.new!r}" if c.new is not None else "removed")
+
+
+def _aligned(rows: Sequence[Row]) -> list[str]:
+    if not rows:
+        return []
+    w_name = max(len(r[2]) for r in rows)
+    w_region = max(len(r[3]) for r in rows)
+    w_ver = max((len(r[4]) for r in rows), default=0)
+    return [f"  {sym} {kind:<9} {name:<{w_name}}  {region:<{w_region}}  {ver:<{w_ver}}  "
+            f"{tail}".rstrip() for sym, kind, name, region, ver, tail in rows]
+
+
+GROUP_AT = 20  # more actions of one kind than this are grouped in the text plan
+
+
+def _groupable(plan: Plan) -> bool:
+    by_kind = Counter(a.kind for a in plan.actions)
+    by_table = Counter(c.table for c in plan.registry)
+    return any(n > GROUP_AT for n in (*by_kind.values(), *by_table.values()))
+
+
+def _grouped_lines(plan: Plan, rollout: Rollout | None) -> list[str]:
+    """Actions of a kind with more than ``GROUP_AT`` members become one line per
+    (kind, region, version, target); smaller kinds keep one line per tenant."""
+    big = {k for k, n in Counter(a.kind for a in plan.actions).items() if n > GROUP_AT}
+    groups: dict[tuple[Kind, str, str, str], list[str]] = {}
+    slot: dict[tuple[Kind, str, str, str], int] = {}  # a group sits where its first member was
+    rows: list[Row] = [*_fleet_rows(plan), *reroot_rows(plan)]
+    for a in plan.actions:
+        if a.kind is Kind.REROOT:
+            continue
+        region, ver, tail = _columns(a)
+        if a.kind not in big:
+            rows.append((SYMBOLS[a.kind], a.kind.value, a.tenant, region, ver, tail))
+            continue
+        key: tuple[Kind, str, str, str] = (
+            a.kind, region, ver, tail if a.kind in (Kind.CREATE, Kind.MIGRATE) else "")
+        if key not in groups:
+            groups[key], slot[key] = [], len(rows)
+            rows.append(("", "", "", "", "", ""))
+        groups[key].append(a.tenant)
+    wave_of = {name: i for i, w in enumerate(plan.waves) for name in w}
+    for key, tenants in groups.items():
+        kind, region, ver, tail = key
+        in_waves = {wave_of[t] for t in tenants if t in wave_of}
+        if in_waves and kind in (Kind.MIGRATE, Kind.PENDING):
+            tail += f" in {plural(len(in_waves), 'wave')}"
+        rows[slot[key]] = (SYMBOLS[kind], kind.value, plural(len(tenants), "tenant"), region,
+                           ver, f"{tail} ({_span(tenants)})".lstrip())
+    big_tables = {t for t, n in Counter(c.table for c in plan.registry).items() if n > GROUP_AT}
+    registry_groups: dict[tuple[str, str], list[str]] = {}
     for c in plan.registry:
-        sym = "+" if c.old is None else "-" if c.new is None else "~"
         if c.table == "fleet":
-            rows.insert(0, ("*", "fleet", c.key, "", "", f"registry {c.old} → {c.new}"
-                            + (" — a fleet of its own from now on (new fleet id); the "
-                               "original's files are never touched" if c.key == "copied"
-                               else "")))
-        elif c.table == "domains":
-            rows.append((sym, "route", c.key, "", "", f"→ {c.new}" if c.new else
-                         f"(was {c.old}) removed"))
+            continue
+        row = _registry_row(c)
+        if c.table in big_tables:
+            registry_groups.setdefault((row[0], row[1]), []).append(c.key)
         else:
-            rows.append((sym, "setting", c.key, "", "", f"= {c.new!r}" if c.new is not None
-                         else "removed"))
-    if rows:
-        w_name = max(len(r[2]) for r in rows)
-        w_region = max(len(r[3]) for r in rows)
-        w_ver = max((len(r[4]) for r in rows), default=0)
-        for sym, kind, name, region, ver, tail in rows:
-            line = (f"  {sym} {kind:<9} {name:<{w_name}}  {region:<{w_region}}  "
-                    f"{ver:<{w_ver}}  {tail}")
-            lines.append(line.rstrip())
-    lines.extend(wave_lines(plan, rollout))
+            rows.append(row)
+    for (sym, label), keys in registry_groups.items():
+        what = {"+": "added", "-": "removed", "~": "changed"}[sym]
+        noun = plural(len(keys), "domain" if label == "route" else "setting")
+        rows.append((sym, label, noun, "", "", f"{what} ({_span(keys)})"))
+    after = _plan_tail(plan, rollout)  # waves, halts, notes, then the summary line
+    return [*_aligned(rows), *after[:-1],
+            "  (large sets grouped: --verbose lists every tenant, --json lists them all)",
+            after[-1]]
+
+
+def _span(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{items[0]} … {items[-1]}"
+
+
+def _plan_tail(plan: Plan, rollout: Rollout | None) -> list[str]:
+    lines = wave_lines(plan, rollout)
     lines.extend(halted_lines(plan))
     for note in plan.notes:
         lines.append(f"  note: {note}")
@@ -86,31 +171,23 @@ def wave_lines(plan: Plan, rollout: Rollout | None = None) -> list[str]:
     """The rollout as the next pass would run it: waves in order, the canary first."""
     if not plan.waves:
         return []
-    count = sum(len(w) for w in plan.waves)
-    head = f"Rollout: {count} tenant{'s' if count != 1 else ''} in {len(plan.waves)} wave" \
-        f"{'s' if len(plan.waves) != 1 else ''}"
+    head = f"Rollout: {plural(sum(len(w) for w in plan.waves), 'tenant')} in " \
+        f"{plural(len(plan.waves), 'wave')}"
     if rollout is not None:
         head += (f" — canary {rollout.canary}, batch {rollout.batch}, up to {rollout.parallel} "
-                 f"at once, halts after more than {rollout.max_failures} failure"
-                 f"{'s' if rollout.max_failures != 1 else ''}"
+                 f"at once, halts after more than {plural(rollout.max_failures, 'failure')}"
                  f"{', snapshot before each' if rollout.snapshot else ''}")
     out = [head]
     canary = rollout.canary > 0 if rollout is not None else False
     shown = plan.waves if len(plan.waves) <= MAX_WAVE_LINES else plan.waves[:MAX_WAVE_LINES - 1]
     for i, wave in enumerate(shown, start=1):
         label = f"wave {i}" + (" (canary)" if i == 1 and canary else "")
-        out.append(f"  {label:<16} {len(wave):>4}  {_names(wave)}")
+        out.append(f"  {label:<16} {len(wave):>4}  {names(wave)}")
     if len(shown) < len(plan.waves):
         rest = plan.waves[len(shown):]
-        out.append(f"  … {len(rest)} more waves, {sum(len(w) for w in rest)} tenants "
-                   f"({rest[0][0]} … {rest[-1][-1]})")
+        out.append(f"  … {plural(len(rest), 'more wave')}, "
+                   f"{plural(sum(len(w) for w in rest), 'tenant')} ({rest[0][0]} … {rest[-1][-1]})")
     return out
-
-
-def _names(names: Sequence[str], limit: int = 6) -> str:
-    if len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join(names[:limit - 1]) + f", … {names[-1]}"
 
 
 def halted_lines(plan: Plan) -> list[str]:
@@ -118,8 +195,8 @@ def halted_lines(plan: Plan) -> list[str]:
     if not pending:
         return []
     failed = [a.tenant for a in plan.actions if a.kind is Kind.FAILED]
-    return [f"Rollout halted: {len(pending)} pending ({_names(pending)}), {len(failed)} failed"
-            + (f" ({_names(failed)})" if failed else "")
+    return [f"Rollout halted: {len(pending)} pending ({names(pending)}), {len(failed)} failed"
+            + (f" ({names(failed)})" if failed else "")
             + " — fix the failed tenants or the migration, then `reconcile apply "
             "--retry-failed` (editing tenants.yaml or the migrations also resumes it)"]
 
@@ -134,9 +211,10 @@ def reroot_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str]]:
             key = (a.from_region or "", a.region or "", str(a.source.parent), str(a.path.parent))
             groups.setdefault(key, []).append(a.tenant)
     out = []
-    for (old_region, region, old, new), names in groups.items():
+    for (old_region, region, old, new), members in groups.items():
         where = region if old_region == region else f"{old_region} → {region}"
-        who = names[0] if len(names) == 1 else f"{len(names)} tenants: {_names(names)}"
+        who = (members[0] if len(members) == 1
+               else f"{plural(len(members), 'tenant')}: {names(members)}")
         out.append(("*", "reroot", f"{where}:", "", "", f"{old} → {new} ({who})"))
     return out
 
@@ -144,21 +222,23 @@ def reroot_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str]]:
 def plan_summary(plan: Plan) -> str:
     if plan.is_empty and not plan.problems:
         return "No changes: the fleet matches the desired state."
-    parts = [f"{plan.count(Kind.CREATE)} to create", f"{plan.count(Kind.MIGRATE)} to migrate",
-             f"{plan.count(Kind.RELOCATE)} to relocate", f"{plan.count(Kind.ARCHIVE)} to archive"]
+    parts = [f"{count(plan.count(Kind.CREATE))} to create",
+             f"{count(plan.count(Kind.MIGRATE))} to migrate",
+             f"{count(plan.count(Kind.RELOCATE))} to relocate",
+             f"{count(plan.count(Kind.ARCHIVE))} to archive"]
     for kind, label in ((Kind.ADOPT, "to adopt"), (Kind.RESTORE, "to restore"),
                         (Kind.REROOT, "to reroot"), (Kind.SUSPEND, "to suspend"),
-                        (Kind.UNSUSPEND, "to unsuspend"),
-                        (Kind.CORRECT, "registry corrections")):
+                        (Kind.UNSUSPEND, "to unsuspend")):
         if plan.count(kind):
-            parts.append(f"{plan.count(kind)} {label}")
+            parts.append(f"{count(plan.count(kind))} {label}")
+    if plan.count(Kind.CORRECT):
+        parts.append(plural(plan.count(Kind.CORRECT), "registry correction"))
     fleet = [c for c in plan.registry if c.table == "fleet"]
     if fleet:
         parts.append(f"fleet registry {fleet[0].key}")
     if len(plan.registry) > len(fleet):
-        parts.append(f"{len(plan.registry) - len(fleet)} routing/settings updates")
-    problems = len(plan.problems)
-    return f"Plan: {', '.join(parts)}; {problems} problem{'s' if problems != 1 else ''}."
+        parts.append(plural(len(plan.registry) - len(fleet), "routing/settings update"))
+    return f"Plan: {', '.join(parts)}; {plural(len(plan.problems), 'problem')}."
 
 
 def action_json(a: Action) -> dict[str, Any]:
@@ -185,28 +265,100 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def result_lines(result: Result, summary: str) -> list[str]:
+    """Every outcome, one line each, then what needs a person, then ``summary``: what a
+    pipe or a log gets (and ``--verbose`` on a terminal; see ``compact``)."""
+    where = regions_of(result.plan)
+    lines = [outcome_line(o, where) for o in result.outcomes
+             if o.outcome not in ("reported", "pending")]  # pending: one line below
+    lines.extend(attention_lines(result))
+    lines.append(summary)
+    return lines
+
+
+def regions_of(plan: Plan) -> dict[str, str]:
+    """Tenant → the region words its result line shows (``eu``, or ``eu → us`` for a
+    relocation)."""
+    out: dict[str, str] = {}
+    for a in plan.actions:
+        if a.kind is Kind.RELOCATE and a.from_region:
+            out[a.tenant] = f"{a.from_region} → {a.region}"
+        elif a.region:
+            out.setdefault(a.tenant, a.region)
+    return out
+
+
+def outcome_line(o: Outcome, where: dict[str, str]) -> str:
+    """E.g. ``  ok       relocate  globex eu → us v3`` or ``  failed   migrate   acme us
+    v1 → v2: <error>``."""
+    versions = ""
+    if o.from_version is not None or o.to_version is not None:
+        versions = (f" {_v(o.to_version)}" if o.from_version == o.to_version else
+                    f" {_v(o.from_version)} → {_v(o.to_version)}")
+    region = f" {where[o.tenant]}" if o.tenant in where else ""
+    err = f": {o.error}" if o.error else ""
+    return f"  {o.outcome:<8} {o.action:<9} {o.tenant}{region}{versions}{err}"
+
+
+def attention_lines(result: Result, per_kind: int | None = None) -> list[str]:
+    """The plan's problems (at most ``per_kind`` of each kind, then a count), the
+    tenants a halted rollout left pending (one line), and the halt itself."""
     lines: list[str] = []
-    pending = [o.tenant for o in result.outcomes if o.outcome == "pending"]
-    for o in result.outcomes:
-        if o.outcome == "reported" or o.outcome == "pending":
-            continue  # pending tenants get one line below, not one each
-        versions = ""
-        if o.from_version is not None or o.to_version is not None:
-            versions = f" {_v(o.from_version)} → {_v(o.to_version)}".replace(" → ", " → ", 1)
-        err = f": {o.error}" if o.error else ""
-        lines.append(f"  {o.outcome:<8} {o.action:<9} {o.tenant}{versions}{err}")
+    shown: Counter[Kind] = Counter()
+    where = regions_of(result.plan)
     for a in result.plan.problems:
-        lines.append(f"  {'problem':<8} {a.kind.value:<9} {a.tenant}: {a.detail}")
+        if a.kind is Kind.PENDING:
+            continue  # from the outcomes below: one line for all of them
+        shown[a.kind] += 1
+        if per_kind is None or shown[a.kind] <= per_kind:
+            region = f" {where[a.tenant]}" if a.tenant in where else ""
+            lines.append(f"  {'problem':<8} {a.kind.value:<9} {a.tenant}{region}: {a.detail}")
+    for kind, n in shown.items():
+        if per_kind is not None and n > per_kind:
+            lines.append(f"  {'problem':<8} {kind.value:<9} … {plural(n - per_kind, 'more tenant')}"
+                         " (`reconcile status` lists them all)")
+    pending = [o.tenant for o in result.outcomes if o.outcome == "pending"]
     if pending:
-        lines.append(f"  {'pending':<8} {'migrate':<9} {len(pending)} tenant"
-                     f"{'s' if len(pending) != 1 else ''} stay at their version: "
-                     f"{_names(pending)}")
+        lines.append(f"  {'pending':<8} {'migrate':<9} {plural(len(pending), 'tenant')} "
+                     f"{'stays' if len(pending) == 1 else 'stay'} at their version: "
+                     f"{names(pending)}")
     if result.halted:
         lines.append("  rollout halted: failures exceeded rollout.max_failures; remaining "
                      "tenants stay at their version (pending) — fix and re-run, or "
                      "`reconcile apply --retry-failed`")
-    lines.append(summary)
     return lines
+
+
+def history_lines(events: Sequence[dict[str, Any]]) -> list[str]:
+    """``reconcile history``: one row per event, newest first, its detail in words."""
+    return table(
+        ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "DETAIL"),
+        ((e["id"], e["at"], short(e["revision"] or ""), e["tenant"] or "-", e["action"],
+          e["outcome"], e["duration_ms"] if e["duration_ms"] is not None else "",
+          event_detail(e)) for e in events))
+
+
+def event_detail(e: dict[str, Any]) -> str:
+    """E.g. ``eu → us; v3`` for a relocation, ``eu; v0 → v3`` for a create, a wave's
+    tally for a rollout's summary event, then any error, reason, domain or key."""
+    d = e["detail"]
+    parts = []
+    if d.get("from_region") and d.get("region") and d["from_region"] != d["region"]:
+        parts.append(f"{d['from_region']} → {d['region']}")
+    elif d.get("region"):
+        parts.append(str(d["region"]))
+    if "from_version" in d or "to_version" in d:
+        start, end = d.get("from_version", "?"), d.get("to_version", "?")
+        parts.append(f"v{end}" if start == end else f"v{start} → v{end}")
+    if e["action"] == "wave":  # a rollout's summary event
+        which = f"wave {d['wave']}/{d['waves']}" if "wave" in d else \
+            f"busy retry {d.get('retry')}"
+        parts.append(f"{which}: {plural(len(d.get('tenants', [])), 'tenant')}, "
+                     f"{count(d.get('failed', 0))} failed ({count(d.get('failures', 0))} in "
+                     f"the rollout)" + (" — halted" if d.get("halted") else ""))
+    for key in ("error", "reason", "domain", "key"):
+        if key in d:
+            parts.append(f"{key}: {d[key]}")
+    return "; ".join(parts)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

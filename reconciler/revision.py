@@ -41,11 +41,16 @@ def revision(config: Path, migrations_dir: Path | None = None) -> str:
     return oid + ("+dirty" if dirty else "")
 
 
+SHORT = 7  # hex digits of a commit or digest in every output (git's own default length)
+
+
 def short(rev: str) -> str:
+    """The one short form used in all output: ``3f2a9c1``, ``3f2a9c1+dirty``,
+    ``sha256:b0cb7c2`` (``SHORT`` hex digits; git's ``--abbrev`` default)."""
     if rev.startswith("sha256:"):
-        return rev[:19]
+        return rev[:len("sha256:") + SHORT]
     base, _, dirty = rev.partition("+")
-    return base[:7] + (f"+{dirty}" if dirty else "")
+    return base[:SHORT] + (f"+{dirty}" if dirty else "")
 
 
 def _sha(config: Path) -> str:

@@ -7,13 +7,14 @@ do about it — derived from the same observe/plan as every pass, never a second
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
-from reconciler.plan import Plan
+from reconciler.plan import CHANGES, Kind, Plan
 from reconciler.state import FileState, Observed, Snapshot
 
 
@@ -26,10 +27,18 @@ class StatusRow:
     version: int | None  # the file's user_version (the truth)
     status: str
     pending: str  # what the plan would do, or "" when in sync
+    pinned: bool = False  # tenants.yaml pins its schema (``schema: N``)
+    problem: str = ""  # what needs a person ("registered at v3, file … is gone"), or ""
+    changing: bool = False  # the next pass changes it (or waits on a halted rollout)
+    kinds: tuple[str, ...] = ()  # the plan's action kinds for it (``Kind`` values)
 
     @property
     def in_sync(self) -> bool:
         return not self.pending
+
+    @property
+    def needs_person(self) -> bool:
+        return bool(self.problem)
 
 
 def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> list[StatusRow]:
@@ -43,6 +52,7 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
             file_version = observed.file(Path(row.path)).user_version
         actions = [a for a in plan.for_tenant(name) if a.is_change or a.is_problem]
         pending = "; ".join(a.kind.value for a in actions)
+        problems = [a for a in actions if a.is_problem and a.kind is not Kind.PENDING]
         out.append(StatusRow(
             tenant=name,
             want_region=spec.region if spec else "-",
@@ -53,6 +63,10 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
                     "retired" if row and name in desired.retired and row.status == "orphaned"
                     else row.status if row else "absent"),
             pending=pending,
+            pinned=spec is not None and spec.schema is not None,
+            problem="; ".join(a.detail or a.kind.value for a in problems),
+            changing=any(a.kind in CHANGES or a.kind is Kind.PENDING for a in actions),
+            kinds=tuple(a.kind.value for a in actions),
         ))
     return out
 
@@ -69,3 +83,58 @@ def registry_rows(snapshot: Snapshot, files: Mapping[Path, FileState]) -> list[S
                              version=state.user_version if state is not None else None,
                              status=row.status, pending="desired state invalid"))
     return out
+
+
+# The fleet in numbers, in the order ``reconcile status`` prints them: (label, which rows).
+# A new observed fact that needs counting (drift, backups, …) adds one entry here.
+COUNTS: tuple[tuple[str, Callable[[StatusRow], bool]], ...] = (
+    ("in sync", lambda r: r.in_sync),
+    ("pending", lambda r: r.changing),
+    ("pinned", lambda r: r.pinned),
+    ("failed", lambda r: r.status == "failed" or "failed" in r.kinds),
+    ("missing", lambda r: r.status == "missing" or "missing" in r.kinds),
+    ("orphaned", lambda r: r.status == "orphaned" or "orphaned" in r.kinds),
+    ("suspended", lambda r: r.status == "suspended"),
+)
+
+
+@dataclass(frozen=True)
+class FleetCounts:
+    """``reconcile status``'s opening numbers.
+
+    ``by_region``: per region (where the tenant is, else where it is wanted), how many
+    tenants' files are at each version (``None``: no file yet, or none readable).
+    ``counts``: ``COUNTS``' labels with their number of tenants, in that order."""
+
+    total: int
+    by_region: tuple[tuple[str, tuple[tuple[int | None, int], ...]], ...]
+    versions: tuple[int | None, ...]  # every version seen, ascending, ``None`` last
+    counts: tuple[tuple[str, int], ...]
+
+    def count(self, label: str) -> int:
+        return dict(self.counts)[label]
+
+
+def fleet_counts(rows_: Sequence[StatusRow]) -> FleetCounts:
+    per: dict[str, Counter[int | None]] = {}
+    for r in rows_:
+        region = r.region if r.region != "-" else r.want_region
+        per.setdefault(region, Counter())[r.version] += 1
+    seen = {v for c in per.values() for v in c}
+    versions = tuple(sorted(v for v in seen if v is not None)) + ((None,) if None in seen else ())
+    return FleetCounts(
+        total=len(rows_),
+        by_region=tuple((region, tuple((v, per[region][v]) for v in versions))
+                        for region in sorted(per)),
+        versions=versions,
+        counts=tuple((label, sum(1 for r in rows_ if which(r))) for label, which in COUNTS),
+    )
+
+
+def counts_json(fleet: FleetCounts) -> dict[str, object]:
+    """``{"total": 400, "regions": {"eu": {"v3": 199, "none": 1}}, "counts": {"in sync":
+    389, "pending": 10, …}}`` — versions a region has no tenant at are left out."""
+    return {"total": fleet.total,
+            "regions": {region: {("none" if v is None else f"v{v}"): n for v, n in per if n}
+                        for region, per in fleet.by_region},
+            "counts": dict(fleet.counts)}

@@ -35,11 +35,13 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "daemon": ("daemon",),
     "restore": ("restore", "hooli", "--from", "backup/hooli.db"),
     "gc": ("gc", "--retired-older-than", "30d"),
+    "completion": ("completion", "bash"),
 }
 VALUES: dict[str, tuple[str, ...]] = {
     "config": ("-c", "desired/tenants.yaml"), "json": ("--json",),
     "log_format": ("--log-format", "json"), "log_level": ("--log-level", "error"),
     "dry_run": ("--dry-run",), "no_wait": ("--no-wait",), "retry_failed": ("--retry-failed",),
+    "verbose": ("--verbose",),
 }
 CELLS = [(c, o) for c in COMMANDS for o in GLOBAL]
 

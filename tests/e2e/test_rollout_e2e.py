@@ -86,7 +86,7 @@ def test_max_failures_0_runs_only_the_canary_wave_then_halts_and_holds(fleet: Fl
     assert [(w["wave"], w["tenants"], w["halted"]) for w in waves] == [(1, ["t000"], True)]
     assert waves[0]["pending"] == 199
     history = fleet.run("history", "-n", "3")
-    assert "wave 1/9: 1 tenants, 1 failed (1 in the rollout) — halted" in history.stdout
+    assert "wave 1/9: 1 tenant, 1 failed (1 in the rollout) — halted" in history.stdout
     assert "rollout halted" in result.stdout
     assert "199 tenants stay at their version" in result.stdout
 
