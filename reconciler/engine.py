@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import desired as desired_mod
+from reconciler import drift
 from reconciler import migrations as migrations_mod
 from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
@@ -26,7 +27,7 @@ from reconciler.errors import InvalidInput, Problem
 from reconciler.lock import FleetLock
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed, observe
-from reconciler.plan import Plan, plan
+from reconciler.plan import Kind, Plan, plan
 from reconciler.registry import Registry, Snapshot, utcnow
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
@@ -110,7 +111,7 @@ def collector_paused() -> Iterator[None]:
 def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool
                ) -> tuple[Plan, Observed]:
     verify_catalog(inputs, snapshot)
-    observed = observe(inputs.desired, snapshot)
+    observed = observe(inputs.desired, snapshot, catalog=inputs.catalog)
     return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
                 retry_failed=retry_failed), observed
 
@@ -154,10 +155,14 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
     with locked_registry(inputs, log, wait) as registry:
         started = utcnow()
         with collector_paused():
-            the_plan, _observed = _plan_from(inputs, registry.snapshot(), retry_failed)
+            the_plan, observed = _plan_from(inputs, registry.snapshot(), retry_failed)
         ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
                       log.bind(revision=short(inputs.revision)), stop or never,
                       retry_failed, progress, stop_now or never)
+        if observed.drift_checked or observed.drift_stale:
+            drift.record(ctx, observed.drift_checked, observed.drift_stale,
+                         {a.path.as_posix(): a.tenant for a in the_plan.actions
+                          if a.kind in (Kind.DRIFT, Kind.DRIFT_WARN) and a.path})
         result = apply(the_plan, ctx)
         registry.record_run(started, inputs.revision,
                             summary(result) + (f"; {note}" if note else ""),

@@ -35,7 +35,9 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote_from_bytes
 
+from reconciler import drift as drift_keys
 from reconciler.desired import Desired
+from reconciler.migrations import Catalog
 from reconciler.state import FileState as FileState
 from reconciler.state import FileStates as FileStates
 from reconciler.state import Observed as Observed
@@ -91,10 +93,17 @@ def read_user_versions(paths: Iterable[Path], busy_timeout: float = 5.0
     return {p: states[p] for p in paths}
 
 
-def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, Read]:
+def _read_many(texts: Iterable[str], busy_timeout: float,
+               keys: dict[str, bytes] | None = None) -> dict[str, Read]:
     """Path text → what was read: a bare ``user_version`` (regular file, from its
     header: the common case, kept small), ``(user_version, wal)`` (read by SQLite), or
-    the ``FileState`` of anything else (missing, unusable)."""
+    the ``FileState`` of anything else (missing, unusable).
+
+    ``keys``, when given, also receives each regular file's schema key (``drift``:
+    schema cookie, ``user_version`` and inode) from the same header read, or from
+    SQLite where a ``-wal``/``-journal`` sits beside the file."""
+    if keys is not None:
+        return _read_many_keyed(texts, busy_timeout, keys)
     listings: dict[str, Listing | None] = {}
     out: dict[str, Read] = {}
     for text in texts:
@@ -120,6 +129,46 @@ def _read_many(texts: Iterable[str], busy_timeout: float) -> dict[str, Read]:
                 out[text] = int.from_bytes(header[60:64], "big", signed=True)
             else:
                 out[text] = _from_header(Path(text), header)
+    return out
+
+
+def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
+                     keys: dict[str, bytes]) -> dict[str, Read]:
+    """``_read_many`` that also fills ``keys`` (a copy of its loop, so the pass without
+    drift checks pays nothing for them)."""
+    listings: dict[str, Listing | None] = {}
+    out: dict[str, Read] = {}
+    for text in texts:
+        i = text.rfind("/")
+        directory, name = (text[:i] or "/", text[i + 1:]) if i >= 0 else ("", text)
+        if directory in listings:
+            listing = listings[directory]
+        else:
+            listing = listings[directory] = _listing(directory)
+        found: Read
+        if listing is None:
+            out[text] = found = read_user_version(Path(text), busy_timeout)
+        elif name in listing.side:
+            out[text] = found = _ask_sqlite(text, listing, name, busy_timeout)
+        elif name not in listing.names:
+            out[text] = FileState(Path(text), exists=False)
+            continue
+        else:
+            try:
+                header, inode = _read_header_ino(text)
+            except OSError:
+                out[text] = found = read_user_version(Path(text), busy_timeout)
+            else:
+                if len(header) == 100 and header.startswith(MAGIC):
+                    out[text] = int.from_bytes(header[60:64], "big", signed=True)
+                    keys[text] = drift_keys.key_from_header(header, inode)
+                else:
+                    out[text] = _from_header(Path(text), header)
+                continue
+        if not isinstance(found, FileState) or found.usable:  # asked of SQLite: so is its key
+            key = drift_keys.read_key(text, busy_timeout)
+            if key is not None:
+                keys[text] = key
     return out
 
 
@@ -182,6 +231,18 @@ def _read_header(path: str, regular_only: bool = False) -> bytes:
         os.close(fd)
 
 
+def _read_header_ino(path: str) -> tuple[bytes, int]:
+    """``_read_header(path, regular_only=True)`` and the file's inode (same ``fstat``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(path)
+        return os.pread(fd, 100, 0), st.st_ino
+    finally:
+        os.close(fd)
+
+
 def _from_header(path: Path, header: bytes) -> FileState:
     if not header:
         return FileState(path, exists=True, user_version=0)  # empty file = empty database
@@ -238,8 +299,13 @@ def list_archives(archive_dir: Path) -> dict[str, tuple[Path, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> Observed:
-    """Read everything plan() needs. Touches no file except to read it."""
+def observe(desired: Desired, registry: Snapshot, now: float | None = None,
+            catalog: Catalog | None = None, recheck: bool = False) -> Observed:
+    """Read everything plan() needs. Touches no file except to read it.
+
+    With ``catalog`` (and ``settings.drift`` not ``ignore``) tenant files' schemas are
+    compared with their references too (``drift``): only files whose schema key moved
+    since the registry remembered it, or every one with ``recheck``."""
     timeout = desired.settings.busy_timeout
     declared = desired.path_texts
     # a dict as an ordered set: files are read in tenant order (deterministic) with no
@@ -252,7 +318,13 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> O
     for spec in desired.tenants.values():
         if spec.name in archives:
             texts[os.fspath(archives[spec.name][-1])] = None  # restore needs its version
-    files = FileStates(_read_many(texts, timeout))
+    checking = catalog is not None and desired.settings.drift != "ignore"
+    keys: dict[str, bytes] | None = {} if checking else None
+    files = FileStates(_read_many(texts, timeout, keys))
+    seen = drift_keys.EMPTY
+    if catalog is not None and keys is not None:
+        seen = drift_keys.observe(registry, keys, lambda: _tenant_files(desired, registry, files),
+                                  catalog, timeout, desired.settings.rollout.parallel, recheck)
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
     return Observed(
@@ -262,4 +334,22 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> O
         archives=MappingProxyType(archives),
         now=time.time() if now is None else now,
         declared=declared,
+        drift=seen.drift,
+        drift_checked=seen.fresh,
+        drift_stale=seen.stale,
     )
+
+
+def _tenant_files(desired: Desired, registry: Snapshot, files: FileStates) -> dict[str, str]:
+    """Path text → tenant, for the files whose schema is judged: every usable file of a
+    declared, not suspended tenant (where the registry has it, else where it belongs)."""
+    out: dict[str, str] = {}
+    declared = desired.path_texts
+    for name, spec in desired.tenants.items():
+        if spec.suspended:
+            continue
+        row = registry.tenants.get(name)
+        text = row.path if row is not None and row.status != "archived" else declared[name]
+        if files.version_of(text) is not None:
+            out[text] = name
+    return out

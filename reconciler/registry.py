@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -99,6 +99,17 @@ UPGRADES: tuple[str, ...] = (
         state      TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         detail     TEXT
+    );
+    """,
+    # schema drift: the schema key (cookie, user_version, inode) each tenant file had when
+    # it was last compared with its reference, and the differences found (JSON, or NULL)
+    """
+    CREATE TABLE schema_checks (
+        path       TEXT PRIMARY KEY,
+        key        BLOB NOT NULL,
+        version    INTEGER NOT NULL,
+        drift      TEXT,
+        checked_at TEXT NOT NULL
     );
     """,
 )
@@ -247,11 +258,18 @@ class Registry:
                     "SELECT tenant, action, phase, source, dest, temp, started_at, detail "
                     "FROM journal")}
                 rollout = dict(c.execute("SELECT key, state FROM rollout").fetchall())
+            schema_keys: dict[str, bytes] = {}
+            drift: dict[str, str] = {}
+            if "schema_checks" in have:
+                schema_keys = dict(c.execute("SELECT path, key FROM schema_checks").fetchall())
+                drift = dict(c.execute("SELECT path, drift FROM schema_checks "
+                                       "WHERE drift IS NOT NULL").fetchall())
         finally:
             c.execute("COMMIT")
         return Snapshot(True, MappingProxyType(tenants), MappingProxyType(domains),
                         MappingProxyType(settings), MappingProxyType(migrations),
-                        MappingProxyType(journal), MappingProxyType(rollout))
+                        MappingProxyType(journal), MappingProxyType(rollout),
+                        MappingProxyType(schema_keys), MappingProxyType(drift))
 
     def tenant(self, name: str) -> TenantRow | None:
         r = self.conn.execute(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = ?",
@@ -409,6 +427,19 @@ class Registry:
     def clear_rollouts(self, keep: str | None = None) -> int:
         """Forget finished rollouts (every row but ``keep``); returns how many."""
         return self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,)).rowcount
+
+    def record_schema_checks(self, checks: Iterable[tuple[str, bytes, int, str | None]],
+                             forget: Iterable[str] = ()) -> None:
+        """Remember (path, schema key, version, drift JSON or None) per compared file, and
+        forget paths no tenant file has any more (caller holds a transaction)."""
+        now = utcnow()
+        self.conn.executemany(
+            "INSERT INTO schema_checks (path, key, version, drift, checked_at) VALUES "
+            "(?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET key=excluded.key, "
+            "version=excluded.version, drift=excluded.drift, checked_at=excluded.checked_at",
+            ((p, k, v, d, now) for p, k, v, d in checks))
+        self.conn.executemany("DELETE FROM schema_checks WHERE path = ?",
+                              ((p,) for p in forget))
 
     def record_run(self, started_at: str, revision: str, summary: str,
                    detail: Mapping[str, Any]) -> None:

@@ -20,8 +20,9 @@ SYMBOLS = {
     Kind.CREATE: "+", Kind.ADOPT: "=", Kind.RESTORE: "<", Kind.RELOCATE: ">",
     Kind.MIGRATE: "~", Kind.ARCHIVE: "-", Kind.CORRECT: "*", Kind.MISSING: "!",
     Kind.ORPHANED: "?", Kind.DOWNGRADE: "!", Kind.SUSPENDED: " ", Kind.FAILED: "!",
-    Kind.INVALID: "!", Kind.PENDING: "!",
+    Kind.INVALID: "!", Kind.PENDING: "!", Kind.DRIFT: "!", Kind.DRIFT_WARN: "!",
 }
+LABELS = {Kind.DRIFT_WARN: "drift"}  # shown as drift too; the detail says "migrated anyway"
 
 
 def _v(version: int | None) -> str:
@@ -46,7 +47,8 @@ def _columns(a: Action) -> tuple[str, str, str]:
 def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None) -> list[str]:
     lines = [f"Plan for {config_name} @ {short(plan.revision)} — {plan.tenant_count} tenants, "
              f"target schema {plan.target}"]
-    rows = [(SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a)) for a in plan.actions]
+    rows = [(SYMBOLS[a.kind], LABELS.get(a.kind, a.kind.value), a.tenant, *_columns(a))
+            for a in plan.actions]
     for c in plan.registry:
         sym = "+" if c.old is None else "-" if c.new is None else "~"
         if c.table == "domains":
@@ -136,7 +138,8 @@ def action_json(a: Action) -> dict[str, Any]:
             "from_region": a.from_region, "from_version": a.from_version,
             "to_version": a.to_version, "path": str(a.path) if a.path else None,
             "source": str(a.source) if a.source else None, "detail": a.detail,
-            "change": a.is_change, "problem": a.is_problem}
+            "change": a.is_change, "problem": a.is_problem} | (
+                {"drift": [d.as_json() for d in a.drift]} if a.drift else {})
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -167,6 +170,10 @@ def result_lines(result: Result, summary: str) -> list[str]:
         lines.append(f"  {o.outcome:<8} {o.action:<9} {o.tenant}{versions}{err}")
     for a in result.plan.problems:
         lines.append(f"  {'problem':<8} {a.kind.value:<9} {a.tenant}: {a.detail}")
+    for a in result.plan.actions:
+        if a.kind is Kind.DRIFT_WARN:
+            lines.append(f"  {'warning':<8} {'drift':<9} {a.tenant} {_v(a.from_version)}: "
+                         f"{a.detail}")
     if pending:
         lines.append(f"  {'pending':<8} {'migrate':<9} {len(pending)} tenant"
                      f"{'s' if len(pending) != 1 else ''} stay at their version: "

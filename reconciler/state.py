@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from reconciler.schema import Difference
+
 STATUSES = ("active", "pending", "migrating", "relocating", "suspended", "failed",
             "missing", "orphaned", "archived")
 
@@ -67,6 +69,10 @@ class Snapshot:
     migrations: Mapping[int, tuple[str, str]]  # version → (name, sha256)
     journal: Mapping[str, JournalRow]
     rollout: Mapping[str, str]  # key → state
+    # drift bookkeeping (``schema_checks``): path text → the schema key the file had when
+    # last compared with its reference; path text → the differences found (JSON), drifted only
+    schema_keys: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    drift: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
     def empty() -> Snapshot:
@@ -148,6 +154,12 @@ class Observed:
     # declared tenant → the text of the path its file belongs at (== the text of
     # desired.tenant_path), so the planner's steady-state check needs no Path at all
     declared: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # schema drift (see ``drift``): path text → differences from the reference for the
+    # file's version, drifted files only (empty when settings.drift is ignore)
+    drift: Mapping[str, tuple[Difference, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    drift_checked: tuple[Any, ...] = ()  # drift.Check values compared this pass
+    drift_stale: frozenset[str] = frozenset()  # remembered paths that are gone
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)
