@@ -63,7 +63,17 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
     a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS)
     _common(sub.add_parser("plan", help="print the plan, change nothing"), sub=True)
-    _common(sub.add_parser("status", help="desired vs actual, per tenant"), sub=True)
+    st = sub.add_parser("status", help="desired vs actual, per tenant")
+    _common(st, sub=True)
+    st.add_argument("--schema", action="store_true",
+                    help="also, per version, how many tenants match its reference schema")
+    dr = sub.add_parser("drift", help="each tenant's schema against the reference for its "
+                        "version (exit 3 when any drifts)")
+    _common(dr, sub=True)
+    dr.add_argument("tenants", nargs="*", metavar="TENANT")
+    dr.add_argument("--all", action="store_true", dest="recheck",
+                    help="re-compare every tenant file now, not only those changed since "
+                    "they were last compared")
     _common(sub.add_parser("validate", help="check tenants.yaml and migrations only"),
             sub=True)
     h = sub.add_parser("history", help="the events table, newest first")
@@ -170,9 +180,14 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     with Registry.reading(inputs.desired.settings.central) as reg:
         last = reg.last_run() if reg is not None else None
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
+    drifted = [r.tenant for r in rows if r.drift]
+    checked = inputs.desired.settings.drift != "ignore"
+    counts = status_mod.schema_counts(rows, checked) if args.schema else []
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
-                           "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}))
+                           "drifted": len(drifted),
+                           "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}
+                          | ({"schema": [c.__dict__ for c in counts]} if args.schema else {})))
     else:
         def ver(v: int | None) -> str:
             return "-" if v is None else f"v{v}"
@@ -184,9 +199,25 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
             _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
         else:
             _out("last pass: none recorded")
+        _out(render.drift_status_lines(drifted, counts, checked, args.schema))
         _out(f"desired state: {inputs.config.name} @ {inputs.revision}"
              f" — {'in sync' if in_sync else 'drift'}")
     return EXIT_OK if in_sync else EXIT_CHANGES
+
+
+def cmd_drift(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import driftreport
+
+    inputs = engine.load(engine.config_path(args.config))
+    line = progress.ProgressLine(sys.stderr)  # draws only on a terminal
+    try:
+        found = driftreport.report(inputs, args.tenants, args.recheck,
+                                   (lambda done, total: line("drift", done, total, 0))
+                                   if line.enabled else None)
+    finally:
+        line.close()
+    _out(render.dumps(driftreport.as_json(found)) if args.json else driftreport.lines(found))
+    return EXIT_PROBLEMS if any(t.drifted for t in found) else EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
@@ -315,6 +346,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "apply": cmd_apply,
     "plan": cmd_plan,
     "status": cmd_status,
+    "drift": cmd_drift,
     "validate": cmd_validate,
     "history": cmd_history,
     "route": cmd_route,

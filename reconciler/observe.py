@@ -29,7 +29,7 @@ import sqlite3
 import stat
 import string
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -300,7 +300,8 @@ def list_archives(archive_dir: Path) -> dict[str, tuple[Path, ...]]:
 
 
 def observe(desired: Desired, registry: Snapshot, now: float | None = None,
-            catalog: Catalog | None = None, recheck: bool = False) -> Observed:
+            catalog: Catalog | None = None, recheck: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> Observed:
     """Read everything plan() needs. Touches no file except to read it.
 
     With ``catalog`` (and ``settings.drift`` not ``ignore``) tenant files' schemas are
@@ -324,7 +325,8 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None,
     seen = drift_keys.EMPTY
     if catalog is not None and keys is not None:
         seen = drift_keys.observe(registry, keys, lambda: _tenant_files(desired, registry, files),
-                                  catalog, timeout, desired.settings.rollout.parallel, recheck)
+                                  catalog, timeout, desired.settings.rollout.parallel, recheck,
+                                  progress)
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
     return Observed(

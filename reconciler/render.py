@@ -186,6 +186,23 @@ def result_lines(result: Result, summary: str) -> list[str]:
     return lines
 
 
+def drift_status_lines(drifted: Sequence[str], counts: Sequence[Any], checked: bool,
+                       per_version: bool) -> list[str]:
+    """``status``'s schema lines: the drifted count, and with ``--schema`` one line per
+    version (``status.VersionCount``): tenants there and how many match the reference."""
+    out: list[str] = []
+    if not checked:
+        out.append("schema: not compared (settings.drift: ignore)")
+    elif drifted:
+        out.append(f"drifted: {len(drifted)} ({_names(drifted)}) — `reconcile drift` shows "
+                   "how")
+    if per_version and checked:
+        for c in counts:
+            out.append(f"schema v{c.version}: {c.matching}/{c.tenants} match the reference"
+                       + (f"; drifted: {_names(c.drifted)}" if c.drifted else ""))
+    return out
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     rows = [list(map(str, r)) for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
-from reconciler.plan import Plan
+from reconciler.plan import Plan, drift_of
+from reconciler.schema import summary
 from reconciler.state import Observed
 
 
@@ -25,10 +26,11 @@ class StatusRow:
     version: int | None  # the file's user_version (the truth)
     status: str
     pending: str  # what the plan would do, or "" when in sync
+    drift: str = ""  # schema drift summary (``schema.summary``), "" when none
 
     @property
     def in_sync(self) -> bool:
-        return not self.pending
+        return not self.pending and not self.drift
 
 
 def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> list[StatusRow]:
@@ -51,5 +53,29 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
             status=("suspended" if spec and spec.suspended and row is None else
                     row.status if row else "absent"),
             pending=pending,
+            drift=summary(drift_of(desired, observed, name, row))
+            if spec is not None and not spec.suspended else "",
         ))
     return out
+
+
+@dataclass(frozen=True)
+class VersionCount:
+    """``status --schema``: tenants at one version and how many match its reference."""
+
+    version: int
+    tenants: int
+    matching: int
+    drifted: tuple[str, ...]
+
+
+def schema_counts(rows: list[StatusRow], checked: bool) -> list[VersionCount]:
+    """Per file version (ascending): tenants there, and how many match the reference
+    (``checked`` False — ``settings.drift: ignore`` — leaves ``matching`` at 0)."""
+    by: dict[int, list[StatusRow]] = {}
+    for r in rows:
+        if r.version is not None and r.status != "suspended":
+            by.setdefault(r.version, []).append(r)
+    return [VersionCount(v, len(rs), sum(not r.drift for r in rs) if checked else 0,
+                         tuple(r.tenant for r in rs if r.drift))
+            for v, rs in sorted(by.items())]
