@@ -97,8 +97,7 @@ def read_key(path: str, busy_timeout: float) -> bytes | None:
     cannot be read."""
     try:
         inode = os.stat(path).st_ino
-        conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True,
-                               timeout=busy_timeout)
+        conn = open_for_reading(path, busy_timeout)
         try:
             uv = int(conn.execute("PRAGMA user_version").fetchone()[0])
             cookie = int(conn.execute("PRAGMA schema_version").fetchone()[0])
@@ -107,6 +106,24 @@ def read_key(path: str, busy_timeout: float) -> bytes | None:
     except (OSError, sqlite3.Error):
         return None
     return make_key(uv, cookie, inode)
+
+
+def open_for_reading(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection that only ever reads ``path`` (never creates it).
+
+    Opened ``mode=rw`` when allowed, as ``observe`` opens files: a read-only connection
+    to a WAL database leaves ``-wal``/``-shm`` files behind when it closes, a read-write
+    one that only reads removes them like any last connection. Without write access,
+    ``mode=ro``."""
+    uri = Path(path).as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=busy_timeout,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")  # reads: a bug here cannot write
+        return conn
+    except sqlite3.OperationalError:
+        return sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=busy_timeout,
+                               isolation_level=None, check_same_thread=False)
 
 
 class Judge:
@@ -121,8 +138,7 @@ class Judge:
 
     def check(self, path: str, key: bytes | None) -> Check:
         try:
-            conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True,
-                                   timeout=self.busy_timeout, isolation_level=None)
+            conn = open_for_reading(path, self.busy_timeout)
         except sqlite3.Error as exc:
             return Check(path, key, None, error=f"cannot open: {exc}")
         try:
