@@ -62,7 +62,12 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS)
     a.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
     a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS)
-    _common(sub.add_parser("plan", help="print the plan, change nothing"), sub=True)
+    pl = sub.add_parser("plan", help="print the plan, change nothing")
+    _common(pl, sub=True)
+    pl.add_argument("--rehearse", nargs="*", default=None, metavar="N|all|TENANT",
+                    help="also run the pending migrations, health checks and foreign-key "
+                    "check on backup-API copies of tenants (default: the largest, the oldest "
+                    "versions and a random set); exit 0 when all pass, 3 otherwise")
     st = sub.add_parser("status", help="desired vs actual, per tenant")
     _common(st, sub=True)
     st.add_argument("--schema", action="store_true",
@@ -165,12 +170,36 @@ def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
 def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config))
     the_plan, _ = engine.preview(inputs, retry_failed=getattr(args, "retry_failed", False))
+    if getattr(args, "rehearse", None) is not None:
+        return _rehearse(args, inputs, the_plan)
     if args.json:
         _out(render.dumps(render.plan_json(the_plan)))
     else:
         _out(render.plan_lines(the_plan, inputs.config.name,
                                inputs.desired.settings.rollout))
     return EXIT_OK if the_plan.is_empty else EXIT_CHANGES
+
+
+def _rehearse(args: argparse.Namespace, inputs: engine.Inputs, the_plan: Any) -> int:
+    from reconciler import rehearse
+
+    d = inputs.desired
+    chosen = rehearse.choose(the_plan, args.rehearse, list(d.tenants), str(inputs.config))
+    line = progress.ProgressLine(sys.stderr)  # draws only on a terminal
+    try:
+        found = rehearse.run(chosen, inputs.catalog, d.settings.busy_timeout,
+                             d.settings.rollout.parallel,
+                             (lambda done, total, failed: line("rehearse", done, total, failed))
+                             if line.enabled else None)
+    finally:
+        line.close()
+    if args.json:
+        _out(render.dumps({"plan": render.plan_json(the_plan),
+                           "rehearsal": [r.__dict__ for r in found]}))
+    else:
+        _out(render.plan_lines(the_plan, inputs.config.name, d.settings.rollout))
+        _out(rehearse.lines(found, len(args.rehearse)))
+    return EXIT_OK if all(r.ok for r in found) else EXIT_PROBLEMS
 
 
 def cmd_status(args: argparse.Namespace, logger: Any) -> int:
