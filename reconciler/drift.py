@@ -190,10 +190,11 @@ class Observation:
 
     drift: Mapping[str, tuple[Difference, ...]]  # path text → differences (drifted only)
     fresh: tuple[Check, ...]  # files compared this pass (for ``record``)
-    stale: frozenset[str]  # remembered paths no file of the fleet has any more
+    # path text → schema key to remember from now on (None: what is remembered holds)
+    remember: Mapping[str, bytes] | None = None
 
 
-EMPTY = Observation(MappingProxyType({}), (), frozenset())
+EMPTY = Observation(MappingProxyType({}), ())
 
 
 def observe(snapshot: Snapshot, keys: Mapping[str, bytes],
@@ -226,8 +227,16 @@ def observe(snapshot: Snapshot, keys: Mapping[str, bytes],
             drift.pop(c.path, None)
             if c.drifted:
                 drift[c.path] = c.differences
-    stale = frozenset(remembered.keys() - keys.keys()) if remembered else frozenset()
-    return Observation(MappingProxyType(drift), fresh, stale)
+    remember: dict[str, bytes] | None = None
+    stale = remembered.keys() - keys.keys() if remembered else set()
+    if fresh or stale:
+        remember = {p: k for p, k in remembered.items() if p not in stale}
+        for c in fresh:
+            if c.error is None and c.key is not None:
+                remember[c.path] = c.key
+            else:
+                remember.pop(c.path, None)
+    return Observation(MappingProxyType(drift), fresh, remember)
 
 
 def to_json(diffs: Iterable[Difference]) -> str:
@@ -235,18 +244,17 @@ def to_json(diffs: Iterable[Difference]) -> str:
                        for d in diffs])
 
 
-def record(ctx: Context, checks: Iterable[Check], stale: Iterable[str],
+def record(ctx: Context, checks: Iterable[Check], remember: Mapping[str, bytes],
            tenants: Mapping[str, str]) -> None:
     """Remember this pass's comparisons in the registry (lock holder only), and log one
     ``drift`` event per tenant found drifted (``tenants``: path text → tenant).
     Files that could not be read are not remembered: they are read again next pass."""
-    rows = [(c.path, c.key, c.version, to_json(c.differences) if c.drifted else None)
-            for c in checks if c.error is None and c.key is not None and c.version is not None]
-    stale = list(stale)
-    if not rows and not stale:
-        return
+    checks = [c for c in checks if c.error is None and c.key is not None
+              and c.version is not None]
     with ctx.registry.transaction():
-        ctx.registry.record_schema_checks(rows, stale)
+        ctx.registry.record_schema_checks(
+            ((c.path, c.version or 0, to_json(c.differences)) for c in checks if c.drifted),
+            (c.path for c in checks if not c.drifted), remember)
         for c in checks:
             if c.drifted and c.path in tenants:
                 context.record(ctx, "drift", tenants[c.path], "reported", level="warning",

@@ -159,8 +159,8 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
         ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
                       log.bind(revision=short(inputs.revision)), stop or never,
                       retry_failed, progress, stop_now or never)
-        if observed.drift_checked or observed.drift_stale:
-            drift.record(ctx, observed.drift_checked, observed.drift_stale,
+        if observed.drift_remember is not None:
+            drift.record(ctx, observed.drift_checked, observed.drift_remember,
                          {a.path.as_posix(): a.tenant for a in the_plan.actions
                           if a.kind in (Kind.DRIFT, Kind.DRIFT_WARN) and a.path})
         result = apply(the_plan, ctx)

@@ -69,8 +69,10 @@ class Snapshot:
     migrations: Mapping[int, tuple[str, str]]  # version → (name, sha256)
     journal: Mapping[str, JournalRow]
     rollout: Mapping[str, str]  # key → state
-    # drift bookkeeping (``schema_checks``): path text → the schema key the file had when
-    # last compared with its reference; path text → the differences found (JSON), drifted only
+    # drift bookkeeping (``schema_keys``, ``schema_checks``): path text → the schema key
+    # each file had when last compared with its reference (a plain dict, never mutated:
+    # comparing it with the observed keys is one C call); path text → the differences
+    # found (JSON), drifted files only
     schema_keys: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
     drift: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -159,7 +161,8 @@ class Observed:
     drift: Mapping[str, tuple[Difference, ...]] = field(
         default_factory=lambda: MappingProxyType({}))
     drift_checked: tuple[Any, ...] = ()  # drift.Check values compared this pass
-    drift_stale: frozenset[str] = frozenset()  # remembered paths that are gone
+    # path text → schema key to remember after this pass (None: nothing to remember anew)
+    drift_remember: Mapping[str, bytes] | None = None
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)
