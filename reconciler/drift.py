@@ -48,13 +48,15 @@ class Reference:
     digest: str
 
 
-def references(catalog: Catalog) -> tuple[Reference, ...]:
-    """References for versions 0…latest, index = version. A migration that fails on an
-    empty database (``reconcile validate`` reports it) ends the tuple before its version."""
+def references(catalog: Catalog, upto: int | None = None) -> tuple[Reference, ...]:
+    """References for versions 0…``upto`` (default: latest), index = version. A migration
+    that fails on an empty database (``reconcile validate`` reports it) ends the tuple
+    before its version. Only versions some file is at are built: a Python migration runs
+    here too (on the in-memory database), so one no tenant reached yet never runs."""
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
         out = [Reference(0, schema.read(conn), schema.master_digest(conn))]
-        for m in catalog.migrations:
+        for m in catalog.migrations[:catalog.latest if upto is None else max(0, upto)]:
             result = tenantdb.migrate_conn(conn, catalog, m.version)
             if result.error is not None or result.to_version != m.version:
                 break
@@ -220,7 +222,11 @@ def observe(snapshot: Snapshot, keys: Mapping[str, bytes],
             drift[p] = tuple(Difference.from_json(d) for d in json.loads(text))
     fresh: tuple[Check, ...] = ()
     if todo:
-        judge = Judge(references(catalog), busy_timeout)
+        found = [keys.get(p) for p in todo]
+        upto = catalog.latest if None in found else max(
+            (int.from_bytes(k[4:8], "big", signed=True) for k in found if k is not None),
+            default=0)
+        judge = Judge(references(catalog, min(upto, catalog.latest)), busy_timeout)
         fresh = tuple(check_all(judge, ((p, keys.get(p)) for p in todo), workers,
                                 progress))
         for c in fresh:
