@@ -10,10 +10,12 @@ Cheap for the daemon: every file's *schema key* — its ``user_version``, SQLite
 cookie (header offset 40, bumped by every schema change) and its inode (a file swapped
 in by a restore or a copy is a new inode) — is read by ``observe`` alongside the
 version, from the same 100 header bytes (or from SQLite when a ``-wal``/``-journal``
-sits beside the file). The registry's ``schema_checks`` table remembers the key each
-file had when it was last compared, and what the comparison found; only files whose
-key moved are read again. Reading a file hashes its ``sqlite_master`` first: a digest
-equal to the reference's (or to one already judged in this pass) needs no PRAGMAs.
+sits beside the file). The registry remembers the key each file had when it was last
+compared (``schema_keys``, one blob: comparing it with the observed keys is one C-level
+dict comparison) and what the comparison found for drifted files (``schema_checks``);
+only files whose key moved are read again. Reading a file hashes its ``sqlite_master``
+first: a digest equal to the reference's (or to one already judged in this pass) needs
+no PRAGMAs.
 
 Invariants: tenant files are opened read-only (``mode=ro``) and never written; a file
 that cannot be read is not reported as drift (and not remembered, so it is read again
@@ -27,7 +29,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -180,7 +182,6 @@ def check_all(judge: Judge, todo: Iterable[tuple[str, bytes | None]], workers: i
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(judge.check, p, k) for p, k in items]
         if progress is not None:
-            from concurrent.futures import as_completed
             for i, _ in enumerate(as_completed(futures), start=1):
                 progress(i, len(items))
         return [f.result() for f in futures]
