@@ -198,7 +198,8 @@ def _rehearse(args: argparse.Namespace, inputs: engine.Inputs, the_plan: Any) ->
                            "rehearsal": [r.__dict__ for r in found]}))
     else:
         _out(render.plan_lines(the_plan, inputs.config.name, d.settings.rollout))
-        _out(rehearse.lines(found, len(args.rehearse)))
+        _out(rehearse.lines(found, [t for t in args.rehearse if t in d.tenants and t not in
+                                    {c.action.tenant for c in chosen}]))
     return EXIT_OK if all(r.ok for r in found) else EXIT_PROBLEMS
 
 

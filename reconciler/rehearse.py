@@ -263,14 +263,15 @@ def _foreign_key_violations(path: Path, busy_timeout: float) -> str | None:
     return f"{len(rows)} foreign-key violation{'s' if len(rows) != 1 else ''} ({first})"
 
 
-def lines(found: Sequence[Rehearsal], asked: int) -> list[str]:
-    """Per tenant ``ok`` or ``FAIL`` with the failing step and error, then a summary."""
+def lines(found: Sequence[Rehearsal], idle: Sequence[str] = ()) -> list[str]:
+    """Per tenant ``ok`` or ``FAIL`` with the failing step and error, then a summary.
+    ``idle``: tenants named but with no pending migration (nothing to rehearse)."""
     out = [f"Rehearsal on copies (backup API; the live files are only read): "
            f"{len(found)} tenant{'s' if len(found) != 1 else ''}"]
-    if not found:
-        out.append("  nothing to rehearse: " + ("the named tenants have no pending migration"
-                                                 if asked else "no tenant has a pending "
-                                                 "migration"))
+    if idle:
+        out.append(f"  nothing pending (not rehearsed): {', '.join(idle)}")
+    elif not found:
+        out.append("  nothing to rehearse: no tenant has a pending migration")
     w = max((len(r.tenant) for r in found), default=0)
     for r in found:
         head = (f"  {'ok' if r.ok else 'FAIL':<4}  {r.tenant:<{w}}  v{r.from_version} → "

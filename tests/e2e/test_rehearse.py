@@ -175,3 +175,14 @@ def test_the_ci_rehearsal_step_runs_against_a_staging_copy(staged: Fleet, tmp_pa
     assert "FAIL  dupes" in summary and "ok    fine" in summary
     assert str(staging) in (staged.root / "staging-tenants.yaml").read_text()
     assert tenant_files() == before
+
+
+def test_named_tenants_with_nothing_pending_are_listed_not_rehearsed(
+        staged: Fleet, tmp_path: Path) -> None:
+    staged.declare({n: {"region": "eu", **({"schema": 1} if n == "good" else {})}
+                    for n in DATA})
+    out = staged.run("plan", "--rehearse", "fine", "good",
+                     env={"TMPDIR": str(tmp_path / "tmp")})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "nothing pending (not rehearsed): good" in out.stdout
+    assert "Rehearsal: 1 passed, 0 failed." in out.stdout
