@@ -149,7 +149,9 @@ def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
         if listing is None:
             out[text] = found = read_user_version(Path(text), busy_timeout)
         elif name in listing.side:
-            out[text] = found = _ask_sqlite(text, listing, name, busy_timeout)
+            out[text] = found = _ask_sqlite(text, listing, name, busy_timeout, keys)
+            if text in keys:
+                continue
         elif name not in listing.names:
             out[text] = FileState(Path(text), exists=False)
             continue
@@ -184,16 +186,22 @@ class Listing:
     uri: str | None  # "file://<directory>/" for SQLite, None if not absolute
 
 
-def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float) -> Read:
+def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float,
+                keys: dict[str, bytes] | None = None) -> Read:
     """``_pragma_user_version`` of a plain file, with what its directory's listing
     already knows (that it is a regular file, the URI of its directory): where
     applications hold files open this runs per file, beside SQLite's own open. Anything
-    unusual goes to ``read_user_version``, which says exactly what it is."""
+    unusual goes to ``read_user_version``, which says exactly what it is. With ``keys``,
+    the same connection also gives the file's schema key (``drift``)."""
     if listing.uri is None or name in listing.irregular or name.strip(_URI_SAFE):
         return read_user_version(Path(text), busy_timeout)
     try:
-        version = _sqlite_user_version(f"{listing.uri}{name}?mode=rw", busy_timeout)
-    except sqlite3.DatabaseError:
+        if keys is None:
+            version = _sqlite_user_version(f"{listing.uri}{name}?mode=rw", busy_timeout)
+        else:
+            version, cookie = _sqlite_versions(f"{listing.uri}{name}?mode=rw", busy_timeout)
+            keys[text] = drift_keys.make_key(version, cookie, os.stat(text).st_ino)
+    except (sqlite3.DatabaseError, OSError):
         return read_user_version(Path(text), busy_timeout)  # reports the error
     return version, name in listing.wal
 
@@ -258,6 +266,17 @@ def _sqlite_user_version(uri: str, busy_timeout: float) -> int:
     conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
     try:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _sqlite_versions(uri: str, busy_timeout: float) -> tuple[int, int]:
+    """(``user_version``, ``schema_version``) of an existing file, from one read."""
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        return version, int(conn.execute("PRAGMA schema_version").fetchone()[0])
     finally:
         conn.close()
 

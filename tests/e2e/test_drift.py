@@ -203,3 +203,24 @@ def test_drift_made_while_the_daemon_runs_is_seen_on_its_next_pass(
     d.notify.wait_for(lambda m: "STATUS=2 in sync" in m, since=since)
     assert d.stop() == 0
     assert fleet.registry("SELECT COUNT(*) FROM schema_checks WHERE drift IS NOT NULL") == [(0,)]
+
+
+def test_drift_living_only_in_the_wal_is_seen(drifted: Fleet) -> None:
+    path = drifted.path("gina", "eu")
+    before = drifted.run("apply")  # remembers every file's schema key
+    assert before.returncode == 3
+    holder = sqlite3.connect(path)  # an application keeps the file open: no checkpoint
+    holder.execute("PRAGMA wal_autocheckpoint = 0")
+    holder.execute("CREATE INDEX notes_by_title ON notes (title)")
+    holder.commit()
+    try:
+        assert Path(f"{path}-wal").exists()
+        with open(path, "rb") as f:  # the file's own header still has the old cookie
+            header = f.read(100)
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA schema_version").fetchone()[0] != \
+            int.from_bytes(header[40:44], "big")
+        conn.close()
+        assert "extra index notes_by_title" in plan_lines(drifted)["gina"]
+    finally:
+        holder.close()
