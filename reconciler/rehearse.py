@@ -13,7 +13,8 @@ Invariants:
 * disk use is bounded to one copy per worker (``rollout.parallel``) at a time: a worker
   removes its copy before it takes the next tenant;
 * copies live in ``$TMPDIR/reconcile-rehearse-<pid>-*`` (mode 0700): removed when the run
-  ends, also on SIGTERM/SIGINT; a folder left by a run killed outright (SIGKILL, power
+  ends, also on SIGTERM/SIGINT (no further tenant starts; those in flight finish on
+  their copies first); a folder left by a run killed outright (SIGKILL, power
   loss) is removed by the next rehearsal on this machine, which sweeps every such folder
   of ours whose process is gone.
 """
@@ -184,7 +185,8 @@ def run(choices: Sequence[Choice], catalog: Catalog, busy_timeout: float, worker
                 return rehearse_one(choice, folder, catalog, busy_timeout)
 
             out: dict[str, Rehearsal] = {}
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            pool = ThreadPoolExecutor(max_workers=max(1, workers))
+            try:
                 futures = [pool.submit(one, c) for c in choices]
                 failed = 0
                 for f in as_completed(futures):
@@ -193,6 +195,8 @@ def run(choices: Sequence[Choice], catalog: Catalog, busy_timeout: float, worker
                     failed += not r.ok
                     if progress is not None:
                         progress(len(out), len(choices), failed)
+            finally:  # on SIGTERM/Ctrl-C: start no further copy, let those running end
+                pool.shutdown(wait=True, cancel_futures=True)
             return [out[c.action.tenant] for c in choices]
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -186,3 +186,53 @@ def test_named_tenants_with_nothing_pending_are_listed_not_rehearsed(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "nothing pending (not rehearsed): good" in out.stdout
     assert "Rehearsal: 1 passed, 0 failed." in out.stdout
+
+
+SLOW = '''"""Slow on purpose: the test sends SIGTERM while this runs."""
+import time
+from pathlib import Path
+
+
+def migrate(conn):
+    copy = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+    if copy.stem:  # not the in-memory reference build
+        (Path({markers!r}) / copy.stem).write_text("started")
+        time.sleep(3)
+'''
+
+
+def test_sigterm_lets_the_tenants_in_flight_finish_starts_no_more_and_removes_the_copies(
+        staged: Fleet, tmp_path: Path
+                                                          ) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import RECONCILE
+    markers = tmp_path / "started"
+    markers.mkdir()
+    staged.write_migration("0003_slow.py", SLOW.format(markers=str(markers)))
+    before = staged.tenant_digests()
+    env = {**os.environ, "RECONCILE_CONFIG": str(staged.config), "TMPDIR": str(tmp_path / "tmp")}
+    staged.declare({n: {"region": "eu"} for n in DATA},
+                   rollout={"parallel": 1, "canary": 1, "batch": 25, "max_failures": 0})
+    proc = subprocess.Popen([RECONCILE, "plan", "--rehearse", "fine", "good"], cwd=staged.root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.listdir(markers):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        assert os.listdir(tmp_path / "tmp")  # its private folder, holding a copy
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert os.listdir(tmp_path / "tmp") == []
+    assert staged.tenant_digests() == before
+    # one worker: "fine" was in flight and finished; "good" never started
+    assert os.listdir(markers) == ["fine"]
