@@ -202,8 +202,7 @@ def migrate(conn):
 
 
 def test_sigterm_lets_the_tenants_in_flight_finish_starts_no_more_and_removes_the_copies(
-        staged: Fleet, tmp_path: Path
-                                                          ) -> None:
+        staged: Fleet, tmp_path: Path) -> None:
     import signal
     import subprocess
     import time
