@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -83,17 +84,25 @@ class Check:
         return bool(self.differences)
 
 
+# A schema key is 32 bytes: header bytes 40…64 (schema cookie, schema format, default
+# cache size, largest root page, text encoding, user_version: none moves on a data write),
+# then the inode. Read through SQLite (a -wal beside the file) only the cookie and the
+# user_version are known: the 16 bytes between are zero there, so a file read one way
+# after the other is compared once more — never wrongly taken as unchanged.
+INODE = struct.Struct("<Q")
+VERSION_AT = slice(20, 24)  # where a key holds the file's user_version
+
+
 def make_key(user_version: int, cookie: int, inode: int) -> bytes:
-    """The schema key of a file (the same bytes ``observe``'s header path builds)."""
-    return (cookie.to_bytes(4, "big", signed=cookie < 0)
-            + user_version.to_bytes(4, "big", signed=user_version < 0)
-            + inode.to_bytes(8, "little"))
+    """The schema key of a file whose versions were asked of SQLite."""
+    return (cookie.to_bytes(4, "big", signed=cookie < 0) + bytes(16)
+            + user_version.to_bytes(4, "big", signed=user_version < 0) + INODE.pack(inode))
 
 
-def key_from_header(header: bytes, inode: int) -> bytes:
-    """Schema key from a file's first 100 bytes: schema cookie (offset 40) and
-    user_version (offset 60), both 4 bytes big-endian, then the inode."""
-    return header[40:44] + header[60:64] + inode.to_bytes(8, "little")
+def key_from_header(header: bytes, inode: int, _pack: Callable[[int], bytes] = INODE.pack
+                    ) -> bytes:
+    """The schema key of a file from its first 100 bytes and its inode."""
+    return header[40:64] + _pack(inode)
 
 
 def read_key(path: str, busy_timeout: float) -> bytes | None:
@@ -225,7 +234,7 @@ def observe(snapshot: Snapshot, keys: Mapping[str, bytes],
     if todo:
         found = [keys.get(p) for p in todo]
         upto = catalog.latest if None in found else max(
-            (int.from_bytes(k[4:8], "big", signed=True) for k in found if k is not None),
+            (int.from_bytes(k[VERSION_AT], "big", signed=True) for k in found if k is not None),
             default=0)
         judge = Judge(references(catalog, min(upto, catalog.latest)), busy_timeout)
         fresh = tuple(check_all(judge, ((p, keys.get(p)) for p in todo), workers,

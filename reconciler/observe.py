@@ -136,6 +136,7 @@ def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
                      keys: dict[str, bytes]) -> dict[str, Read]:
     """``_read_many`` that also fills ``keys`` (a copy of its loop, so the pass without
     drift checks pays nothing for them)."""
+    pack_inode = drift_keys.INODE.pack
     listings: dict[str, Listing | None] = {}
     out: dict[str, Read] = {}
     for text in texts:
@@ -164,7 +165,7 @@ def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
                 if len(header) == 100 and header.startswith(MAGIC):
                     out[text] = int.from_bytes(header[60:64], "big", signed=True)
                     # drift.key_from_header, inlined: this runs for every file every pass
-                    keys[text] = header[40:44] + header[60:64] + inode.to_bytes(8, "little")
+                    keys[text] = header[40:64] + pack_inode(inode)
                 else:
                     out[text] = _from_header(Path(text), header)
                 continue
