@@ -19,11 +19,11 @@ from functools import partial
 from pathlib import Path
 
 import reconciler
-from bench import daemon, fleets, migrate, noop, relocate, routing
+from bench import daemon, drift, fleets, migrate, noop, relocate, routing
 from bench.timing import Row, markdown, print_row
 
 SIZES = {"1k": 1_000, "10k": 10_000, "100k": 100_000}
-SCENARIOS = ("noop", "migrate", "relocate", "routing", "daemon")
+SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon")
 
 
 def machine() -> str:
@@ -91,6 +91,9 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
         for size in sizes:
             out.append(("noop", partial(noop.run, size, args.repeats, args.root,
                                         cli=not args.no_cli, profiled=args.profile)))
+    if "drift" in only:
+        for size in sizes:
+            out.append(("drift", partial(drift.run, size, max(args.repeats, 7), args.root)))
     if "migrate" in only:
         parallels = [int(x) for x in args.parallel.split(",") if x.strip()]
         for mode in args.migrate_modes.split(","):

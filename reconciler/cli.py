@@ -114,11 +114,24 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="print the plan, change nothing")
     _common(pl, sub=True)
     _verbose(pl, sub=True)
+    pl.add_argument("--rehearse", nargs="*", default=None, metavar="N|all|TENANT",
+                    help="also run the pending migrations, health checks and foreign-key "
+                    "check on backup-API copies of tenants (default: the largest, the oldest "
+                    "versions and a random set); exit 0 when all pass, 3 otherwise")
     st = sub.add_parser("status", help="the fleet in numbers, then the tenants that need a "
                         "person")
     _common(st, sub=True)
     st.add_argument("--all", action="store_true", dest="all_tenants",
                     help="a row for every tenant: desired vs actual region, version, status")
+    st.add_argument("--schema", action="store_true",
+                    help="also, per version, how many tenants match its reference schema")
+    dr = sub.add_parser("drift", help="each tenant's schema against the reference for its "
+                        "version (exit 3 when any drifts)")
+    _common(dr, sub=True)
+    dr.add_argument("tenants", nargs="*", metavar="TENANT")
+    dr.add_argument("--all", action="store_true", dest="recheck",
+                    help="re-compare every tenant file now, not only those changed since "
+                    "they were last compared")
     _common(sub.add_parser("validate", help="check tenants.yaml and migrations only"),
             sub=True)
     h = sub.add_parser("history", help="the events table, newest first")
@@ -268,6 +281,8 @@ def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
     the_plan, _ = engine.preview(inputs, retry_failed=getattr(args, "retry_failed", False),
                                  between_passes=True,
                                  wait=not getattr(args, "no_wait", False), log=logger)
+    if getattr(args, "rehearse", None) is not None:
+        return _rehearse(args, inputs, the_plan)
     if args.json:
         _out(render.dumps(render.plan_json(the_plan)))
     else:
@@ -319,6 +334,29 @@ def _status_from_registry(args: argparse.Namespace, central: Path,
     return EXIT_ERROR
 
 
+def _rehearse(args: argparse.Namespace, inputs: engine.Inputs, the_plan: Any) -> int:
+    from reconciler import rehearse
+
+    d = inputs.desired
+    chosen = rehearse.choose(the_plan, args.rehearse, list(d.tenants), str(inputs.config))
+    line = progress.ProgressLine(sys.stderr)  # draws only on a terminal
+    try:
+        found = rehearse.run(chosen, inputs.catalog, d.settings.busy_timeout,
+                             d.settings.rollout.parallel,
+                             (lambda done, total, failed: line("rehearse", done, total, failed))
+                             if line.enabled else None)
+    finally:
+        line.close()
+    if args.json:
+        _out(render.dumps({"plan": render.plan_json(the_plan),
+                           "rehearsal": [r.__dict__ for r in found]}))
+    else:
+        _out(render.plan_lines(the_plan, inputs.config.name, d.settings.rollout))
+        _out(rehearse.lines(found, [t for t in args.rehearse if t in d.tenants and t not in
+                                    {c.action.tenant for c in chosen}]))
+    return EXIT_OK if all(r.ok for r in found) else EXIT_PROBLEMS
+
+
 def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     loaded, central, problems = _looking(args)
     if loaded is None:
@@ -329,12 +367,16 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     last = Registry.read(inputs.desired.settings.central, Registry.last_run, None)
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
     fleet = status_mod.fleet_counts(rows)
+    drifted = [r.tenant for r in rows if r.drift]
+    checked = inputs.desired.settings.drift != "ignore"
+    counts = status_mod.schema_counts(rows, checked) if args.schema else []
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
-                           "fleet": status_mod.counts_json(fleet),
+                           "fleet": status_mod.counts_json(fleet), "drifted": len(drifted),
                            "tenants": [r.__dict__ | {"in_sync": r.in_sync,
                                                      "needs_person": r.needs_person}
-                                       for r in rows]}))
+                                       for r in rows]}
+                          | ({"schema": [c.__dict__ for c in counts]} if args.schema else {})))
         return EXIT_OK if in_sync else EXIT_CHANGES
     style = terminal.style_for(sys.stdout)
     _out(compact.status_lines(fleet, rows, target=the_plan.target,
@@ -343,9 +385,25 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
         _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
     else:
         _out("last pass: none recorded")
+    _out(render.drift_status_lines(drifted, counts, checked, args.schema))
     _out(f"desired state: {inputs.config.name} @ {short(inputs.revision)} — "
          + (style.paint("in sync", "green") if in_sync else style.paint("out of sync", "yellow")))
     return EXIT_OK if in_sync else EXIT_CHANGES
+
+
+def cmd_drift(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import driftreport
+
+    inputs = engine.load(engine.config_path(args.config))
+    line = progress.ProgressLine(sys.stderr)  # draws only on a terminal
+    try:
+        found = driftreport.report(inputs, args.tenants, args.recheck,
+                                   (lambda done, total: line("drift", done, total, 0))
+                                   if line.enabled else None)
+    finally:
+        line.close()
+    _out(render.dumps(driftreport.as_json(found)) if args.json else driftreport.lines(found))
+    return EXIT_PROBLEMS if any(t.drifted for t in found) else EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
@@ -495,6 +553,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "apply": cmd_apply,
     "plan": cmd_plan,
     "status": cmd_status,
+    "drift": cmd_drift,
     "validate": cmd_validate,
     "history": cmd_history,
     "route": cmd_route,

@@ -98,6 +98,8 @@ class Settings:
     busy_timeout: float = 5.0
     rollout: Rollout = field(default_factory=Rollout)
     git: GitSettings | None = None
+    drift: str = "block"  # block | warn | ignore (schema drift, see reconciler.drift)
+    drift_ignore: tuple[str, ...] = ()  # fnmatch patterns of object names drift ignores
 
     @property
     def archive_dir(self) -> Path:
@@ -212,12 +214,15 @@ def _capped(problems: list[Problem], file: str) -> list[Problem]:
 
 
 _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prune",
-                  "prune_limit", "interval", "busy_timeout", "rollout", "git")
+                  "prune_limit", "interval", "busy_timeout", "rollout", "git", "drift",
+                  "drift_ignore")
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot", "transaction")
 TRANSACTIONS = ("step", "tenant")
 _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (all of a "
                      "tenant's pending migrations commit together, or none)")
 _GIT_KEYS = ("remote", "branch")
+DRIFT_POLICIES = ("block", "warn", "ignore")
+_DRIFT_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!$-]{1,200}$")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants", "retired")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
@@ -403,6 +408,10 @@ class _Checker(NodeChecker):
             raw["rollout"] = self.rollout(nodes["rollout"])
         if "git" in nodes and not is_null(nodes["git"]):  # `git:` left empty: pull mode off
             raw["git"] = self.git(nodes["git"])
+        if "drift" in nodes:
+            raw["drift"] = self.drift_policy(nodes["drift"])
+        if "drift_ignore" in nodes:
+            raw["drift_ignore"] = self.drift_ignore(nodes["drift_ignore"])
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
                         migrations_dir=migrations.path, **given), latest
@@ -450,6 +459,40 @@ class _Checker(NodeChecker):
             if value is not None:
                 r[key] = value
         return Rollout(**r)
+
+    def drift_policy(self, node: yaml.Node) -> str | None:
+        hint = ("write block (drifted tenants are not migrated), warn (migrated and "
+                "reported) or ignore (not checked)")
+        v = self.text_of(node, "settings.drift", hint)
+        if v is not None and v not in DRIFT_POLICIES:
+            self.error(node, f"settings.drift must be block, warn or ignore, got {v!r}",
+                       f"write {v.strip().lower()}" if v.strip().lower() in DRIFT_POLICIES
+                       else hint)
+            return None
+        return v
+
+    def drift_ignore(self, node: yaml.Node) -> tuple[str, ...] | None:
+        """Name patterns (``ops_*``, ``notes.tmp_?``) of objects drift ignores."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == YAML_TAG + "null":
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            example = node.value if isinstance(node, yaml.ScalarNode) else "ops_*"
+            self.error(node, f"settings.drift_ignore must be a list, got {kind(node)}",
+                       f"write `drift_ignore: [{example}]`")
+            return None
+        out: list[str] = []
+        for item in node.value:
+            v = self.text_of(item, "settings.drift_ignore entry",
+                             "write a name pattern such as ops_* or notes.tmp_*")
+            if v is None:
+                continue
+            if not _DRIFT_PATTERN.match(v):
+                self.error(item, f"settings.drift_ignore entry {v!r} is not a name pattern",
+                           "use letters, digits, _ . - and the wildcards * ? [ ], "
+                           "e.g. ops_* or notes.tmp_*")
+                continue
+            out.append(v)
+        return tuple(out)
 
     def git(self, node: yaml.Node) -> GitSettings:
         g: dict[str, str] = {}

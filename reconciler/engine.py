@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import desired as desired_mod
+from reconciler import drift, ownership
 from reconciler import fleet as fleet_mod
 from reconciler import migrations as migrations_mod
-from reconciler import ownership
 from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
@@ -28,7 +28,7 @@ from reconciler.errors import InvalidInput, PermanentError, Problem
 from reconciler.lock import FleetLock
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed, observe
-from reconciler.plan import Plan, plan
+from reconciler.plan import Kind, Plan, plan
 from reconciler.registry import Registry, Snapshot, utcnow
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
@@ -135,7 +135,7 @@ def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool, mode: str
     if why is not None:
         raise PermanentError(why)
     verify_catalog(inputs, snapshot)
-    observed = observe(inputs.desired, snapshot, mode=mode)
+    observed = observe(inputs.desired, snapshot, mode=mode, catalog=inputs.catalog)
     return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
                 retry_failed=retry_failed), observed
 
@@ -196,10 +196,14 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
     with locked_registry(inputs, log, wait) as registry:
         started = utcnow()
         with collector_paused():
-            the_plan, _observed = _plan_from(inputs, registry.snapshot(), retry_failed)
+            the_plan, observed = _plan_from(inputs, registry.snapshot(), retry_failed)
         ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
                       log.bind(revision=short(inputs.revision)), stop or never,
                       retry_failed, progress, stop_now or never)
+        if observed.drift_remember is not None:
+            drift.record(ctx, observed.drift_checked, observed.drift_remember,
+                         {a.path.as_posix(): a.tenant for a in the_plan.actions
+                          if a.kind in (Kind.DRIFT, Kind.DRIFT_WARN) and a.path})
         result = apply(the_plan, ctx)
         registry.record_run(started, inputs.revision,
                             summary(result) + (f"; {note}" if note else ""),

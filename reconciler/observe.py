@@ -29,15 +29,17 @@ import sqlite3
 import stat
 import string
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote_from_bytes
 
+from reconciler import drift as drift_keys
 from reconciler import fleet as fleet_mod
 from reconciler import readonly
 from reconciler.desired import Desired
+from reconciler.migrations import Catalog
 from reconciler.state import FileState as FileState
 from reconciler.state import FileStates as FileStates
 from reconciler.state import Observed as Observed
@@ -98,11 +100,17 @@ def read_user_versions(paths: Iterable[Path], busy_timeout: float = 5.0, mode: s
     return {p: states[p] for p in paths}
 
 
-def _read_many(texts: Iterable[str], busy_timeout: float, mode: str = "rw"
-               ) -> dict[str, Read]:
+def _read_many(texts: Iterable[str], busy_timeout: float, mode: str = "rw",
+               keys: dict[str, bytes] | None = None) -> dict[str, Read]:
     """Path text → what was read: a bare ``user_version`` (regular file, from its
     header: the common case, kept small), ``(user_version, wal)`` (read by SQLite), or
-    the ``FileState`` of anything else (missing, unusable)."""
+    the ``FileState`` of anything else (missing, unusable).
+
+    ``keys``, when given, also receives each regular file's schema key (``drift``:
+    schema cookie, ``user_version`` and inode) from the same header read, or from
+    SQLite where a ``-wal``/``-journal`` sits beside the file."""
+    if keys is not None:
+        return _read_many_keyed(texts, busy_timeout, keys, mode)
     listings: dict[str, Listing | None] = {}
     out: dict[str, Read] = {}
     for text in texts:
@@ -131,6 +139,50 @@ def _read_many(texts: Iterable[str], busy_timeout: float, mode: str = "rw"
     return out
 
 
+def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
+                     keys: dict[str, bytes], mode: str = "rw") -> dict[str, Read]:
+    """``_read_many`` that also fills ``keys`` (a copy of its loop, so the pass without
+    drift checks pays nothing for them)."""
+    pack_inode = drift_keys.INODE.pack
+    listings: dict[str, Listing | None] = {}
+    out: dict[str, Read] = {}
+    for text in texts:
+        i = text.rfind("/")
+        directory, name = (text[:i] or "/", text[i + 1:]) if i >= 0 else ("", text)
+        if directory in listings:
+            listing = listings[directory]
+        else:
+            listing = listings[directory] = _listing(directory)
+        found: Read
+        if listing is None:
+            out[text] = found = read_user_version(Path(text), busy_timeout, mode)
+        elif name in listing.side:
+            out[text] = found = _ask_sqlite(text, listing, name, busy_timeout, mode, keys)
+            if text in keys:
+                continue
+        elif name not in listing.names:
+            out[text] = FileState(Path(text), exists=False)
+            continue
+        else:
+            try:
+                header, inode = _read_header_ino(text)
+            except OSError:
+                out[text] = found = read_user_version(Path(text), busy_timeout, mode)
+            else:
+                if len(header) == 100 and header.startswith(MAGIC):
+                    out[text] = int.from_bytes(header[60:64], "big", signed=True)
+                    # drift.key_from_header, inlined: this runs for every file every pass
+                    keys[text] = header[40:64] + pack_inode(inode)
+                else:
+                    out[text] = _from_header(Path(text), header)
+                continue
+        if not isinstance(found, FileState) or found.usable:  # asked of SQLite: so is its key
+            key = drift_keys.read_key(text, busy_timeout)
+            if key is not None:
+                keys[text] = key
+    return out
+
+
 @dataclass(frozen=True)
 class Listing:
     """One directory, listed once per pass."""
@@ -143,16 +195,21 @@ class Listing:
 
 
 def _ask_sqlite(text: str, listing: Listing, name: str, busy_timeout: float,
-                mode: str = "rw") -> Read:
+                mode: str = "rw", keys: dict[str, bytes] | None = None) -> Read:
     """``_pragma_user_version`` of a plain file, with what its directory's listing
     already knows (that it is a regular file, the URI of its directory): where
     applications hold files open this runs per file, beside SQLite's own open. Anything
-    unusual goes to ``read_user_version``, which says exactly what it is."""
+    unusual goes to ``read_user_version``, which says exactly what it is. With ``keys``,
+    the same connection also gives the file's schema key (``drift``)."""
     if listing.uri is None or name in listing.irregular or name.strip(_URI_SAFE):
         return read_user_version(Path(text), busy_timeout, mode)
     try:
-        version = _sqlite_user_version(f"{listing.uri}{name}", busy_timeout, mode)
-    except sqlite3.DatabaseError:
+        if keys is None:
+            version = _sqlite_user_version(f"{listing.uri}{name}", busy_timeout, mode)
+        else:
+            version, cookie = _sqlite_versions(f"{listing.uri}{name}", busy_timeout, mode)
+            keys[text] = drift_keys.make_key(version, cookie, os.stat(text).st_ino)
+    except (sqlite3.DatabaseError, OSError):
         return read_user_version(Path(text), busy_timeout, mode)  # reports the error
     return version, name in listing.wal
 
@@ -191,6 +248,18 @@ def _read_header(path: str, regular_only: bool = False) -> bytes:
         os.close(fd)
 
 
+def _read_header_ino(path: str) -> tuple[bytes, int]:
+    """``_read_header(path, regular_only=True)`` and the file's inode (same ``fstat``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(path)
+        return os.pread(fd, 100, 0), st.st_ino
+    finally:
+        os.close(fd)
+
+
 def _from_header(path: Path, header: bytes) -> FileState:
     if not header:
         return FileState(path, exists=True, user_version=0)  # empty file = empty database
@@ -208,6 +277,26 @@ def _sqlite_user_version(uri: str, busy_timeout: float, mode: str = "rw") -> int
     conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=busy_timeout)
     try:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _sqlite_versions(uri: str, busy_timeout: float, mode: str = "rw") -> tuple[int, int]:
+    """(``user_version``, ``schema_version``) of an existing file, from one read
+    (``uri`` without a query; "ro" changes no byte, as ``_sqlite_user_version``)."""
+    def both(conn: sqlite3.Connection) -> tuple[int, int]:
+        conn.execute("BEGIN")
+        try:
+            return (int(conn.execute("PRAGMA user_version").fetchone()[0]),
+                    int(conn.execute("PRAGMA schema_version").fetchone()[0]))
+        finally:
+            conn.execute("COMMIT")
+    if mode == "ro":
+        return readonly.first(uri, busy_timeout, both)
+    conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=busy_timeout,
+                           isolation_level=None)
+    try:
+        return both(conn)
     finally:
         conn.close()
 
@@ -252,9 +341,14 @@ def list_archives(archive_dir: Path) -> dict[str, tuple[Path, ...]]:
 
 
 def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
-            mode: str = "rw") -> Observed:
+            mode: str = "rw", catalog: Catalog | None = None, recheck: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> Observed:
     """Read everything plan() needs. Touches no file except to read it (``mode``: see
-    ``read_user_version``; "ro" changes no byte)."""
+    ``read_user_version``; "ro" changes no byte).
+
+    With ``catalog`` (and ``settings.drift`` not ``ignore``) tenant files' schemas are
+    compared with their references too (``drift``): only files whose schema key moved
+    since the registry remembered it, or every one with ``recheck``."""
     timeout = desired.settings.busy_timeout
     declared = desired.path_texts
     # a dict as an ordered set: files are read in tenant order (deterministic) with no
@@ -276,7 +370,14 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
     for spec in desired.tenants.values():
         if spec.name in archives:
             texts[os.fspath(archives[spec.name][-1])] = None  # restore needs its version
-    files = FileStates(_read_many(texts, timeout, mode))
+    checking = catalog is not None and desired.settings.drift != "ignore"
+    keys: dict[str, bytes] | None = {} if checking else None
+    files = FileStates(_read_many(texts, timeout, mode, keys))
+    seen = drift_keys.EMPTY
+    if catalog is not None and keys is not None:
+        seen = drift_keys.observe(registry, keys, lambda: _tenant_files(desired, registry, files),
+                                  catalog, timeout, desired.settings.rollout.parallel, recheck,
+                                  progress)
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
     return Observed(
@@ -287,4 +388,22 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
         now=time.time() if now is None else now,
         declared=declared,
         fleet=fleet,
+        drift=seen.drift,
+        drift_checked=seen.fresh,
+        drift_remember=seen.remember,
     )
+
+
+def _tenant_files(desired: Desired, registry: Snapshot, files: FileStates) -> dict[str, str]:
+    """Path text → tenant, for the files whose schema is judged: every usable file of a
+    declared, not suspended tenant (where the registry has it, else where it belongs)."""
+    out: dict[str, str] = {}
+    declared = desired.path_texts
+    for name, spec in desired.tenants.items():
+        if spec.suspended:
+            continue
+        row = registry.tenants.get(name)
+        text = row.path if row is not None and row.status != "archived" else declared[name]
+        if files.version_of(text) is not None:
+            out[text] = name
+    return out

@@ -37,6 +37,7 @@ HONOURS: dict[str, frozenset[str]] = {
     "route": _READ,
     "validate": frozenset({"config", "json", "dry_run"}),
     "completion": frozenset(),
+    "drift": _READ,
     "daemon": frozenset({"config"}) | _LOGS,
     "restore": frozenset({"config", "json", "no_wait"}) | _LOGS,
     "gc": frozenset({"config", "json", "dry_run", "no_wait"}) | _LOGS,

@@ -28,11 +28,14 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
+from reconciler.schema import Difference
+from reconciler.schema import summary as drift_summary
 from reconciler.state import FileStates, JournalRow, Observed, Snapshot, TenantRow
 from reconciler.versions import unknown_version, unknown_version_hint
 
@@ -57,12 +60,14 @@ class Kind(StrEnum):
     INVALID = "invalid"
     PENDING = "pending"  # would migrate, but its rollout halted (see ``rollout_key``)
     RETIRED = "retired"  # undeclared and acknowledged under ``retired:``: kept, not routed
+    DRIFT = "drift"  # schema differs from its version's reference; settings.drift: block
+    DRIFT_WARN = "drift-warn"  # the same with settings.drift: warn (migrated anyway)
 
 
 CHANGES = (Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.MIGRATE, Kind.ARCHIVE,
            Kind.CORRECT, Kind.REROOT, Kind.SUSPEND, Kind.UNSUSPEND)
 PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID,
-            Kind.PENDING)
+            Kind.PENDING, Kind.DRIFT)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Action:
     status: str | None = None  # registry status this action leaves behind
     key: str = ""  # fingerprint of the desired state for failure bookkeeping
     protected: bool = False
+    drift: tuple[Difference, ...] = ()  # DRIFT/DRIFT_WARN: how the schema differs
 
     @property
     def is_change(self) -> bool:
@@ -204,6 +210,7 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
     fleet = observed.fleet
     rerooted = fleet.rerooted if fleet is not None else {}
     reroots: list[Action] = []  # first in the plan: every later action uses the new path
+    drifted = observed.drift
     for name, spec in desired.tenants.items():
         row = reg.tenants.get(name)
         if rerooted and row is not None and name in rerooted:
@@ -216,7 +223,8 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
                 and row.region == spec.region and row.protected == spec.protected
                 and row.path == declared_at.get(name) and name not in journal):
             target = desired.target_version(spec, latest)
-            if row.schema_version == target and version_at(row.path) == target:
+            if (row.schema_version == target and version_at(row.path) == target
+                    and (not drifted or row.path not in drifted)):
                 # the steady state, checked first because a daemon sees little else:
                 # registry and file agree, at the declared path and the target — exactly
                 # the case _plan_declared turns into no action, decided here without a
@@ -224,7 +232,10 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
                 continue
         # (a failed tenant whose backoff ran out is retried by _then_migrate; one that
         # failed its health gate at the target waits for --retry-failed, backoff or not)
-        actions.extend(_plan_declared(desired, observed, catalog, spec, row, retry_failed))
+        planned = _plan_declared(desired, observed, catalog, spec, row, retry_failed)
+        if drifted and not spec.suspended:
+            planned = _with_drift(planned, desired, observed, spec, row)
+        actions.extend(planned)
 
     for name in sorted(desired.retired - reg.tenants.keys()):
         notes.append(f"retired: {name} is not in the registry — nothing to acknowledge "
@@ -374,6 +385,46 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
                           to_version=version, source=current, status="active",
                           detail=f"{row.region} → {region}"))
     return out + _then_migrate(None, version, target, row, retry_failed, base, observed.now)
+
+
+def drift_of(desired: Desired, observed: Observed, name: str,
+             row: TenantRow | None) -> tuple[Difference, ...]:
+    """The tenant's schema drift as policy sees it: differences from the reference for
+    its file's version whose object names match no ``settings.drift_ignore`` pattern
+    (a column matches as ``table.column`` or by its table's name)."""
+    path = (row.path if row is not None and row.status != "archived"
+            else observed.declared.get(name))
+    diffs = observed.drift.get(path, ()) if path is not None else ()
+    ignore = desired.settings.drift_ignore
+    if not diffs or not ignore:
+        return diffs
+    return tuple(d for d in diffs if not any(
+        fnmatchcase(d.name, p) or fnmatchcase(d.name.split(".", 1)[0], p) for p in ignore))
+
+
+def _with_drift(planned: list[Action], desired: Desired, observed: Observed, spec: TenantSpec,
+                row: TenantRow | None) -> list[Action]:
+    """Drift policy (``settings.drift``): ``block`` — a drifted tenant is not migrated
+    (its next migration was never tested against its real shape) and is a problem;
+    ``warn`` — migrated anyway, and reported."""
+    diffs = drift_of(desired, observed, spec.name, row)
+    if not diffs:
+        return planned
+    path = row.path if row is not None and row.status != "archived" else \
+        observed.declared[spec.name]
+    version = observed.version_at(path)
+    text = drift_summary(diffs)
+    migrate = next((a for a in planned if a.kind is Kind.MIGRATE), None)
+    base = Action(Kind.DRIFT, spec.name, spec.region, from_version=version,
+                  to_version=migrate.to_version if migrate else version, path=Path(path),
+                  drift=diffs, protected=spec.protected)
+    if desired.settings.drift == "warn":
+        tail = " — migrated anyway (drift: warn)" if migrate else ""
+        return [*planned, replace(base, kind=Kind.DRIFT_WARN, detail=text + tail)]
+    tail = (f" — not migrated to v{migrate.to_version} (drift: block); repair it (`reconcile "
+            f"drift {spec.name}`) or set settings.drift: warn") if migrate else ""
+    return [*[a for a in planned if a.kind is not Kind.MIGRATE],
+            replace(base, detail=text + tail)]
 
 
 _RESUMABLE = {"relocate": Kind.RELOCATE, "archive": Kind.ARCHIVE, "restore": Kind.RESTORE}

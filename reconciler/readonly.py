@@ -82,7 +82,7 @@ def _connect(uri: str, timeout: float) -> sqlite3.Connection:
 _UNTOUCHED = ("mode=ro&readonly_shm=1", "mode=ro")
 
 
-def _first(uri: str, timeout: float, fn: Callable[[sqlite3.Connection], T]) -> T:
+def first(uri: str, timeout: float, fn: Callable[[sqlite3.Connection], T]) -> T:
     """``fn`` on a read-only connection to an existing file (``uri`` without a query)
     that may have a ``-wal``: ``readonly_shm=1`` makes SQLite open the ``-shm`` read-only
     and keep its wal-index in heap memory, so not even the ``-shm`` changes (after a
@@ -103,7 +103,7 @@ def _first(uri: str, timeout: float, fn: Callable[[sqlite3.Connection], T]) -> T
 
 def user_version(uri: str, timeout: float) -> int:
     """``PRAGMA user_version`` of an existing file, changing no byte (see ``_first``)."""
-    return _first(uri, timeout,
+    return first(uri, timeout,
                   lambda conn: int(conn.execute("PRAGMA user_version").fetchone()[0]))
 
 
@@ -154,7 +154,7 @@ def read(path: Path, fn: Callable[[sqlite3.Connection], T], *, timeout: float = 
 def _read_shared(path: Path, fn: Callable[[sqlite3.Connection], T], timeout: float) -> T:
     """Read while another connection has the database open: SQLite's own protocol."""
     try:
-        return _first(path.as_uri(), timeout, fn)
+        return first(path.as_uri(), timeout, fn)
     except sqlite3.OperationalError as exc:
         text = str(exc)
         if not in_use(path):

@@ -16,10 +16,12 @@ Invariants:
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import sqlite3
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -113,6 +115,22 @@ UPGRADES: tuple[str, ...] = (
     # (``dirs``, JSON) — so a copied or moved registry is recognised as such
     """
     CREATE TABLE fleet (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # schema drift: the differences found in each drifted tenant file (JSON), and, in one
+    # row, the schema key (cookie, user_version, inode) every compared file had then
+    """
+    CREATE TABLE schema_checks (
+        path       TEXT PRIMARY KEY,
+        version    INTEGER NOT NULL,
+        drift      TEXT NOT NULL,
+        checked_at TEXT NOT NULL
+    );
+    CREATE TABLE schema_keys (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        format     TEXT NOT NULL,
+        keys       BLOB NOT NULL,
+        updated_at TEXT NOT NULL
+    );
     """,
 )
 VERSION = len(UPGRADES)
@@ -292,12 +310,18 @@ class Registry:
                     "SELECT tenant, action, phase, source, dest, temp, started_at, detail "
                     "FROM journal")}
                 rollout = dict(c.execute("SELECT key, state FROM rollout").fetchall())
+            schema_keys: dict[str, bytes] = {}
+            drift: dict[str, str] = {}
+            if "schema_checks" in have:
+                found = c.execute("SELECT format, keys FROM schema_keys").fetchone()
+                schema_keys = _decode_keys(*found) if found is not None else {}
+                drift = dict(c.execute("SELECT path, drift FROM schema_checks").fetchall())
         finally:
             c.execute("COMMIT")
         return Snapshot(True, MappingProxyType(tenants), MappingProxyType(domains),
                         MappingProxyType(settings), MappingProxyType(migrations),
                         MappingProxyType(journal), MappingProxyType(rollout), unconfirmed,
-                        MappingProxyType(fleet))
+                        MappingProxyType(fleet), schema_keys, MappingProxyType(drift))
 
     def tenant(self, name: str) -> TenantRow | None:
         r = self.conn.execute(f"SELECT {_TENANT_COLS} FROM tenants WHERE name = ?",
@@ -484,6 +508,26 @@ class Registry:
         """Forget finished rollouts (every row but ``keep``); returns how many."""
         return self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,)).rowcount
 
+    def record_schema_checks(self, drifted: Iterable[tuple[str, int, str]],
+                             clean: Iterable[str], keys: Mapping[str, bytes]) -> None:
+        """Remember drift: (path, version, differences as JSON) of each drifted file, no
+        row for ``clean`` ones, and ``keys`` (path → schema key) of every compared file,
+        replacing what was remembered (caller holds a transaction)."""
+        now = utcnow()
+        self.conn.executemany("DELETE FROM schema_checks WHERE path = ?",
+                              ((p,) for p in clean))
+        self.conn.executemany(
+            "INSERT INTO schema_checks (path, version, drift, checked_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(path) DO UPDATE SET version=excluded.version, drift=excluded.drift, "
+            "checked_at=excluded.checked_at", ((p, v, d, now) for p, v, d in drifted))
+        gone = [p for (p,) in self.conn.execute("SELECT path FROM schema_checks")
+                if p not in keys]  # drifted files only: a short list
+        self.conn.executemany("DELETE FROM schema_checks WHERE path = ?", ((p,) for p in gone))
+        self.conn.execute(
+            "INSERT INTO schema_keys (id, format, keys, updated_at) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET format=excluded.format, keys=excluded.keys, "
+            "updated_at=excluded.updated_at", (_KEYS_FORMAT, marshal.dumps(dict(keys)), now))
+
     def record_run(self, started_at: str, revision: str, summary: str,
                    detail: Mapping[str, Any]) -> None:
         with self.transaction():
@@ -493,6 +537,23 @@ class Registry:
                                json.dumps(dict(detail), default=str)))
             # keep the table bounded: the events table is the long-term history
             self.conn.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - 1000")
+
+
+# The remembered schema keys are one blob, not a row per file: at 10k tenants reading
+# 10k rows costs a no-op pass ~10%, unmarshalling one dict well under 1%. ``marshal``'s
+# format may change between Python versions: the format names both, and a blob written
+# by another is ignored (every file is then compared once more, and remembered again).
+_KEYS_FORMAT = f"marshal-{marshal.version}-py{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def _decode_keys(fmt: str, blob: bytes) -> dict[str, bytes]:
+    if fmt != _KEYS_FORMAT:
+        return {}
+    try:
+        keys = marshal.loads(blob)
+    except (EOFError, ValueError, TypeError):
+        return {}
+    return keys if isinstance(keys, dict) else {}
 
 
 def _split(script: str) -> list[str]:

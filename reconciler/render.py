@@ -24,8 +24,9 @@ SYMBOLS = {
     Kind.MIGRATE: "~", Kind.ARCHIVE: "-", Kind.CORRECT: "*", Kind.MISSING: "!",
     Kind.ORPHANED: "?", Kind.DOWNGRADE: "!", Kind.SUSPENDED: " ", Kind.FAILED: "!",
     Kind.INVALID: "!", Kind.PENDING: "!", Kind.REROOT: "*", Kind.SUSPEND: "|",
-    Kind.UNSUSPEND: "^", Kind.RETIRED: " ",
+    Kind.UNSUSPEND: "^", Kind.RETIRED: " ", Kind.DRIFT: "!", Kind.DRIFT_WARN: "!",
 }
+LABELS = {Kind.DRIFT_WARN: "drift"}  # shown as drift too; the detail says "migrated anyway"
 
 
 def _v(version: int | None) -> str:
@@ -57,7 +58,8 @@ def plan_lines(plan: Plan, config_name: str, rollout: Rollout | None = None,
     if not verbose and _groupable(plan):
         return [*lines, *_grouped_lines(plan, rollout)]
     rows: list[Row] = [*_fleet_rows(plan), *reroot_rows(plan)]
-    rows.extend((SYMBOLS[a.kind], a.kind.value, a.tenant, *_columns(a))
+    rows.extend((SYMBOLS[a.kind], LABELS.get(a.kind, a.kind.value), a.tenant,
+                 *_columns(a))
                 for a in plan.actions if a.kind is not Kind.REROOT)
     rows.extend(_registry_row(c) for c in plan.registry if c.table != "fleet")
     lines.extend(_aligned(rows))
@@ -115,7 +117,8 @@ def _grouped_lines(plan: Plan, rollout: Rollout | None) -> list[str]:
             continue
         region, ver, tail = _columns(a)
         if a.kind not in big:
-            rows.append((SYMBOLS[a.kind], a.kind.value, a.tenant, region, ver, tail))
+            rows.append((SYMBOLS[a.kind], LABELS.get(a.kind, a.kind.value), a.tenant,
+                         region, ver, tail))
             continue
         key: tuple[Kind, str, str, str] = (
             a.kind, region, ver, tail if a.kind in (Kind.CREATE, Kind.MIGRATE) else "")
@@ -246,7 +249,8 @@ def action_json(a: Action) -> dict[str, Any]:
             "from_region": a.from_region, "from_version": a.from_version,
             "to_version": a.to_version, "path": str(a.path) if a.path else None,
             "source": str(a.source) if a.source else None, "detail": a.detail,
-            "change": a.is_change, "problem": a.is_problem}
+            "change": a.is_change, "problem": a.is_problem} | (
+                {"drift": [d.as_json() for d in a.drift]} if a.drift else {})
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -316,6 +320,10 @@ def attention_lines(result: Result, per_kind: int | None = None) -> list[str]:
         if per_kind is not None and n > per_kind:
             lines.append(f"  {'problem':<8} {kind.value:<9} … {plural(n - per_kind, 'more tenant')}"
                          " (`reconcile status` lists them all)")
+    for a in result.plan.actions:
+        if a.kind is Kind.DRIFT_WARN:
+            lines.append(f"  {'warning':<8} {'drift':<9} {a.tenant} {_v(a.from_version)}: "
+                         f"{a.detail}")
     pending = [o.tenant for o in result.outcomes if o.outcome == "pending"]
     if pending:
         lines.append(f"  {'pending':<8} {'migrate':<9} {plural(len(pending), 'tenant')} "
@@ -359,6 +367,23 @@ def event_detail(e: dict[str, Any]) -> str:
         if key in d:
             parts.append(f"{key}: {d[key]}")
     return "; ".join(parts)
+
+
+def drift_status_lines(drifted: Sequence[str], counts: Sequence[Any], checked: bool,
+                       per_version: bool) -> list[str]:
+    """``status``'s schema lines: the drifted count, and with ``--schema`` one line per
+    version (``status.VersionCount``): tenants there and how many match the reference."""
+    out: list[str] = []
+    if not checked:
+        out.append("schema: not compared (settings.drift: ignore)")
+    elif drifted:
+        out.append(f"drifted: {len(drifted)} ({names(drifted)}) — `reconcile drift` shows "
+                   "how")
+    if per_version and checked:
+        for c in counts:
+            out.append(f"schema v{c.version}: {c.matching}/{c.tenants} match the reference"
+                       + (f"; drifted: {names(c.drifted)}" if c.drifted else ""))
+    return out
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from reconciler.schema import Difference
+
 STATUSES = ("active", "pending", "migrating", "relocating", "suspended", "failed",
             "missing", "orphaned", "archived")
 
@@ -71,6 +73,12 @@ class Snapshot:
     unconfirmed: frozenset[int] = frozenset()
     # the ``fleet`` table (reconciler/fleet.py): id, central, dirs; {} before it is recorded
     fleet: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # drift bookkeeping (``schema_keys``, ``schema_checks``): path text → the schema key
+    # each file had when last compared with its reference (a plain dict, never mutated:
+    # comparing it with the observed keys is one C call); path text → the differences
+    # found (JSON), drifted files only
+    schema_keys: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    drift: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
     def empty() -> Snapshot:
@@ -182,6 +190,13 @@ class Observed:
     # desired.tenant_path), so the planner's steady-state check needs no Path at all
     declared: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     fleet: FleetState | None = None  # None: not observed (unit tests of other rules)
+    # schema drift (see ``drift``): path text → differences from the reference for the
+    # file's version, drifted files only (empty when settings.drift is ignore)
+    drift: Mapping[str, tuple[Difference, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    drift_checked: tuple[Any, ...] = ()  # drift.Check values compared this pass
+    # path text → schema key to remember after this pass (None: nothing to remember anew)
+    drift_remember: Mapping[str, bytes] | None = None
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
-from reconciler.plan import CHANGES, Kind, Plan
+from reconciler.plan import CHANGES, Kind, Plan, drift_of
+from reconciler.schema import summary
 from reconciler.state import FileState, Observed, Snapshot
 
 
@@ -31,10 +32,11 @@ class StatusRow:
     problem: str = ""  # what needs a person ("registered at v3, file … is gone"), or ""
     changing: bool = False  # the next pass changes it (or waits on a halted rollout)
     kinds: tuple[str, ...] = ()  # the plan's action kinds for it (``Kind`` values)
+    drift: str = ""  # schema drift summary (``schema.summary``), "" when none
 
     @property
     def in_sync(self) -> bool:
-        return not self.pending
+        return not self.pending and not self.drift
 
     @property
     def needs_person(self) -> bool:
@@ -67,6 +69,8 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
             problem="; ".join(a.detail or a.kind.value for a in problems),
             changing=any(a.kind in CHANGES or a.kind is Kind.PENDING for a in actions),
             kinds=tuple(a.kind.value for a in actions),
+            drift=summary(drift_of(desired, observed, name, row))
+            if spec is not None and not spec.suspended else "",
         ))
     return out
 
@@ -95,6 +99,7 @@ COUNTS: tuple[tuple[str, Callable[[StatusRow], bool]], ...] = (
     ("missing", lambda r: r.status == "missing" or "missing" in r.kinds),
     ("orphaned", lambda r: r.status == "orphaned" or "orphaned" in r.kinds),
     ("suspended", lambda r: r.status == "suspended"),
+    ("drifted", lambda r: bool(r.drift)),
 )
 
 
@@ -138,3 +143,25 @@ def counts_json(fleet: FleetCounts) -> dict[str, object]:
             "regions": {region: {("none" if v is None else f"v{v}"): n for v, n in per if n}
                         for region, per in fleet.by_region},
             "counts": dict(fleet.counts)}
+
+
+@dataclass(frozen=True)
+class VersionCount:
+    """``status --schema``: tenants at one version and how many match its reference."""
+
+    version: int
+    tenants: int
+    matching: int
+    drifted: tuple[str, ...]
+
+
+def schema_counts(rows_: list[StatusRow], checked: bool) -> list[VersionCount]:
+    """Per file version (ascending): tenants there, and how many match the reference
+    (``checked`` False — ``settings.drift: ignore`` — leaves ``matching`` at 0)."""
+    by: dict[int, list[StatusRow]] = {}
+    for r in rows_:
+        if r.version is not None and r.status != "suspended":
+            by.setdefault(r.version, []).append(r)
+    return [VersionCount(v, len(rs), sum(not r.drift for r in rs) if checked else 0,
+                         tuple(r.tenant for r in rs if r.drift))
+            for v, rs in sorted(by.items())]

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "restore": ("restore", "hooli", "--from", "backup/hooli.db"),
     "gc": ("gc", "--retired-older-than", "30d"),
     "completion": ("completion", "bash"),
+    "drift": ("drift",),
 }
 VALUES: dict[str, tuple[str, ...]] = {
     "config": ("-c", "desired/tenants.yaml"), "json": ("--json",),
