@@ -101,6 +101,15 @@ UPGRADES: tuple[str, ...] = (
         detail     TEXT
     );
     """,
+    # issue 16: webhook notifications already sent, one row per condition while it
+    # lasts (a halt, a failed tenant…), so a restarted daemon does not send them again
+    """
+    CREATE TABLE notified (
+        key   TEXT PRIMARY KEY,
+        event TEXT NOT NULL,
+        at    TEXT NOT NULL
+    );
+    """,
 )
 VERSION = len(UPGRADES)
 
@@ -409,6 +418,20 @@ class Registry:
     def clear_rollouts(self, keep: str | None = None) -> int:
         """Forget finished rollouts (every row but ``keep``); returns how many."""
         return self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,)).rowcount
+
+    def notified(self) -> dict[str, str]:
+        """Webhook conditions already notified: key → event (issue 16)."""
+        if self.version < 3:
+            return {}
+        return dict(self.conn.execute("SELECT key, event FROM notified").fetchall())
+
+    def set_notified(self, added: Mapping[str, str], removed: set[str]) -> None:
+        """Remember notified conditions (key → event) and forget cleared ones."""
+        with self.transaction():
+            self.conn.executemany("INSERT OR REPLACE INTO notified (key, event, at) VALUES "
+                                  "(?, ?, ?)", [(k, e, utcnow()) for k, e in added.items()])
+            self.conn.executemany("DELETE FROM notified WHERE key = ?",
+                                  [(k,) for k in removed])
 
     def record_run(self, started_at: str, revision: str, summary: str,
                    detail: Mapping[str, Any]) -> None:
