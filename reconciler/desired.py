@@ -235,6 +235,7 @@ _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prun
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot")
 _GIT_KEYS = ("remote", "branch")
 _NOTIFY_KEYS = ("name", "url_env", "url_file", "format", "events")
+_SECRET_KEYS = ("url", "token")  # refused with a hint, not as unknown keys
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
@@ -472,17 +473,18 @@ class _Checker(NodeChecker):
 
     def notify_target(self, node: yaml.Node, index: int, example: str) -> NotifyTarget | None:
         what = f"settings.notify[{index}]"
-        if isinstance(node, yaml.MappingNode):
-            for knode, _v in node.value:
-                if isinstance(knode, yaml.ScalarNode) and knode.value in ("url", "token"):
-                    self.error(knode, f"{what}: a webhook URL or token must not be written in "
-                               "tenants.yaml (it is a secret, and this file lives in git)",
-                               "write `url_env: SLACK_WEBHOOK_URL` (an environment variable) "
-                               "or `url_file: ${CREDENTIALS_DIRECTORY}/slack` (systemd "
-                               "LoadCredential=) instead")
         fields: dict[str, Any] = {}
         bad = False
-        for key, _k, v in self.mapping(node, what, _NOTIFY_KEYS, example):
+        for key, knode, v in self.mapping(node, what, (*_NOTIFY_KEYS, *_SECRET_KEYS),
+                                          example):
+            if key in _SECRET_KEYS:
+                self.error(knode, f"{what}: a webhook URL or token must not be written in "
+                           "tenants.yaml (it is a secret, and this file lives in git)",
+                           "write `url_env: SLACK_WEBHOOK_URL` (an environment variable) "
+                           "or `url_file: ${CREDENTIALS_DIRECTORY}/slack` (systemd "
+                           "LoadCredential=) instead")
+                bad = True
+                continue
             if key == "events":
                 events = self.notify_events(v, what)
                 bad |= events is None
