@@ -320,7 +320,8 @@ class Daemon:
             self._pass(", ".join(reasons))
         else:
             self._notify_status()
-            self._observed(None)
+            if self.stop_signal is None:
+                self._observed(None)
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:

@@ -198,6 +198,8 @@ def gather(desired: Desired, catalog: Catalog, revision: str,
         try:
             tables = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if previous is not None and _replaced(conn, tables, previous):
+                base = FleetMetrics.empty(revision)  # a registry put back from a copy
             tenants: dict[tuple[str, str, int], int] = {}
             versions: dict[str, tuple[int, str]] = {}
             if "tenants" in tables:
@@ -247,6 +249,17 @@ def gather(desired: Desired, catalog: Catalog, revision: str,
         last_run_id=last_run, last_pass_end=last_end, declared=len(desired.tenants),
         at_target=at_target, target=target, halted=halted, revision=revision,
         registry_bytes=_registry_bytes(central), signals=signals)
+
+
+def _replaced(conn: sqlite3.Connection, tables: set[str], previous: FleetMetrics) -> bool:
+    """Whether the registry has fewer events or runs than already counted (restored
+    from a backup, or another file): then every counter is read again from scratch."""
+    for table, seen in (("events", previous.last_event_id), ("runs", previous.last_run_id)):
+        if table in tables and seen:
+            top = conn.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0]
+            if top is None or top < seen:
+                return True
+    return False
 
 
 def rollout_key(desired: Desired, catalog: Catalog) -> str:

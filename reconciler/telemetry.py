@@ -86,13 +86,14 @@ class Telemetry:
         self._interval = interval
         self._valid, self._pull_ok = problem is None, pull_problem is None
         if inputs is not None:
+            same = self.inputs is None or \
+                self.inputs.desired.settings.central == inputs.desired.settings.central
             self.inputs = inputs
             self._passes["completed" if result is not None else "not_run"] += 1
             self._last_end, self._last_ok = now, result is not None
             try:
                 self.fleet = gather(inputs.desired, inputs.catalog, inputs.revision,
-                                    self.fleet if self._same_registry(inputs) else None,
-                                    self._rollout_key)
+                                    self.fleet if same else None, self._rollout_key)
             except sqlite3.Error as exc:
                 self.log.warning("metrics not updated: the registry cannot be read",
                                  error=str(exc))
@@ -110,10 +111,6 @@ class Telemetry:
             self.webhooks.close()
 
     # ------------------------------------------------------------------ internals
-    def _same_registry(self, inputs: engine.Inputs) -> bool:
-        prev = self._key[0] if self._key is not None else self.inputs
-        return prev is None or prev.desired.settings.central == inputs.desired.settings.central
-
     def _publish(self) -> None:
         facts = DaemonFacts(
             interval=self._interval, desired_valid=self._valid, pull_ok=self._pull_ok,

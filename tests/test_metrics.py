@@ -293,3 +293,29 @@ def test_dashboard_and_alerts_use_only_metrics_the_reconciler_exports() -> None:
     assert {"Fleet by schema version", "Fleet by region", "Rollout progress", "Failures",
             "Pass duration"} <= titles
     assert dashboard["__inputs"][0]["pluginId"] == "prometheus"
+
+
+def test_counters_continue_across_passes_and_restart_when_the_registry_is_put_back(
+        fleet: Fleet) -> None:
+    from reconciler import engine
+
+    fleet.declare({"acme": {"region": "eu"}})
+    assert fleet.run("apply").returncode == 0
+    old = fleet.root / "central.copy.db"
+    shutil.copyfile(fleet.central, old)  # (checkpointed by the last connection's close)
+    inputs = engine.load(fleet.config)
+    first = metrics.gather(inputs.desired, inputs.catalog, inputs.revision)
+    fleet.declare({"acme": {"region": "eu"}, "beta": {"region": "us"}})
+    assert fleet.run("apply").returncode == 0
+    inputs = engine.load(fleet.config)
+    later = metrics.gather(inputs.desired, inputs.catalog, inputs.revision, first)
+    assert later.actions == metrics.gather(inputs.desired, inputs.catalog,
+                                           inputs.revision).actions
+    assert later.actions[("create", "ok")] == 2 and later.passes.counts != first.passes.counts
+    assert sum(later.passes.counts) == 2 and later.last_run_id > first.last_run_id
+    # an older copy of the registry is restored: counting starts over from it
+    for suffix in ("-wal", "-shm"):
+        Path(f"{fleet.central}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(old, fleet.central)
+    back = metrics.gather(inputs.desired, inputs.catalog, inputs.revision, later)
+    assert back.actions[("create", "ok")] == 1 and sum(back.passes.counts) == 1
