@@ -177,18 +177,49 @@ def _read_only(central: Path) -> Iterator[sqlite3.Connection | None]:
         conn.close()
 
 
+@dataclass(frozen=True)
+class Targets:
+    """Declared tenants by target version, built once per desired state (the daemon
+    keeps it), so a pass's snapshot counts tenants at target with set operations in C."""
+
+    default: int  # the fleet's target (settings.schema, or the newest migration)
+    following: frozenset[str]  # declared tenants at the default target
+    pinned: Mapping[str, int]  # declared tenants with a schema of their own
+
+    @staticmethod
+    def of(desired: Desired, latest: int) -> Targets:
+        default = latest if desired.settings.schema is None else desired.settings.schema
+        pinned = {n: s.schema for n, s in desired.tenants.items()
+                  if s.schema is not None and s.schema != default}
+        return Targets(default, frozenset(desired.tenants.keys() - pinned.keys()),
+                       MappingProxyType(pinned))
+
+
+def _at_target(conn: sqlite3.Connection, targets: Targets) -> int:
+    names = [r[0] for r in conn.execute("SELECT name FROM tenants WHERE status = 'active' "
+                                        "AND schema_version = ?", (targets.default,))]
+    count = len(targets.following.intersection(names))
+    if targets.pinned:
+        count += sum(1 for name, version in conn.execute(
+            "SELECT name, schema_version FROM tenants WHERE status = 'active'")
+            if targets.pinned.get(name, -1) == version)
+    return count
+
+
 def gather(desired: Desired, catalog: Catalog, revision: str,
            previous: FleetMetrics | None = None,
-           halted_key: Callable[[], str] | None = None) -> FleetMetrics:
+           halted_key: Callable[[], str] | None = None,
+           targets: Targets | None = None) -> FleetMetrics:
     """Read the registry of ``desired`` (read-only) into a ``FleetMetrics``.
 
     ``previous``: the last value, so counters continue from it (only newer ``events``
     and ``runs`` rows are read). ``halted_key``: computes the current rollout key
     (``plan.rollout_key``; the daemon caches it per desired state) — asked only when
-    some rollout is halted. Raises ``sqlite3.Error`` when the registry cannot be read."""
+    some rollout is halted. ``targets``: ``Targets.of(desired, catalog.latest)``, if
+    the caller keeps one. Raises ``sqlite3.Error`` when the registry cannot be read."""
     central = desired.settings.central
-    latest = catalog.latest
-    target = latest if desired.settings.schema is None else desired.settings.schema
+    goal = targets if targets is not None else Targets.of(desired, catalog.latest)
+    target = goal.default
     base = previous if previous is not None else FleetMetrics.empty(revision)
     with _read_only(central) as conn:
         if conn is None:
@@ -201,14 +232,13 @@ def gather(desired: Desired, catalog: Catalog, revision: str,
             if previous is not None and _replaced(conn, tables, previous):
                 base = FleetMetrics.empty(revision)  # a registry put back from a copy
             tenants: dict[tuple[str, str, int], int] = {}
-            versions: dict[str, tuple[int, str]] = {}
+            at_target = 0
             if "tenants" in tables:
                 for region, status, version, n in conn.execute(
                         "SELECT region, status, schema_version, COUNT(*) FROM tenants "
                         "GROUP BY 1, 2, 3"):
                     tenants[(region, status, int(version))] = int(n)
-                versions = {r[0]: (r[1], r[2]) for r in conn.execute(
-                    "SELECT name, schema_version, status FROM tenants")}
+                at_target = _at_target(conn, goal)
             actions = dict(base.actions)
             last_event = base.last_event_id
             if "events" in tables:
@@ -235,12 +265,6 @@ def gather(desired: Desired, catalog: Catalog, revision: str,
             signals = tuple(s for source in SIGNAL_SOURCES for s in source(conn))
         finally:
             conn.execute("COMMIT")
-    at_target = 0
-    for name, spec in desired.tenants.items():
-        row = versions.get(name)
-        if row is not None and row[1] == "active" \
-                and row[0] == desired.target_version(spec, latest):
-            at_target += 1
     halted = bool(halted_rows) and (halted_key or (lambda: rollout_key(desired, catalog)))() \
         in halted_rows
     return FleetMetrics(

@@ -28,7 +28,14 @@ from reconciler.context import OK, Logger
 from reconciler.errors import LockHeld, ReconcileError
 from reconciler.health import Endpoint
 from reconciler.lock import FleetLock
-from reconciler.metrics import Board, DaemonFacts, FleetMetrics, gather, rollout_key
+from reconciler.metrics import (
+    Board,
+    DaemonFacts,
+    FleetMetrics,
+    Targets,
+    gather,
+    rollout_key,
+)
 from reconciler.registry import Registry
 from reconciler.webhooks import (
     Notice,
@@ -48,6 +55,7 @@ class Telemetry:
         self.fleet: FleetMetrics | None = None
         self.inputs: engine.Inputs | None = None
         self._key: tuple[engine.Inputs, str] | None = None
+        self._targets: tuple[engine.Inputs, Targets] | None = None
         self._passes: Counter[str] = Counter()
         self._last_end: float | None = None
         self._last_ok = False
@@ -92,8 +100,11 @@ class Telemetry:
             self._passes["completed" if result is not None else "not_run"] += 1
             self._last_end, self._last_ok = now, result is not None
             try:
+                if self._targets is None or self._targets[0] is not inputs:
+                    self._targets = (inputs, Targets.of(inputs.desired, inputs.catalog.latest))
                 self.fleet = gather(inputs.desired, inputs.catalog, inputs.revision,
-                                    self.fleet if same else None, self._rollout_key)
+                                    self.fleet if same else None, self._rollout_key,
+                                    self._targets[1])
             except sqlite3.Error as exc:
                 self.log.warning("metrics not updated: the registry cannot be read",
                                  error=str(exc))
