@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Fleet
-from tests.e2e.test_daemon import Daemon, config_text, eventually
+from tests.e2e.test_daemon import Daemon, config_text, eventually, git, gitops, registered
 from tests.e2e.test_daemon import start as start  # the fixture
 from tests.receiver import Receiver, get, samples, value
 
@@ -301,6 +301,32 @@ def test_alertmanager_format_from_a_credentials_file_and_event_filter(
     assert "tenant a2 is missing" in alerts[0]["annotations"]["description"]
     assert "reconcile restore a2 --from FILE" in alerts[0]["annotations"]["description"]
     assert alerts[0]["startsAt"].endswith("Z")
+    assert d.stop() == 0
+
+
+def test_a_refused_git_pull_is_notified_once_and_shown_in_metrics(
+        fleet: Fleet, start: Callable[..., Daemon], receiver: Receiver, tmp_path: Path) -> None:
+    clone, dev = gitops(fleet, tmp_path)
+
+    def push(tenants: dict[str, dict[str, str]], message: str, force: bool = False) -> None:
+        (dev / "tenants.yaml").write_text(config_text(tenants, interval="1s", notify=[
+            {"url_env": "OPS_WEBHOOK_URL", "events": ["git_pull_refused"]}]))
+        git(dev, "commit", "-q", "-am", message)
+        git(dev, "push", "-q", *(["--force"] if force else []), "origin", "main")
+
+    push({"aaron": {"region": "eu"}}, "notify the ops webhook")
+    d = launch(start, clone, "--git-pull", env={"OPS_WEBHOOK_URL": receiver.url})
+    url = url_of(d)
+    push({"aaron": {"region": "eu"}, "beta": {"region": "us"}}, "add beta")
+    eventually(lambda: registered(clone, "beta") == (3, "active"), 20, "beta applied")
+    git(dev, "reset", "-q", "--hard", "HEAD~1")
+    push({"aaron": {"region": "eu"}, "gamma": {"region": "eu"}}, "rewrite", force=True)
+    refused = receiver.wait_for("git_pull_refused")
+    assert "pull refused: not a fast-forward" in refused["text"]
+    text = until(url, lambda t: value(t, M + "git_pull_ok") == 0, "pull failure exported")
+    time.sleep(2.5)  # more intervals, each refused again: no second message
+    assert receiver.events() == ["git_pull_refused"]
+    assert value(text, M + "desired_state_valid") == 1
     assert d.stop() == 0
 
 
