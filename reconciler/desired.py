@@ -41,11 +41,14 @@ from typing import Any
 import yaml
 
 from reconciler.errors import InvalidInput, Problem
+from reconciler.notifyconfig import NOTIFY_EVENTS as NOTIFY_EVENTS
+from reconciler.notifyconfig import NOTIFY_FORMATS as NOTIFY_FORMATS
+from reconciler.notifyconfig import NotifyChecker
+from reconciler.notifyconfig import NotifyTarget as NotifyTarget
 from reconciler.yamlnodes import (
     BAD,
     PLAIN_TAGS,
     YAML_TAG,
-    NodeChecker,
     ReadHints,
     is_null,
     kind,
@@ -82,26 +85,6 @@ class Rollout:
 class GitSettings:
     remote: str = "origin"
     branch: str = "main"
-
-
-NOTIFY_EVENTS = ("rollout_halted", "tenant_failed", "tenant_missing", "drift_found",
-                 "rollout_finished", "desired_state_invalid", "git_pull_refused")
-NOTIFY_FORMATS = ("slack", "alertmanager")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-@dataclass(frozen=True)
-class NotifyTarget:
-    """One webhook of ``settings.notify`` (issue 16). The URL (it holds a token) is never
-    in tenants.yaml: ``url_env`` names an environment variable, ``url_file`` a file whose
-    first line is the URL (``${VAR}`` in it is expanded when sending, for systemd's
-    ``${CREDENTIALS_DIRECTORY}``). See ``webhooks``."""
-
-    name: str
-    events: frozenset[str]
-    url_env: str | None = None
-    url_file: str | None = None
-    format: str = "slack"  # slack | alertmanager
 
 
 @dataclass(frozen=True)
@@ -234,8 +217,6 @@ _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prun
                   "prune_limit", "interval", "busy_timeout", "rollout", "git", "notify")
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot")
 _GIT_KEYS = ("remote", "branch")
-_NOTIFY_KEYS = ("name", "url_env", "url_file", "format", "events")
-_SECRET_KEYS = ("url", "token")  # refused with a hint, not as unknown keys
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
@@ -249,7 +230,7 @@ class _Where:
     node: yaml.Node | None
 
 
-class _Checker(NodeChecker):
+class _Checker(NotifyChecker):
     """The rules of ``tenants.yaml``, one method per section, on the generic readers."""
 
     def __init__(self, file: str, text: str) -> None:
@@ -452,96 +433,6 @@ class _Checker(NodeChecker):
             if s is not None:
                 g[key] = s
         return GitSettings(**g)
-
-    def notify(self, node: yaml.Node) -> tuple[NotifyTarget, ...]:
-        """``settings.notify``: a list of webhook targets (issue 16)."""
-        example = "write for example `notify: [{url_env: SLACK_WEBHOOK_URL, events: " \
-                  "[rollout_halted, tenant_failed]}]`"
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(node, f"settings.notify must be a list, got {kind(node)}", example)
-            return ()
-        out: list[NotifyTarget] = []
-        for i, item in enumerate(node.value):
-            target = self.notify_target(item, i, example)
-            if target is not None:
-                if any(t.name == target.name for t in out):
-                    self.error(item, f"settings.notify: two targets are named '{target.name}'",
-                               "give each target its own `name:`")
-                    continue
-                out.append(target)
-        return tuple(out)
-
-    def notify_target(self, node: yaml.Node, index: int, example: str) -> NotifyTarget | None:
-        what = f"settings.notify[{index}]"
-        fields: dict[str, Any] = {}
-        bad = False
-        for key, knode, v in self.mapping(node, what, (*_NOTIFY_KEYS, *_SECRET_KEYS),
-                                          example):
-            if key in _SECRET_KEYS:
-                self.error(knode, f"{what}: a webhook URL or token must not be written in "
-                           "tenants.yaml (it is a secret, and this file lives in git)",
-                           "write `url_env: SLACK_WEBHOOK_URL` (an environment variable) "
-                           "or `url_file: ${CREDENTIALS_DIRECTORY}/slack` (systemd "
-                           "LoadCredential=) instead")
-                bad = True
-                continue
-            if key == "events":
-                events = self.notify_events(v, what)
-                bad |= events is None
-                fields["events"] = events
-                continue
-            text = self.text_of(v, f"{what}.{key}", example)
-            if text is None:
-                bad = True
-            elif key == "url_env" and not _ENV_NAME.fullmatch(text):
-                self.error(v, f"{what}.url_env '{text}' is not an environment variable name",
-                           "write the variable's name, e.g. SLACK_WEBHOOK_URL — never the URL")
-                bad = True
-            elif key == "url_file" and "://" in text:
-                self.error(v, f"{what}.url_file looks like a URL, not a file",
-                           "write the path of a file holding the URL, e.g. "
-                           "${CREDENTIALS_DIRECTORY}/slack")
-                bad = True
-            elif key == "format" and text not in NOTIFY_FORMATS:
-                self.error(v, f"{what}.format must be one of {', '.join(NOTIFY_FORMATS)}, got "
-                           f"'{text}'", "write slack (a `text` payload, for Slack-style "
-                           "incoming webhooks) or alertmanager")
-                bad = True
-            else:
-                fields[key] = text
-        if not isinstance(node, yaml.MappingNode):
-            return None
-        if ("url_env" in fields) == ("url_file" in fields) and not bad:
-            self.error(node, f"{what} needs exactly one of url_env and url_file",
-                       "write `url_env: SLACK_WEBHOOK_URL` or `url_file: "
-                       "${CREDENTIALS_DIRECTORY}/slack`")
-            return None
-        if bad:
-            return None
-        events = fields.pop("events", None)
-        name = fields.pop("name", None) or fields.get("url_env") or fields.get("url_file")
-        return NotifyTarget(name=str(name), events=frozenset(events or NOTIFY_EVENTS),
-                            **fields)
-
-    def notify_events(self, node: yaml.Node, what: str) -> frozenset[str] | None:
-        hint = f"write a list of: {', '.join(NOTIFY_EVENTS)}"
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            self.error(node, f"{what}.events must be a non-empty list, got {kind(node)}", hint)
-            return None
-        out: set[str] = set()
-        ok = True
-        for item in node.value:
-            text = self.text_of(item, f"{what}.events entry", hint)
-            if text is None:
-                ok = False
-            elif text.replace(" ", "_").replace("-", "_") in NOTIFY_EVENTS:
-                out.add(text.replace(" ", "_").replace("-", "_"))
-            else:
-                close = difflib.get_close_matches(text.lower(), NOTIFY_EVENTS, n=1)
-                self.error(item, f"unknown event '{text}' in {what}.events",
-                           (f"did you mean '{close[0]}'? " if close else "") + hint)
-                ok = False
-        return frozenset(out) if ok else None
 
     def globals_(self, node: yaml.Node | None) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.context import Logger
-from reconciler.desired import NotifyTarget
+from reconciler.notifyconfig import NotifyTarget
 from reconciler.revision import short
 
 ATTEMPTS = 5
