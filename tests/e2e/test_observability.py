@@ -304,6 +304,27 @@ def test_alertmanager_format_from_a_credentials_file_and_event_filter(
     assert d.stop() == 0
 
 
+def test_a_webhook_that_never_answers_does_not_hold_up_passes(
+        fleet: Fleet, start: Callable[..., Daemon]) -> None:
+    declare(fleet, interval="1h", schema=3)
+    assert fleet.run("apply").returncode == 0
+    os.remove(fleet.path("a3", "eu"))
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        hook = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        declare(fleet, interval="1h", schema=3, notify=[{"url_env": "OPS_WEBHOOK_URL"}])
+        d = launch(start, fleet, env={"OPS_WEBHOOK_URL": hook})
+        url = url_of(d)
+        until(url, lambda t: value(t, M + "tenants", status="missing") == 1, "missing seen")
+        for n in (2, 3):  # passes go on while the message waits for an answer
+            d.signal(signal.SIGHUP)
+            text = until(url, lambda t, n=n: value(t, M + "passes_total",  # type: ignore[misc]
+                                                   result="completed") == n, f"pass {n}")
+            assert value(text, M + "notifications_total") is None  # still in flight
+        assert d.stop() == 0
+
+
 def test_a_refused_git_pull_is_notified_once_and_shown_in_metrics(
         fleet: Fleet, start: Callable[..., Daemon], receiver: Receiver, tmp_path: Path) -> None:
     clone, dev = gitops(fleet, tmp_path)
