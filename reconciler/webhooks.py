@@ -23,7 +23,10 @@ Invariants:
   (``url_env``) or a file (``url_file``, e.g. under systemd's
   ``${CREDENTIALS_DIRECTORY}``), read when sending; URLs are never logged;
 * one message per event per update: ten tenants failing in a pass make one message
-  listing them (at most ``MAX_LISTED`` named).
+  listing them (at most ``MAX_LISTED`` named);
+* in the Alertmanager format one alert per event kind (its labels carry no tenant),
+  firing with ``endsAt`` a week ahead, resolved (``endsAt`` now) once no condition
+  of that kind is left.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ SEVERITY = {"rollout_halted": "critical", "tenant_failed": "critical",
             "tenant_missing": "critical", "drift_found": "warning",
             "desired_state_invalid": "warning", "git_pull_refused": "warning",
             "rollout_finished": "info"}
+ALERT_TTL = 7 * 86400.0  # endsAt of a firing alert (alertmanager format), seconds
 LASTING = ("rollout_finished",)  # conditions that never clear (kept: last KEEP_LASTING)
 KEEP_LASTING = 50
 
@@ -168,21 +172,28 @@ def message(notices: list[Notice]) -> str:
             + (f"; and {more} more (see `reconcile status`)" if more > 0 else ""))
 
 
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
 def payload(target: NotifyTarget, event: str, notices: list[Notice], fleet: str,
-            now: float) -> bytes:
+            now: float, resolved: bool = False) -> bytes:
     """The JSON body for ``target`` (``slack``: ``{"text": …}`` plus fields Slack
-    ignores; ``alertmanager``: the list ``POST /api/v2/alerts`` takes)."""
-    text = message(notices)
+    ignores; ``alertmanager``: the list ``POST /api/v2/alerts`` takes, with ``endsAt``
+    ``ALERT_TTL`` ahead — Alertmanager resolves an alert that is not re-sent before
+    it, after ``resolve_timeout`` when none is given — or now, once ``resolved``)."""
+    text = message(notices) if notices else f"{event.replace('_', ' ')}: resolved"
     severity = SEVERITY.get(event, "warning")
     if target.format == "alertmanager":
-        at = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
         body: Any = [{
             "labels": {"alertname": "TenantReconciler" + event.title().replace("_", ""),
                        "event": event, "severity": severity, "fleet": fleet,
                        "service": "tenant-reconciler"},
             "annotations": {"summary": text.split(". ")[0][:200], "description": text},
-            "startsAt": at,
+            "endsAt": _iso(now if resolved else now + ALERT_TTL),
         }]
+        if not resolved:
+            body[0]["startsAt"] = _iso(now)
     else:
         body = {"text": f"[tenant-reconciler {fleet}] {text}", "event": event,
                 "severity": severity, "fleet": fleet, "count": len(notices)}
@@ -269,6 +280,12 @@ class Webhooks:
                     self._enqueue(_Message(target, event,
                                            payload(target, event, group, self.fleet, when)))
         added = {n.key: n.event for n in new}
+        cleared = {self.notified[k] for k in removed} - {n.event for n in current.values()}
+        for event in sorted(cleared - set(LASTING)):  # nothing of this kind is left
+            for target in targets:
+                if target.format == "alertmanager" and event in target.events:
+                    self._enqueue(_Message(target, event, payload(
+                        target, event, [], self.fleet, when, resolved=True)))
         for k in removed:
             self.notified.pop(k, None)
         self.notified.update(added)

@@ -187,6 +187,7 @@ def test_payloads_carry_the_sentence_for_slack_and_alertmanager() -> None:
                                "fleet": "prod", "service": "tenant-reconciler"}
     assert alert["annotations"]["description"] == "tenant t0 failed: boom"
     assert alert["startsAt"] == "1970-01-01T00:00:00Z"
+    assert alert["endsAt"] == "1970-01-08T00:00:00Z"  # a week: Alertmanager keeps it firing
 
 
 def test_url_comes_from_the_environment_or_a_credentials_file(tmp_path: Path) -> None:
@@ -230,6 +231,31 @@ def test_each_condition_is_sent_once_while_it_lasts_and_again_when_it_recurs(
         wait_until(lambda: hooks.counts().get(("rollout_halted", "sent")) == 2)
         assert [b["event"] for b in receiver.accepted()] == ["rollout_halted"] * 2
         assert ("tenant_failed", "sent") not in hooks.counts()  # not wanted by the target
+    finally:
+        hooks.close()
+        receiver.close()
+
+
+def test_alertmanager_alerts_resolve_when_no_condition_of_their_kind_is_left(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver = Receiver()
+    monkeypatch.setenv("HOOK", receiver.url)
+    hooks = Webhooks(configure("json", "error"), "prod", backoff=0.05)
+    try:
+        hooks.notified = {}
+        am = (target(format="alertmanager"),)
+        a, b = (Notice("tenant_failed", f"f:{n}", f"tenant {n} failed") for n in "ab")
+        hooks.update([a], am, now=100.0)
+        hooks.update([a, b], am, now=200.0)
+        hooks.update([b], am, now=300.0)  # a recovered, b still failing: still firing
+        hooks.update([], am, now=400.0)  # none left: resolved
+        wait_until(lambda: len(receiver.accepted()) == 3)
+        time.sleep(0.2)
+        sent = [body[0] for body in receiver.accepted()]
+        assert [x["annotations"]["description"] for x in sent] == [
+            "tenant a failed", "tenant b failed", "tenant failed: resolved"]
+        assert sent[2]["endsAt"] == "1970-01-01T00:06:40Z" and "startsAt" not in sent[2]
+        assert {x["labels"]["alertname"] for x in sent} == {"TenantReconcilerTenantFailed"}
     finally:
         hooks.close()
         receiver.close()
