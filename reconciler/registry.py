@@ -421,8 +421,9 @@ class Registry:
 
     def notified(self) -> dict[str, str]:
         """Webhook conditions already notified: key → event (issue 16)."""
-        if self.version < 3:
-            return {}
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                             "name = 'notified'").fetchone() is None:
+            return {}  # an older registry, read-only (opened for writing, it is upgraded)
         return dict(self.conn.execute("SELECT key, event FROM notified").fetchall())
 
     def set_notified(self, added: Mapping[str, str], removed: set[str]) -> None:
