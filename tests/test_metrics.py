@@ -297,6 +297,22 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
     assert test.returncode == 0, test.stdout + test.stderr
 
 
+@needs_promtool
+def test_exposition_passes_promtools_metric_lint(fleet: Fleet) -> None:
+    assert PROMTOOL is not None
+    fleet.declare({"acme": {"region": "eu"}, "beta": {"region": "us"}})
+    assert fleet.run("apply").returncode == 0
+    printed = fleet.run("metrics")
+    assert printed.returncode == 0
+    board = Board()
+    board.publish(None, DaemonFacts(60.0, False, True, 1.0, False, {"not_run": 1}, 2.0,
+                                    {("tenant_failed", "sent"): 1}))
+    for text in (printed.stdout, metrics.text(board)):
+        lint = subprocess.run([PROMTOOL, "check", "metrics"], input=text, text=True,
+                              capture_output=True, timeout=60)
+        assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+
+
 def exported_names() -> set[str]:
     board = Board()
     fleet = metrics.FleetMetrics.empty("abc")
