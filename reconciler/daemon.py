@@ -35,7 +35,9 @@ Invariants:
   a step that will not finish (worker threads cannot be interrupted: their current
   step still ends first);
 * ``WATCHDOG=1`` comes from its own thread, so a long pass does not get the service
-  killed; the thread stops pinging if the main thread dies.
+  killed; the thread stops pinging if the main thread dies;
+* after each pass (or one that could not run) ``telemetry`` publishes metrics and
+  queues webhooks (issue 16) — between passes, never raising into this loop.
 """
 
 from __future__ import annotations

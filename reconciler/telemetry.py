@@ -88,7 +88,16 @@ class Telemetry:
 
     def pass_finished(self, inputs: engine.Inputs | None, result: Result | None, *,
                       interval: float, problem: str | None, pull_problem: str | None) -> None:
-        """After a pass (``result`` None: it could not run, or none was possible)."""
+        """After a pass (``result`` None: it could not run, or none was possible).
+        Never raises: what the outside world is told must not stop the reconciling."""
+        try:
+            self._after_pass(inputs, result, interval, problem, pull_problem)
+        except Exception as exc:  # a fault here must not take the daemon down
+            self.log.error("metrics or notifications not updated",
+                           error=f"{type(exc).__name__}: {exc}")
+
+    def _after_pass(self, inputs: engine.Inputs | None, result: Result | None,
+                    interval: float, problem: str | None, pull_problem: str | None) -> None:
         now = time.time()
         self._started = None
         self._interval = interval
