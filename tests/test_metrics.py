@@ -361,3 +361,34 @@ def test_counters_continue_across_passes_and_restart_when_the_registry_is_put_ba
     shutil.copyfile(old, fleet.central)
     back = metrics.gather(inputs.desired, inputs.catalog, inputs.revision, later)
     assert back.actions[("create", "ok")] == 1 and sum(back.passes.counts) == 1
+
+
+def test_the_hook_for_drift_and_backups_turns_their_rows_into_gauges(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 is not merged here: a table like its own stands in for it, and a source
+    like the one it will wire reads it through ``metrics.SIGNAL_SOURCES``."""
+    import sqlite3
+
+    from reconciler import engine
+    fleet.declare({"acme": {"region": "eu"}, "beta": {"region": "us"}})
+    assert fleet.run("apply").returncode == 0
+    conn = sqlite3.connect(fleet.central)
+    conn.execute("CREATE TABLE backup_state (tenant TEXT, region TEXT, lag REAL)")
+    conn.executemany("INSERT INTO backup_state VALUES (?, ?, ?)",
+                     [("acme", "eu", 12.5), ("beta", "us", 950.0)])
+    conn.commit()
+    conn.close()
+
+    def backup_lag(c: sqlite3.Connection) -> list[metrics.Signal]:
+        return [metrics.Signal("backup_lag_seconds", "Oldest backup lag by region.", lag,
+                               {"region": region}) for region, lag in c.execute(
+                "SELECT region, MAX(lag) FROM backup_state GROUP BY region")]
+
+    monkeypatch.setattr(metrics, "SIGNAL_SOURCES", (backup_lag,))
+    inputs = engine.load(fleet.config)
+    text = metrics.text(metrics.once(inputs.desired, inputs.catalog, inputs.revision))
+    got = samples(text)
+    assert got[("tenant_reconciler_backup_lag_seconds", (("region", "us"),))] == 950.0
+    assert got[("tenant_reconciler_backup_lag_seconds", (("region", "eu"),))] == 12.5
+    # the name the BackupLagging alert in deploy/monitoring expects
+    assert "tenant_reconciler_backup_lag_seconds" in (MONITORING / "alerts.yml").read_text()
