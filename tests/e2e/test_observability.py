@@ -406,3 +406,50 @@ def test_a_real_prometheus_scrapes_the_daemon(fleet: Fleet, start: Callable[...,
         prom.wait(30)
         log.close()
     assert d.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("prometheus-alertmanager") is None,
+                    reason="Alertmanager is not installed (Debian package "
+                    "`prometheus-alertmanager`; .ci/run installs it)")
+def test_a_real_alertmanager_takes_the_alert_and_resolves_it(
+        fleet: Fleet, start: Callable[..., Daemon], tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text('route: {receiver: "null"}\nreceivers: [{name: "null"}]\n')
+    log = (tmp_path / "alertmanager.log").open("w")
+    am = subprocess.Popen(
+        ["prometheus-alertmanager", f"--config.file={config}",
+         f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{port}",
+         "--cluster.listen-address="], stdout=log, stderr=log)
+    api = f"http://127.0.0.1:{port}/api/v2"
+    try:
+        eventually(lambda: get(f"{api}/status")[0] == 200, 30, "Alertmanager is up")
+        declare(fleet, interval="1h", schema=3)
+        assert fleet.run("apply").returncode == 0
+        copy = tmp_path / "a2-copy.db"
+        shutil.copyfile(fleet.path("a2", "eu"), copy)
+        os.remove(fleet.path("a2", "eu"))
+        declare(fleet, interval="1h", schema=3, notify=[
+            {"url_env": "AM_URL", "format": "alertmanager", "events": ["tenant_missing"]}])
+        d = launch(start, fleet, env={"AM_URL": f"{api}/alerts"})
+
+        def alerts() -> list[dict[str, Any]]:
+            code, body = get(f"{api}/alerts")
+            assert code == 200, body
+            return [a for a in json.loads(body)
+                    if a["labels"]["alertname"] == "TenantReconcilerTenantMissing"]
+
+        (alert,) = eventually(alerts, 30, "the alert reached Alertmanager")
+        assert alert["status"]["state"] == "active"
+        assert alert["labels"]["severity"] == "critical"
+        assert "tenant a2 is missing" in alert["annotations"]["description"]
+
+        restored = fleet.run("restore", "a2", "--from", str(copy))
+        assert restored.returncode == 0, restored.stderr
+        d.signal(signal.SIGHUP)  # the next pass sees it back: the alert is resolved
+        eventually(lambda: not alerts(), 30, "resolved in Alertmanager")
+        assert d.stop() == 0
+    finally:
+        am.terminate()
+        am.wait(30)
+        log.close()
