@@ -19,11 +19,11 @@ from functools import partial
 from pathlib import Path
 
 import reconciler
-from bench import daemon, drift, fleets, migrate, noop, relocate, routing
+from bench import daemon, drift, fleets, migrate, noop, relocate, routing, scrape
 from bench.timing import Row, markdown, print_row
 
 SIZES = {"1k": 1_000, "10k": 10_000, "100k": 100_000}
-SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon")
+SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon", "scrape")
 
 
 def machine() -> str:
@@ -73,7 +73,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.size, args.repeats, args.migrate_tenants, args.idle = "1k", 3, 100, 10.0
         args.parallel, args.migrate_modes = "4", "wal"
         if args.only == ",".join(SCENARIOS):
-            args.only = "noop,migrate,routing,daemon"
+            args.only = "noop,migrate,routing,daemon,scrape"
     bad = [s for s in args.size.split(",") if s not in SIZES]
     if bad:
         p.error(f"unknown size {bad[0]!r}; use 1k, 10k or 100k")
@@ -104,6 +104,9 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
     if "routing" in only:
         for size in sizes:
             out.append(("routing", partial(routing.run, size, args.repeats, args.root)))
+    if "scrape" in only:
+        for size in sizes:
+            out.append(("scrape", partial(scrape.run, size, args.repeats, args.root)))
     if "daemon" in only:
         for size in sizes:
             if size >= 10_000 or len(sizes) == 1:

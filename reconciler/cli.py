@@ -144,6 +144,15 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--git-pull", action="store_true",
                     help="GitOps pull mode: every interval fast-forward the clone holding "
                     "tenants.yaml to its remote branch (also on with a settings.git block)")
+    dm.add_argument("--metrics-addr", default=None, metavar="[HOST:]PORT",
+                    help="serve /metrics, /livez and /readyz there (HOST defaults to "
+                    "127.0.0.1; 0.0.0.0:PORT listens on every interface)")
+    mt = sub.add_parser("metrics", help="print the fleet's Prometheus metrics, or write them "
+                        "for node_exporter's textfile collector")
+    _common(mt, sub=True)
+    mt.add_argument("--textfile", default=None, metavar="FILE",
+                    help="write FILE atomically (e.g. /var/lib/node_exporter/"
+                    "tenant_reconciler.prom) instead of printing")
     r = sub.add_parser("route", help="which tenant and file a host resolves to")
     _common(r, sub=True)
     r.add_argument("host", help="a Host header value, e.g. aaron.yoursaas.com")
@@ -482,7 +491,20 @@ def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
     with contextlib.suppress(InvalidInput):
         ownership.require_owner(engine.load(engine.config_path(args.config)
                                             ).desired.settings.central)
-    return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull)
+    return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull,
+                      metrics_addr=args.metrics_addr)
+
+
+def cmd_metrics(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import metrics
+
+    inputs = engine.load(engine.config_path(args.config))
+    board = metrics.once(inputs.desired, inputs.catalog, inputs.revision)
+    if args.textfile is None:
+        sys.stdout.write(metrics.text(board))
+    else:
+        metrics.write_textfile(Path(args.textfile), board)
+    return EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace, logger: Any) -> int:
@@ -561,6 +583,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "restore": cmd_restore,
     "gc": cmd_gc,
     "completion": cmd_completion,
+    "metrics": cmd_metrics,
 }
 
 

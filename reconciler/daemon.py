@@ -35,7 +35,9 @@ Invariants:
   a step that will not finish (worker threads cannot be interrupted: their current
   step still ends first);
 * ``WATCHDOG=1`` comes from its own thread, so a long pass does not get the service
-  killed; the thread stops pinging if the main thread dies.
+  killed; the thread stops pinging if the main thread dies;
+* after each pass (or one that could not run) ``telemetry`` publishes metrics and
+  queues webhooks (issue 16) — between passes, never raising into this loop.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from typing import Any
 import watchfiles
 
 from reconciler import engine, gitpull
+from reconciler.apply import Result
 from reconciler.context import Logger
 from reconciler.desired import GitSettings
 from reconciler.errors import InvalidInput, LockHeld, Problem, ReconcileError
@@ -65,6 +68,7 @@ from reconciler.notify import Notifier, watchdog_interval
 from reconciler.registry import Registry
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
+from reconciler.telemetry import Telemetry
 
 DEFAULT_INTERVAL = 60.0
 DEBOUNCE_MS = 1000  # most time one burst of changes is grouped over
@@ -193,9 +197,11 @@ class Watchdog:
 
 class Daemon:
     def __init__(self, config: Path, log: Logger, *, git_pull: bool = False,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, metrics_addr: str | None = None) -> None:
         self.config = config.resolve()
         self.log = log
+        self.metrics_addr = metrics_addr  # issue 16: /metrics, /livez, /readyz
+        self.telemetry: Telemetry | None = None
         self.notifier = notifier or Notifier.from_env()
         self.git_pull = git_pull
         self.inputs: engine.Inputs | None = None  # the last valid desired state
@@ -247,6 +253,7 @@ class Daemon:
         try:
             self.log.info("daemon starting", config=str(self.config), pid=os.getpid(),
                           pull=self.git is not None or self.git_pull)
+            self.telemetry = Telemetry(self.log, self.config, self.metrics_addr)
             self._load()
             self.notifier.ready()
             self._cycle(start=True)
@@ -273,6 +280,8 @@ class Daemon:
                 self._watcher.stop()
             if watchdog is not None:
                 watchdog.stop()
+            if self.telemetry is not None:
+                self.telemetry.close()
             self._restore_signals(previous)
             os.close(self._rfd)
             os.close(self._wfd)
@@ -313,6 +322,8 @@ class Daemon:
             self._pass(", ".join(reasons))
         else:
             self._notify_status()
+            if self.stop_signal is None:
+                self._observed(None)
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -409,6 +420,8 @@ class Daemon:
         self.log.info("pass starting", reason=reason, revision=inputs.revision)
         started = time.monotonic()
         self.in_pass = True
+        if self.telemetry is not None:
+            self.telemetry.pass_starting()
         try:
             result = engine.run_pass(inputs, self.log, wait=False, stop=self._stopping,
                                      stop_now=self._stopping_now, progress=self._progress,
@@ -420,6 +433,7 @@ class Daemon:
             self.in_pass = False
             self._reject(exc.problems)
             self._notify_status()
+            self._observed(None)
             return
         except (ReconcileError, OSError, sqlite3.Error) as exc:
             self._could_not_run(f"pass failed: {type(exc).__name__}: {exc}")
@@ -433,6 +447,13 @@ class Daemon:
                       stopped=result.stopped)
         self.next_retry = self._next_backoff(inputs)
         self._notify_status()
+        self._observed(result)
+
+    def _observed(self, result: Result | None) -> None:
+        """Metrics and webhooks learn how the pass went (issue 16; see ``telemetry``)."""
+        if self.telemetry is not None:
+            self.telemetry.pass_finished(self.inputs, result, interval=self.interval,
+                                         problem=self.problem, pull_problem=self.pull_problem)
 
     def _could_not_run(self, why: str, **fields: Any) -> None:
         self._failures += 1
@@ -441,6 +462,7 @@ class Daemon:
         self.summary = f"{why}; retrying in {delay:.0f}s"
         self.log.warning("pass did not run", reason=why, retry_in_s=delay, **fields)
         self._notify_status()
+        self._observed(None)
 
     def _next_backoff(self, inputs: engine.Inputs) -> float | None:
         """When the earliest failed tenant's backoff expires (monotonic clock)."""
@@ -587,6 +609,7 @@ class Daemon:
             signal.signal(s, handler)
 
 
-def run(config: Path, log: Logger, *, git_pull: bool = False) -> int:
-    return Daemon(config, log, git_pull=git_pull).run()
+def run(config: Path, log: Logger, *, git_pull: bool = False,
+        metrics_addr: str | None = None) -> int:
+    return Daemon(config, log, git_pull=git_pull, metrics_addr=metrics_addr).run()
 

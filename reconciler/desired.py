@@ -41,11 +41,14 @@ from typing import Any
 import yaml
 
 from reconciler.errors import InvalidInput, Problem
+from reconciler.notifyconfig import NOTIFY_EVENTS as NOTIFY_EVENTS
+from reconciler.notifyconfig import NOTIFY_FORMATS as NOTIFY_FORMATS
+from reconciler.notifyconfig import NotifyChecker
+from reconciler.notifyconfig import NotifyTarget as NotifyTarget
 from reconciler.yamlnodes import (
     BAD,
     PLAIN_TAGS,
     YAML_TAG,
-    NodeChecker,
     ReadHints,
     is_null,
     kind,
@@ -100,6 +103,9 @@ class Settings:
     git: GitSettings | None = None
     drift: str = "block"  # block | warn | ignore (schema drift, see reconciler.drift)
     drift_ignore: tuple[str, ...] = ()  # fnmatch patterns of object names drift ignores
+    # repr=False: plan.rollout_key hashes repr(settings), and adding a webhook must not
+    # start a new rollout (nor lift a halt)
+    notify: tuple[NotifyTarget, ...] = field(default=(), repr=False)
 
     @property
     def archive_dir(self) -> Path:
@@ -215,7 +221,7 @@ def _capped(problems: list[Problem], file: str) -> list[Problem]:
 
 _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prune",
                   "prune_limit", "interval", "busy_timeout", "rollout", "git", "drift",
-                  "drift_ignore")
+                  "drift_ignore", "notify")
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot", "transaction")
 TRANSACTIONS = ("step", "tenant")
 _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (all of a "
@@ -236,7 +242,7 @@ class _Where:
     node: yaml.Node | None
 
 
-class _Checker(NodeChecker):
+class _Checker(NotifyChecker):
     """The rules of ``tenants.yaml``, one method per section, on the generic readers."""
 
     def __init__(self, file: str, text: str) -> None:
@@ -412,6 +418,8 @@ class _Checker(NodeChecker):
             raw["drift"] = self.drift_policy(nodes["drift"])
         if "drift_ignore" in nodes:
             raw["drift_ignore"] = self.drift_ignore(nodes["drift_ignore"])
+        if "notify" in nodes and not is_null(nodes["notify"]):
+            raw["notify"] = self.notify(nodes["notify"])
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
                         migrations_dir=migrations.path, **given), latest

@@ -38,6 +38,7 @@ HONOURS: dict[str, frozenset[str]] = {
     "validate": frozenset({"config", "json", "dry_run"}),
     "completion": frozenset(),
     "drift": _READ,
+    "metrics": frozenset({"config"}),
     "daemon": frozenset({"config"}) | _LOGS,
     "restore": frozenset({"config", "json", "no_wait"}) | _LOGS,
     "gc": frozenset({"config", "json", "dry_run", "no_wait"}) | _LOGS,

@@ -132,6 +132,15 @@ UPGRADES: tuple[str, ...] = (
         updated_at TEXT NOT NULL
     );
     """,
+    # issue 16: webhook notifications already sent, one row per condition while it
+    # lasts (a halt, a failed tenant…), so a restarted daemon does not send them again
+    """
+    CREATE TABLE notified (
+        key   TEXT PRIMARY KEY,
+        event TEXT NOT NULL,
+        at    TEXT NOT NULL
+    );
+    """,
 )
 VERSION = len(UPGRADES)
 
@@ -222,6 +231,21 @@ class Registry:
             raise PermanentError(f"registry {path} is at version {version}, newer than this "
                                  f"reconciler understands ({VERSION}); upgrade tenant-reconciler")
         return cls(path, conn, readonly=True)
+
+    @classmethod
+    @contextmanager
+    def reading(cls, path: Path) -> Iterator[Registry | None]:
+        """``open_readonly`` for one block (None when there is no registry yet), closed
+        after it. For the daemon's own threads (health checks, notifications), which may
+        run while its pass holds the registry open for writing: SQLite's own connection
+        shares the process's locks, where ``read``'s raw descriptor would drop them. Read-
+        only commands use ``read`` instead (it leaves no file behind)."""
+        reg = cls.open_readonly(path)
+        try:
+            yield reg
+        finally:
+            if reg is not None:
+                reg.close()
 
     @classmethod
     def read(cls, path: Path, fn: Callable[[Registry], T], missing: T) -> T:
@@ -527,6 +551,21 @@ class Registry:
             "INSERT INTO schema_keys (id, format, keys, updated_at) VALUES (1, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET format=excluded.format, keys=excluded.keys, "
             "updated_at=excluded.updated_at", (_KEYS_FORMAT, marshal.dumps(dict(keys)), now))
+
+    def notified(self) -> dict[str, str]:
+        """Webhook conditions already notified: key → event (issue 16)."""
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                             "name = 'notified'").fetchone() is None:
+            return {}  # an older registry, read-only (opened for writing, it is upgraded)
+        return dict(self.conn.execute("SELECT key, event FROM notified").fetchall())
+
+    def set_notified(self, added: Mapping[str, str], removed: set[str]) -> None:
+        """Remember notified conditions (key → event) and forget cleared ones."""
+        with self.transaction():
+            self.conn.executemany("INSERT OR REPLACE INTO notified (key, event, at) VALUES "
+                                  "(?, ?, ?)", [(k, e, utcnow()) for k, e in added.items()])
+            self.conn.executemany("DELETE FROM notified WHERE key = ?",
+                                  [(k,) for k in removed])
 
     def record_run(self, started_at: str, revision: str, summary: str,
                    detail: Mapping[str, Any]) -> None:

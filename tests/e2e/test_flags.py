@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "gc": ("gc", "--retired-older-than", "30d"),
     "completion": ("completion", "bash"),
     "drift": ("drift",),
+    "metrics": ("metrics",),
 }
 VALUES: dict[str, tuple[str, ...]] = {
     "config": ("-c", "desired/tenants.yaml"), "json": ("--json",),
