@@ -86,9 +86,20 @@ def parser() -> argparse.ArgumentParser:
                         "tenant")
     _common(rs, sub=True)
     rs.add_argument("tenant")
-    rs.add_argument("--from", dest="source", required=True, metavar="FILE",
-                    help="a retired or archived copy, or a backup (copied, never moved)")
+    how = rs.add_mutually_exclusive_group(required=True)
+    how.add_argument("--from", dest="source", metavar="FILE",
+                     help="a retired or archived copy, or a backup (copied, never moved)")
+    how.add_argument("--at", metavar="TIME", help="point-in-time restore from the tenant's "
+                     "Litestream replica, e.g. 2026-11-30T10:40:00Z (UTC unless an offset "
+                     "is given); the file it replaces is retired")
+    rs.add_argument("--to", metavar="FILE", help="with --at: write the restored copy to FILE "
+                    "(new) for inspection; the live tenant is not touched")
+    rs.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                    help="with --at: restore and verify a scratch copy, change nothing")
     rs.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS)
+    bk = sub.add_parser("backups", help="a tenant's restore points (Litestream replicas)")
+    _common(bk, sub=True)
+    bk.add_argument("tenant")
     g = sub.add_parser("gc", help="delete retired copies older than a duration (the only "
                        "command that deletes)")
     _common(g, sub=True)
@@ -170,16 +181,23 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     with Registry.reading(inputs.desired.settings.central) as reg:
         last = reg.last_run() if reg is not None else None
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
+    backups = status_mod.backup_summary(inputs.desired, observed)
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
-                           "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}))
+                           "tenants": [r.__dict__ | {"in_sync": r.in_sync} for r in rows]}
+                          | ({"backups": backups.__dict__} if backups else {})))
     else:
         def ver(v: int | None) -> str:
             return "-" if v is None else f"v{v}"
         _out(render.table(
-            ("TENANT", "WANT", "REGION", "VERSION", "STATUS", "PENDING"),
+            ("TENANT", "WANT", "REGION", "VERSION", "STATUS", "PENDING")
+            + (("BACKUP",) if backups else ()),
             ((r.tenant, f"{r.want_region} {ver(r.want_version)}", r.region, ver(r.version),
-              r.status, r.pending or "in sync") for r in rows)))
+              r.status, r.pending or "in sync")
+             + ((render.backup_cell(r.backup_txid, r.backup_lag),) if backups else ())
+             for r in rows)))
+        if backups is not None:
+            _out(backups.line())
         if last is not None:
             _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
         else:
@@ -280,6 +298,11 @@ def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
 def cmd_restore(args: argparse.Namespace, logger: Any) -> int:
     from reconciler import restore
 
+    if args.at is not None:
+        return _restore_at(args, logger)
+    if args.to is not None or args.dry_run:
+        _err("error: --to and --dry-run go with --at (a point-in-time restore)")
+        return EXIT_ERROR
     inputs = engine.load(engine.config_path(args.config))
     done = restore.restore_file(inputs, args.tenant, Path(args.source), logger,
                                 wait=not args.no_wait)
@@ -289,6 +312,50 @@ def cmd_restore(args: argparse.Namespace, logger: Any) -> int:
     else:
         _out(f"restored {done.tenant} from {done.source} → {done.path} (region {done.region}, "
              f"v{done.version}); run `reconcile` to bring it to the target schema")
+    return EXIT_OK
+
+
+def _restore_at(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import pitr
+
+    at = pitr.parse_time(args.at)
+    inputs = engine.load(engine.config_path(args.config))
+    done = pitr.restore_at(inputs, args.tenant, at, logger,
+                           to=Path(args.to) if args.to else None, dry_run=args.dry_run,
+                           wait=not args.no_wait)
+    if args.json:
+        _out(render.dumps({k: str(v) if isinstance(v, Path) else v
+                           for k, v in done.__dict__.items()}))
+        return EXIT_OK
+    rows = ", ".join(f"{t} {n}" for t, n in done.tables.items()) or "no tables"
+    what = (f"restored {done.tenant} as of {done.at} → {done.path} (v{done.version}; "
+            f"{rows}); the replaced file is retired at {done.retired}" if done.applied else
+            f"{done.tenant} as of {done.at} verified (v{done.version}; {rows}) → "
+            + (f"written to {done.path}" if args.to else "dry run: nothing changed"))
+    _out(what)
+    return EXIT_OK
+
+
+def cmd_backups(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import pitr
+
+    inputs = engine.load(engine.config_path(args.config))
+    if inputs.desired.settings.backup is None:
+        _err("error: backups are off — set settings.backup in "
+             f"{inputs.config.name} (see README, Backups)")
+        return EXIT_ERROR
+    found = pitr.points(inputs, args.tenant)
+    if args.json:
+        _out(render.dumps([p.__dict__ for p in found]))
+        return EXIT_OK
+    if not found:
+        _out(f"no backups recorded for {args.tenant}")
+        return EXIT_OK
+    _out(render.table(("LINEAGE", "FILE", "FROM", "TO", "TXID", "STATE", "REPLICA"),
+                      ((p.lineage, p.path, pitr.iso(p.earliest), pitr.iso(p.latest),
+                        str(p.txid), p.error or ("current" if p.ended_at is None else
+                                            f"ended {p.ended_at}"), p.url)
+                       for p in found)))
     return EXIT_OK
 
 
@@ -321,6 +388,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "daemon": cmd_daemon,
     "restore": cmd_restore,
     "gc": cmd_gc,
+    "backups": cmd_backups,
 }
 
 

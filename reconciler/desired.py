@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from reconciler import backup as backup_mod
+from reconciler.backup import BackupSettings
 from reconciler.errors import InvalidInput, Problem
 from reconciler.yamlnodes import (
     BAD,
@@ -97,6 +99,7 @@ class Settings:
     busy_timeout: float = 5.0
     rollout: Rollout = field(default_factory=Rollout)
     git: GitSettings | None = None
+    backup: BackupSettings | None = None  # settings.backup: Litestream replication (issue 14)
 
     @property
     def archive_dir(self) -> Path:
@@ -208,9 +211,10 @@ def _capped(problems: list[Problem], file: str) -> list[Problem]:
 
 
 _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prune",
-                  "prune_limit", "interval", "busy_timeout", "rollout", "git")
+                  "prune_limit", "interval", "busy_timeout", "rollout", "git", "backup")
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot")
 _GIT_KEYS = ("remote", "branch")
+_BACKUP_KEYS = ("replica", "retention", "sync_interval", "lag_threshold")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
@@ -370,6 +374,8 @@ class _Checker(NodeChecker):
             raw["rollout"] = self.rollout(nodes["rollout"])
         if "git" in nodes and not is_null(nodes["git"]):  # `git:` left empty: pull mode off
             raw["git"] = self.git(nodes["git"])
+        if "backup" in nodes and not is_null(nodes["backup"]):  # `backup:` empty: off
+            raw["backup"] = self.backup(nodes["backup"], base)
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
                         migrations_dir=migrations.path, **given), latest
@@ -425,6 +431,38 @@ class _Checker(NodeChecker):
             if s is not None:
                 g[key] = s
         return GitSettings(**g)
+
+    def backup(self, node: yaml.Node, base: Path) -> BackupSettings | None:
+        """``settings.backup`` (issue 14): rules in ``reconciler.backup``."""
+        b: dict[str, Any] = {}
+        for key, _k, v in self.mapping(node, "settings.backup", _BACKUP_KEYS,
+                                       "write for example `backup: {replica: "
+                                       "file:///srv/backups}`"):
+            what = f"settings.backup.{key}"
+            if key == "replica":
+                text = self.text_of(v, what, "write a URL such as file:///srv/backups")
+                if text is not None:
+                    url, message, hint = backup_mod.check_replica(text, base)
+                    if url is None:
+                        self.error(v, message, hint)
+                    b["replica"] = url
+            elif key == "retention":
+                b[key] = self.duration(v, what, 3650 * 86400.0, allow_zero=False)
+                if b[key] is not None and b[key] < backup_mod.MIN_RETENTION:
+                    self.error(v, f"{what} must be at least 1h, got {b[key]:g}s",
+                               "write for example 24h or 7d")
+                    b[key] = None
+            else:
+                b[key] = self.duration(v, what, backup_mod.MAX_SYNC_INTERVAL if
+                                       key == "sync_interval" else 30 * 86400.0,
+                                       allow_zero=False)
+        if "replica" not in b:
+            self.error(node, "settings.backup needs a replica",
+                       "write for example `backup: {replica: file:///srv/backups}`")
+            return None
+        if any(v is None for v in b.values()):
+            return None  # each already reported
+        return BackupSettings(**b)
 
     def globals_(self, node: yaml.Node | None) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from reconciler import desired as desired_mod
 from reconciler import migrations as migrations_mod
+from reconciler import replication
 from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
@@ -159,6 +160,8 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
                       log.bind(revision=short(inputs.revision)), stop or never,
                       retry_failed, progress, stop_now or never)
         result = apply(the_plan, ctx)
+        if inputs.desired.settings.backup is not None:  # issue 14: Litestream follows
+            replication.sync_registrations(inputs.desired.settings, registry, log)
         registry.record_run(started, inputs.revision,
                             summary(result) + (f"; {note}" if note else ""),
                             {"failed": [o.tenant for o in result.failed],

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote_from_bytes
 
+from reconciler import replication
 from reconciler.desired import Desired
 from reconciler.state import FileState as FileState
 from reconciler.state import FileStates as FileStates
@@ -255,11 +256,13 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None) -> O
     files = FileStates(_read_many(texts, timeout))
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
+    when = time.time() if now is None else now
     return Observed(
         registry=registry,
         files=files,
         regions=MappingProxyType(regions),
         archives=MappingProxyType(archives),
-        now=time.time() if now is None else now,
+        now=when,
         declared=declared,
+        backups=replication.observe(desired, registry, when),  # None: backups off
     )

@@ -20,7 +20,7 @@ SYMBOLS = {
     Kind.CREATE: "+", Kind.ADOPT: "=", Kind.RESTORE: "<", Kind.RELOCATE: ">",
     Kind.MIGRATE: "~", Kind.ARCHIVE: "-", Kind.CORRECT: "*", Kind.MISSING: "!",
     Kind.ORPHANED: "?", Kind.DOWNGRADE: "!", Kind.SUSPENDED: " ", Kind.FAILED: "!",
-    Kind.INVALID: "!", Kind.PENDING: "!",
+    Kind.INVALID: "!", Kind.PENDING: "!", Kind.NO_BACKUP: "!",
 }
 
 
@@ -188,3 +188,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False, default=str)
+
+
+def backup_cell(txid: int | None, lag: float | None) -> str:
+    """``status``'s BACKUP column: Litestream's txid and the lag, or ``-``."""
+    if lag is None:
+        return "-" if txid is None else "none"
+    return f"tx {txid} · lag {lag:.1f}s"

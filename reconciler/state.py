@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from reconciler.backup import BackupState
+
 STATUSES = ("active", "pending", "migrating", "relocating", "suspended", "failed",
             "missing", "orphaned", "archived")
 
@@ -148,6 +150,8 @@ class Observed:
     # declared tenant → the text of the path its file belongs at (== the text of
     # desired.tenant_path), so the planner's steady-state check needs no Path at all
     declared: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # tenant → its backup as Litestream reports it; None when settings.backup is off
+    backups: Mapping[str, BackupState] | None = None
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)

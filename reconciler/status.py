@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
@@ -25,6 +26,10 @@ class StatusRow:
     version: int | None  # the file's user_version (the truth)
     status: str
     pending: str  # what the plan would do, or "" when in sync
+    # backups (issue 14; None when settings.backup is off or the tenant is not replicated)
+    backup_txid: int | None = None  # Litestream's txid of the file
+    backup_synced_at: float | None = None  # epoch seconds of its last successful sync
+    backup_lag: float | None = None  # seconds the replica is behind (None: unknown)
 
     @property
     def in_sync(self) -> bool:
@@ -51,5 +56,43 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
             status=("suspended" if spec and spec.suspended and row is None else
                     row.status if row else "absent"),
             pending=pending,
+            **_backup_fields(observed, name),
         ))
     return out
+
+
+def _backup_fields(observed: Observed, name: str) -> dict[str, Any]:
+    b = observed.backups.get(name) if observed.backups is not None else None
+    if b is None:
+        return {}
+    return {"backup_txid": b.txid, "backup_synced_at": b.synced_at, "backup_lag": b.lag}
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    """The fleet's backups in one line: tenants replicated, lagging beyond the
+    threshold (seconds), and without any confirmed backup."""
+
+    replicated: int
+    lagging: int
+    without: int
+    threshold: float
+    max_lag: float | None
+
+    def line(self) -> str:
+        worst = f", worst lag {self.max_lag:.1f}s" if self.max_lag is not None else ""
+        return (f"backups: {self.replicated} replicated, {self.lagging} lagging more than "
+                f"{self.threshold:g}s, {self.without} without a backup{worst}")
+
+
+def backup_summary(desired: Desired, observed: Observed) -> BackupSummary | None:
+    if observed.backups is None or desired.settings.backup is None:
+        return None
+    threshold = desired.settings.backup.threshold
+    lags = [b.lag for b in observed.backups.values() if b.lag is not None]
+    return BackupSummary(
+        replicated=sum(1 for b in observed.backups.values() if b.good(threshold)),
+        lagging=sum(1 for b in observed.backups.values()
+                    if b.lag is not None and b.lag > threshold),
+        without=sum(1 for b in observed.backups.values() if b.lag is None),
+        threshold=threshold, max_lag=max(lags) if lags else None)
