@@ -97,7 +97,8 @@ def points(inputs: Inputs, tenant: str) -> list[RestorePoints]:
 def choose(found: list[RestorePoints], at: datetime) -> RestorePoints:
     """The newest lineage that existed at ``at`` (its earliest restore point ≤ at)."""
     t = at.timestamp()
-    usable = [p for p in found if p.earliest is not None and p.earliest <= t]
+    # stamps are whole seconds, truncated: a file stamped S.3 is only "before" S+1
+    usable = [p for p in found if p.earliest is not None and p.earliest + 1 <= t]
     if not usable:
         ranges = ", ".join(f"{iso(p.earliest)} … {iso(p.latest)}" for p in found
                            if p.earliest is not None) or "none"
@@ -146,9 +147,19 @@ def verify(path: Path, latest: int, busy_timeout: float) -> Verified:
     return Verified(path, version, tables)
 
 
-def stage(url: str, out: Path, at: datetime, latest: int, busy_timeout: float) -> Verified:
-    """Restore ``url`` as of ``at`` into the new file ``out`` and verify it; on any
-    failure nothing is left at ``out``."""
+def target(point: RestorePoints, at: datetime) -> datetime | None:
+    """The ``-timestamp`` to give Litestream: ``at``, or None (its newest state) when
+    ``at`` is past the lineage's last capture — Litestream refuses a time beyond it, and
+    the state then is the last one replicated."""
+    if point.latest is not None and at.timestamp() >= point.latest + 1:
+        return None
+    return at
+
+
+def stage(url: str, out: Path, at: datetime | None, latest: int, busy_timeout: float
+          ) -> Verified:
+    """Restore ``url`` as of ``at`` (None: its newest state) into the new file ``out``
+    and verify it; on any failure nothing is left at ``out``."""
     partial = out.with_name(out.name + ".partial")
     for p in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
         tenantdb.remove_quietly(p)  # a killed stage's, never in service
@@ -196,7 +207,7 @@ def restore_at(inputs: Inputs, tenant: str, at: datetime, log: Logger, *,
     if to is not None:
         if os.path.lexists(to):
             raise PermanentError(f"{to} exists — --to writes a new file; pick another name")
-        done = stage(chosen.url, to.absolute(), at, latest, timeout)
+        done = stage(chosen.url, to.absolute(), target(chosen, at), latest, timeout)
         return PitrResult(tenant, when, chosen.lineage, done.path, done.version,
                           done.tables, None, False)
     staging = settings.data_dir / "_restore"
@@ -204,7 +215,7 @@ def restore_at(inputs: Inputs, tenant: str, at: datetime, log: Logger, *,
     if dry_run:
         probe = relocate.free_name(staging, f".{tenant}-dry-run")
         try:
-            done = stage(chosen.url, probe, at, latest, timeout)
+            done = stage(chosen.url, probe, target(chosen, at), latest, timeout)
         finally:
             tenantdb.remove_quietly(probe)  # our own scratch copy, never in service
         return PitrResult(tenant, when, chosen.lineage, Path(chosen.path), done.version,
@@ -222,7 +233,7 @@ def restore_at(inputs: Inputs, tenant: str, at: datetime, log: Logger, *,
                                  f"{journal.phase}); run `reconcile` to finish it first")
         _retire_leftovers(staging, tenant, settings.retired_dir)
         staged = relocate.free_name(staging, tenant)
-        done = stage(chosen.url, staged, at, latest, timeout)
+        done = stage(chosen.url, staged, target(chosen, at), latest, timeout)
         crash_point("pitr:after-stage")
         live = Path(row.path)
         retired = relocate.free_name(settings.retired_dir, f"{tenant}-{row.region}")

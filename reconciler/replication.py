@@ -315,7 +315,7 @@ class Supervisor:
                 litestream.ensure_bucket(url)
         return subprocess.Popen([litestream.binary(), "replicate", "-no-expand-env",
                                  "-config", str(where)], stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
 
     def _run(self) -> None:
         delay = RESTART_MIN
@@ -389,6 +389,17 @@ class Supervisor:
             self._thread.join(timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(litestream.socket_path(self.settings.central))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the daemon dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``), so a restarted daemon never finds a second Litestream
+    replicating the same files. Its own session keeps a terminal's Ctrl-C away from it:
+    the daemon stops it after finishing its pass."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _has_lineages(reg: Registry) -> bool:
