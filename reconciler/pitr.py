@@ -298,14 +298,21 @@ def finish_retire(journal: JournalRow, ctx: Context) -> JournalRow:
 
 
 def _retire_leftovers(staging: Path, tenant: str, retired_dir: Path) -> None:
-    """Staged copies of a killed earlier restore of ``tenant`` (never in service, no
-    journal names them): moved to ``_retired/`` — nothing is deleted."""
+    """What a killed earlier restore of ``tenant`` left (no journal names it): a
+    verified staged copy moves to ``_retired/``; an unfinished Litestream output
+    (``….partial``, a scratch copy of the replica, never tenant data) is removed."""
     try:
         entries = list(os.scandir(staging))
     except FileNotFoundError:
         return
     for e in entries:
-        stem = e.name[:-3] if e.name.endswith(".db") else None
-        if stem and stem.rpartition("-")[0] == tenant and e.is_file(follow_symlinks=False):
+        if not e.is_file(follow_symlinks=False):
+            continue
+        base = e.name.lstrip(".").split(".db", 1)[0]
+        if base.rpartition("-")[0] not in (tenant, f"{tenant}-dry-run"):
+            continue
+        if e.name.endswith(".db") and not e.name.startswith("."):
             tenantdb.ensure_dir(retired_dir)
             os.rename(e.path, relocate.free_name(retired_dir, f"{tenant}-staged"))
+        elif ".db.partial" in e.name or e.name.startswith("."):
+            tenantdb.remove_quietly(Path(e.path))
