@@ -49,7 +49,7 @@ def test_nats_replica_unreachable_fleet_serves_lag_reported_then_caught_up(
             lag = rows["aaron"]["backup_lag"]
             return data if lag is not None and lag > 2 else None
         data = wait_for(lagging, what="aaron's lag above the threshold")
-        assert data["backups"]["lagging"] >= 1  # type: ignore[index]
+        assert data["backups"]["lagging"] >= 1
         plan = fleet.run("plan")
         assert "no-backup" in plan.stdout and "aaron" in plan.stdout, plan.stdout
         idle = {r["tenant"]: r for r in status(fleet)["tenants"]}["acme"]
