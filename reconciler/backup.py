@@ -76,7 +76,7 @@ def check_replica(text: str, base: Path) -> tuple[str | None, str, str]:
     if scheme not in REPLICA_SCHEMES:
         return None, f"settings.backup.replica scheme {parts.scheme!r} is not one " \
             "Litestream replicates to", f"use one of {', '.join(REPLICA_SCHEMES)}"
-    if parts.username or parts.password or any(
+    if parts.password or any(
             k in parts.query.lower() for k in ("secret", "password", "key=", "token")):
         return None, "settings.backup.replica holds credentials", \
             "remove them from the URL: Litestream reads them from the environment " \
@@ -92,6 +92,7 @@ def check_replica(text: str, base: Path) -> tuple[str | None, str, str]:
             "_", "").isalnum():
         return None, "settings.backup.replica NATS URL needs a bucket name prefix " \
             "(letters, digits, - and _)", "write nats://HOST:PORT/tenants"
+    # (a user name is no secret: abs://ACCOUNT@container, sftp://user@host)
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), parts.query, "")), "", ""
 
 
