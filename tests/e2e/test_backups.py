@@ -130,6 +130,18 @@ def test_killed_litestream_is_restarted_and_catches_up(
     events = fleet.registry("SELECT action, outcome FROM events WHERE action = 'backup'")
     assert ("backup", "litestream-exit") in events  # reported, not only logged
 
+    # a daemon restart carries on with the same lineages (its config comes from them)
+    assert daemon.stop() == 0
+    again = Daemon(fleet)
+    try:
+        again.replicated(len(TENANTS))
+        write(fleet, "acme.yoursaas.com", "after-daemon-restart")
+        again.caught_up(live, time.time())
+        points = json.loads(fleet.run("backups", "acme", "--json").stdout)
+        assert len(points) == 1 and points[0]["txid"] >= 3
+    finally:
+        again.stop()
+
 
 def test_archive_stops_replication_and_keeps_the_replica(
         replicated: tuple[Fleet, Daemon], tmp_path: Path) -> None:
