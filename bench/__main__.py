@@ -19,11 +19,11 @@ from functools import partial
 from pathlib import Path
 
 import reconciler
-from bench import daemon, fleets, migrate, noop, relocate, routing
+from bench import backups, daemon, fleets, migrate, noop, relocate, routing
 from bench.timing import Row, markdown, print_row
 
 SIZES = {"1k": 1_000, "10k": 10_000, "100k": 100_000}
-SCENARIOS = ("noop", "migrate", "relocate", "routing", "daemon")
+SCENARIOS = ("noop", "migrate", "relocate", "routing", "daemon", "backups")
 
 
 def machine() -> str:
@@ -105,6 +105,10 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
         for size in sizes:
             if size >= 10_000 or len(sizes) == 1:
                 out.append(("daemon", partial(daemon.run, size, args.root, args.idle)))
+    if "backups" in only:  # daemon starts dominate: at most 3 alternations
+        for size in sizes:
+            out.append(("backups", partial(backups.run, size, min(3, args.repeats),
+                                           args.root)))
     return out
 
 

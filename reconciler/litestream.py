@@ -39,7 +39,13 @@ MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
 
 
 class LitestreamDown(RetryableError):
-    """Litestream's control socket does not answer (not running, or restarting)."""
+    """Litestream's control socket does not answer (not running, or restarting).
+    ``listening`` is False when nothing listens on it at all (connection refused, or
+    the socket file is gone): then no Litestream holds any file."""
+
+    def __init__(self, message: str, listening: bool = True) -> None:
+        super().__init__(message)
+        self.listening = listening
 
 
 def binary() -> str:
@@ -139,7 +145,9 @@ class Control:
             resp = conn.getresponse()
             data = json.loads(resp.read() or b"{}")
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise LitestreamDown(f"litestream control socket {self.path}: {exc}") from exc
+            raise LitestreamDown(f"litestream control socket {self.path}: {exc}",
+                                 not isinstance(exc, ConnectionRefusedError | FileNotFoundError)
+                                 ) from exc
         finally:
             conn.close()
         if resp.status != 200:

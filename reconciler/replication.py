@@ -166,12 +166,21 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
             if n not in want and (r.status == "relocating" or n in snapshot.journal)}
     changed = 0
     current = {lin.tenant: lin for lin in lineages(registry)}
+    todo = []
+    for tenant, path in sorted(want.items()):
+        old, inode = current.get(tenant), _inode(path)
+        if inode is not None and (old is None or str(path) not in running or
+                                  not same_file(old, path, inode, backup)):
+            todo.append((tenant, path))
+    wanted_paths = {str(p) for p in want.values()}
+    extra = sorted(set(running) - wanted_paths - busy)
+    ended = {t for t in set(current) - set(want) - set(snapshot.journal)
+             if (row := snapshot.tenants.get(t)) is None or
+             row.status in ("archived", "missing")}
+    if not (todo or extra or ended):
+        return 0  # the steady state: no registry transaction
     with registry.transaction():
-        for tenant, path in sorted(want.items()):
-            old = current.get(tenant)
-            known = old is not None and same_file(old, path, _inode(path), backup)
-            if known and str(path) in running:
-                continue
+        for tenant, path in todo:
             try:
                 if str(path) in running:  # a new file under a path Litestream holds
                     ctl.unregister(path)
@@ -183,15 +192,12 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
                 changed += 1
             except ReconcileError as exc:
                 log.warning("backups: cannot register", tenant=tenant, error=str(exc))
-        wanted_paths = {str(p) for p in want.values()}
-        for extra in sorted(set(running) - wanted_paths - busy):
+        for gone in extra:
             with contextlib.suppress(ReconcileError):
-                ctl.unregister(Path(extra))
+                ctl.unregister(Path(gone))
                 changed += 1
-        for tenant in set(current) - set(want) - {n for n in snapshot.journal}:
-            row = snapshot.tenants.get(tenant)
-            if row is None or row.status in ("archived", "missing"):
-                end_lineage(registry, tenant)
+        for tenant in ended:
+            end_lineage(registry, tenant)
     if changed:
         log.info("backups: litestream databases updated", changed=changed,
                  replicated=len(want))
@@ -211,9 +217,9 @@ def release(settings: Settings, path: Path, wait: float = 15.0) -> None:
         try:
             ctl.unregister(path)
             return
-        except litestream.LitestreamDown:
-            if not os.path.exists(ctl.path):
-                return  # it stopped meanwhile: nothing holds the file
+        except litestream.LitestreamDown as exc:
+            if not exc.listening:
+                return  # no Litestream runs (a stale socket): nothing holds the file
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -230,9 +236,14 @@ def handover(settings: Settings, registry: Registry, tenant: str, new: Path, old
     with registry.transaction():
         lin = lineage_for(registry, settings, backup, tenant, new, current)
     if lin is not None:
-        litestream.ensure_bucket(lin.url)
-        ctl.register(new, lin.url)
-        ctl.sync(new, timeout)
+        try:
+            litestream.ensure_bucket(lin.url)
+            ctl.register(new, lin.url)
+            ctl.sync(new, timeout)
+        except litestream.LitestreamDown as exc:
+            if exc.listening:
+                raise  # running but not answering: the retirement waits
+            return  # not running: nothing to hand over, nothing holds the old file
     release(settings, old)
 
 
