@@ -67,7 +67,8 @@ class Daemon:
                 return int(entry.name)
         return None
 
-    def replicated(self, n: int) -> dict[str, litestream.Replicated]:
+    def replicated(self, n: int, timeout: float = PATIENCE
+                   ) -> dict[str, litestream.Replicated]:
         """Wait until Litestream replicates ``n`` databases, each synced at least once."""
         def ready() -> dict[str, litestream.Replicated] | None:
             try:
@@ -76,7 +77,7 @@ class Daemon:
                 return None
             ok = {p: d for p, d in dbs.items() if d.synced_at is not None}
             return ok if len(ok) == n else None
-        got: dict[str, litestream.Replicated] = wait_for(ready, what=f"{n} replicated")
+        got: dict[str, litestream.Replicated] = wait_for(ready, timeout, f"{n} replicated")
         return got
 
     def caught_up(self, path: Path, after: float) -> None:
