@@ -57,13 +57,13 @@ def _children(pid: int) -> list[int]:
 
 
 def scratch(size: int, root: Path) -> Path:
-    """A private copy of the converged WAL fleet of ``size`` tenants."""
-    fleet = fleets.get(fleets.FleetSpec(size, mode="wal"), root)
-    base = root / f"backups-{size}"
-    if base.exists():
-        shutil.rmtree(base)
-    shutil.copytree(fleet.root, base, ignore=shutil.ignore_patterns("*.pristine.db"))
-    return base
+    """A private converged WAL fleet of ``size`` tenants, generated under its own root
+    (never a copy of the shared cached fleets: their registry names their own files,
+    and Litestream would write to those)."""
+    private = root / "backups-scratch"
+    if private.exists():
+        shutil.rmtree(private)
+    return fleets.get(fleets.FleetSpec(size, mode="wal"), private).root
 
 
 def write_config(base: Path, size: int, backup: bool) -> None:
@@ -188,7 +188,7 @@ def run(size: int, repeats: int, root: Path) -> list[Row]:
             d.stop()
     replica_mb = sum(f.stat().st_size for f in (base / "replica").rglob("*") if f.is_file()
                      ) / 2**20
-    shutil.rmtree(base, ignore_errors=True)
+    shutil.rmtree(base.parent, ignore_errors=True)
     return [
         Row(f"app writes/s with backups, 1-row txns over {WRITERS_TENANTS} of {per} tenants",
             "daemon + Litestream (file://, sync 1s)", 1.0 / median(with_tps),
