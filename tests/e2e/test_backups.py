@@ -143,29 +143,16 @@ def test_killed_litestream_is_restarted_and_catches_up(
         again.stop()
 
 
-def test_archive_stops_replication_and_keeps_the_replica(
+def test_files_leaving_service_are_handed_over_relocation_first_archive_keeps_the_replica(
         replicated: tuple[Fleet, Daemon], tmp_path: Path) -> None:
     fleet, daemon = replicated
+    replica = (tmp_path / "backups").as_uri()
+    write(fleet, "aaron.yoursaas.com", "moving")
     write(fleet, "hooli.yoursaas.com", "keep-me")
     daemon.caught_up(fleet.path("hooli", "eu"), time.time())
-    declare(fleet, {k: v for k, v in TENANTS.items() if k != "hooli"},
-            (tmp_path / "backups").as_uri(), prune="archive")
-    out = fleet.run("apply")
-    assert out.returncode in (0, 3), out.stderr
-    wait_for(lambda: str(fleet.path("hooli", "eu")) not in daemon.control.databases(),
-             what="hooli unregistered")
-    assert not fleet.path("hooli", "eu").exists()
-    assert not (fleet.data / "eu" / "hooli.db-wal").exists()  # Litestream let go first
-    assert any((tmp_path / "backups" / "hooli").rglob("*.ltx"))  # kept for its retention
-    assert json.loads(fleet.run("backups", "hooli", "--json").stdout)[0]["ended_at"]
 
-
-def test_relocated_tenant_is_replicated_from_its_new_file_before_the_old_is_retired(
-        replicated: tuple[Fleet, Daemon], tmp_path: Path) -> None:
-    fleet, daemon = replicated
-    write(fleet, "aaron.yoursaas.com", "moving")
-    moved = {**TENANTS, "aaron": {"region": "us"}}
-    declare(fleet, moved, (tmp_path / "backups").as_uri())
+    # relocation: the new file is registered and synced before the old one is retired
+    declare(fleet, {**TENANTS, "aaron": {"region": "us"}}, replica)
     out = fleet.run("apply")
     assert out.returncode in (0, 3), out.stderr
     new = fleet.path("aaron", "us")
@@ -174,3 +161,15 @@ def test_relocated_tenant_is_replicated_from_its_new_file_before_the_old_is_reti
     points = json.loads(fleet.run("backups", "aaron", "--json").stdout)
     assert [p["path"] for p in points] == [str(fleet.path("aaron", "eu")), str(new)]
     assert points[1]["latest"] is not None  # synced before the source was retired
+    assert titles(new) == ["moving"]
+
+    # archive: Litestream lets go first; the replica stays for its retention
+    declare(fleet, {"aaron": {"region": "us"}, "acme": {"region": "us"}}, replica,
+            prune="archive")
+    out = fleet.run("apply")
+    assert out.returncode in (0, 3), out.stderr
+    assert str(fleet.path("hooli", "eu")) not in daemon.control.databases()
+    assert not fleet.path("hooli", "eu").exists()
+    assert not (fleet.data / "eu" / "hooli.db-wal").exists()  # nothing recreated it
+    assert any((tmp_path / "backups" / "hooli").rglob("*.ltx"))
+    assert json.loads(fleet.run("backups", "hooli", "--json").stdout)[0]["ended_at"]
