@@ -316,7 +316,41 @@ class Supervisor:
         self._thread.start()
         return self
 
+    def _prepare(self) -> None:
+        """Before Litestream starts: record a lineage for every file in service that has
+        none, so the generated config lists the whole fleet and Litestream opens it at
+        start-up, rather than one ``register`` request per file afterwards (measured
+        ~5 files/s at several thousand on this machine). Skipped when a pass holds the
+        lock; that pass registers what is new when it ends."""
+        backup = self.backup
+        lock = FleetLock(self.settings.central)
+        try:
+            lock.acquire(wait=False)
+        except LockHeld:
+            return
+        try:
+            if not os.path.exists(self.settings.central):
+                return
+            registry = Registry.open(self.settings.central)
+            try:
+                snapshot = registry.snapshot()
+                current = {lin.tenant: lin for lin in lineages(registry)}
+                with registry.transaction():
+                    for tenant, path in sorted(_served(snapshot).items()):
+                        old = current.get(tenant)
+                        if old is None or not same_file(old, path, _inode(path), backup):
+                            lineage_for(registry, self.settings, backup, tenant, path,
+                                        current)
+            finally:
+                registry.close()
+        except (ReconcileError, OSError, sqlite3.Error) as exc:
+            self.log.warning("backups: recording lineages before start failed",
+                             error=str(exc))
+        finally:
+            lock.release()
+
     def _spawn(self) -> subprocess.Popen[bytes]:
+        self._prepare()
         where = self.settings.central.parent / ".litestream.yml"
         tenantdb.ensure_dir(where.parent)
         with litestream.config_file(self.config(), where):
