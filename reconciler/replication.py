@@ -323,6 +323,20 @@ class Supervisor:
         ~5 files/s at several thousand on this machine). Skipped when a pass holds the
         lock; that pass registers what is new when it ends."""
         backup = self.backup
+
+        def record(registry: Registry) -> None:
+            snapshot = registry.snapshot()
+            current = {lin.tenant: lin for lin in lineages(registry)}
+            with registry.transaction():
+                for tenant, path in sorted(_served(snapshot).items()):
+                    old = current.get(tenant)
+                    if old is None or not same_file(old, path, _inode(path), backup):
+                        lineage_for(registry, self.settings, backup, tenant, path, current)
+        self._with_registry(record, "recording lineages before start")
+
+    def _with_registry(self, work: Callable[[Registry], object], what: str) -> None:
+        """``work`` on the registry under the fleet lock; skipped when a pass holds the
+        lock (the pass does the same at its end) or there is no registry yet."""
         lock = FleetLock(self.settings.central)
         try:
             lock.acquire(wait=False)
@@ -333,19 +347,11 @@ class Supervisor:
                 return
             registry = Registry.open(self.settings.central)
             try:
-                snapshot = registry.snapshot()
-                current = {lin.tenant: lin for lin in lineages(registry)}
-                with registry.transaction():
-                    for tenant, path in sorted(_served(snapshot).items()):
-                        old = current.get(tenant)
-                        if old is None or not same_file(old, path, _inode(path), backup):
-                            lineage_for(registry, self.settings, backup, tenant, path,
-                                        current)
+                work(registry)
             finally:
                 registry.close()
         except (ReconcileError, OSError, sqlite3.Error) as exc:
-            self.log.warning("backups: recording lineages before start failed",
-                             error=str(exc))
+            self.log.warning(f"backups: {what} failed", error=str(exc))
         finally:
             lock.release()
 
@@ -392,22 +398,9 @@ class Supervisor:
 
     def _register(self) -> None:
         """Bring a fresh Litestream up to date with the registry (files created while it
-        was down). Skipped when a pass holds the lock: the pass does it at its end."""
-        lock = FleetLock(self.settings.central)
-        try:
-            lock.acquire(wait=False)
-        except LockHeld:
-            return
-        try:
-            registry = Registry.open(self.settings.central)
-            try:
-                sync_registrations(self.settings, registry, self.log)
-            finally:
-                registry.close()
-        except (ReconcileError, OSError, sqlite3.Error) as exc:
-            self.log.warning("backups: registering after start failed", error=str(exc))
-        finally:
-            lock.release()
+        was down)."""
+        self._with_registry(lambda reg: sync_registrations(self.settings, reg, self.log),
+                            "registering after start")
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
         ctl = litestream.Control(litestream.socket_path(self.settings.central))
