@@ -34,6 +34,10 @@ DEFAULT_SYNC_INTERVAL = 1.0
 LAG_FACTOR = 5  # lag_threshold defaults to 5 × sync_interval
 MAX_SYNC_INTERVAL = 3600.0
 MIN_RETENTION = 3600.0  # Litestream's snapshots are daily; less keeps nothing useful
+# tables Litestream creates in every file it replicates (db.go: _litestream_seq forces WAL
+# writes, _litestream_lock takes the write lock during a sync; never holds user rows):
+# schema comparisons (drift, reference schemas) must leave them out
+LITESTREAM_TABLES = frozenset({"_litestream_seq", "_litestream_lock"})
 
 
 @dataclass(frozen=True)

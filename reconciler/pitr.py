@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler import archive, litestream, relocate, replication, tenantdb
+from reconciler.backup import LITESTREAM_TABLES
 from reconciler.context import Context, Logger, crash_point, record
 from reconciler.context import Outcome as Outcome
 from reconciler.engine import Inputs, locked_registry
@@ -138,7 +139,7 @@ def verify(path: Path, latest: int, busy_timeout: float) -> Verified:
                 n = 0
                 for _row in conn.execute(f'SELECT * FROM "{name.replace(chr(34), chr(34) * 2)}"'):
                     n += 1  # reads every column of every row
-                if not name.startswith("_litestream_"):
+                if name not in LITESTREAM_TABLES:
                     tables[name] = n
         finally:
             conn.close()
