@@ -19,11 +19,12 @@ from functools import partial
 from pathlib import Path
 
 import reconciler
-from bench import daemon, drift, fleets, migrate, noop, relocate, routing, scrape
+from bench import backups, daemon, drift, fleets, migrate, noop, relocate, routing, scrape
 from bench.timing import Row, markdown, print_row
 
 SIZES = {"1k": 1_000, "10k": 10_000, "100k": 100_000}
-SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon", "scrape")
+SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon", "scrape",
+             "backups")
 
 
 def machine() -> str:
@@ -111,6 +112,10 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
         for size in sizes:
             if size >= 10_000 or len(sizes) == 1:
                 out.append(("daemon", partial(daemon.run, size, args.root, args.idle)))
+    if "backups" in only:  # daemon starts dominate: at most 3 alternations
+        for size in sizes:
+            out.append(("backups", partial(backups.run, size, min(3, args.repeats),
+                                           args.root)))
     return out
 
 

@@ -26,7 +26,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from reconciler import fleet, relocate, tenantdb
+from reconciler import fleet, relocate, replication, tenantdb
 from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError
 from reconciler.plan import Action, Kind
@@ -61,6 +61,7 @@ def archive(action: Action, ctx: Context) -> Outcome:
         assert journal is not None
     assert journal.source and journal.dest
     source, target = Path(journal.source), Path(journal.dest)
+    replication.release(ctx.desired.settings, source)  # Litestream lets go first
     relocate.move_out(source, target, ctx.desired.settings.busy_timeout, "archive:during-move")
     crash_point("archive:after-move")
     version = relocate.fingerprint_file(target, ctx.desired.settings.busy_timeout,
@@ -89,6 +90,10 @@ def restore(action: Action, ctx: Context) -> Outcome:
     timeout = ctx.desired.settings.busy_timeout
     journal = ctx.registry.journal_row(name)
     fleet.check_journal(ctx.desired, journal)  # its own fleet's files only
+    if journal is not None and journal.action == "pitr":  # issue 14: live file out first
+        from reconciler import pitr  # (pitr builds on this module)
+
+        journal = pitr.finish_retire(journal, ctx)
     if journal is not None and journal.action != "restore":
         raise PermanentError(f"{name} has an unfinished {journal.action} (phase "
                              f"{journal.phase}); it is finished first")

@@ -163,11 +163,22 @@ def parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("restore", help="verify a file and put it in service for a missing "
                         "tenant")
     _common(rs, sub=True)
-    rs.add_argument("tenant", help="the missing tenant to put back in service")
-    rs.add_argument("--from", dest="source", required=True, metavar="FILE",
-                    help="a retired or archived copy, or a backup (copied, never moved)")
+    rs.add_argument("tenant", help="the tenant to put back in service")
+    how = rs.add_mutually_exclusive_group(required=True)
+    how.add_argument("--from", dest="source", metavar="FILE",
+                     help="a retired or archived copy, or a backup (copied, never moved)")
+    how.add_argument("--at", metavar="TIME", help="point-in-time restore from the tenant's "
+                     "Litestream replica, e.g. 2026-11-30T10:40:00Z (UTC unless an offset "
+                     "is given); the file it replaces is retired")
+    rs.add_argument("--to", metavar="FILE", help="with --at: write the restored copy to FILE "
+                    "(new) for inspection; the live tenant is not touched")
+    rs.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                    help="with --at: restore and verify a scratch copy, change nothing")
     rs.add_argument("--no-wait", action="store_true", default=argparse.SUPPRESS,
                     help="exit at once if another reconciler holds the lock")
+    bk = sub.add_parser("backups", help="a tenant's restore points (Litestream replicas)")
+    _common(bk, sub=True)
+    bk.add_argument("tenant", help="the tenant whose restore points to list")
     g = sub.add_parser("gc", help="delete retired copies older than a duration (the only "
                        "command that deletes)")
     _common(g, sub=True)
@@ -376,6 +387,7 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     last = Registry.read(inputs.desired.settings.central, Registry.last_run, None)
     in_sync = all(r.in_sync for r in rows) and the_plan.is_empty
     fleet = status_mod.fleet_counts(rows)
+    backups = status_mod.backup_summary(inputs.desired, observed)
     drifted = [r.tenant for r in rows if r.drift]
     checked = inputs.desired.settings.drift != "ignore"
     counts = status_mod.schema_counts(rows, checked) if args.schema else []
@@ -385,11 +397,14 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
                            "tenants": [r.__dict__ | {"in_sync": r.in_sync,
                                                      "needs_person": r.needs_person}
                                        for r in rows]}
-                          | ({"schema": [c.__dict__ for c in counts]} if args.schema else {})))
+                          | ({"schema": [c.__dict__ for c in counts]} if args.schema else {})
+                          | ({"backups": backups.__dict__} if backups else {})))
         return EXIT_OK if in_sync else EXIT_CHANGES
     style = terminal.style_for(sys.stdout)
     _out(compact.status_lines(fleet, rows, target=the_plan.target,
                               show_all=args.all_tenants, style=style))
+    if backups is not None:
+        _out(backups.line())
     if last is not None:
         _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
     else:
@@ -510,6 +525,11 @@ def cmd_metrics(args: argparse.Namespace, logger: Any) -> int:
 def cmd_restore(args: argparse.Namespace, logger: Any) -> int:
     from reconciler import restore
 
+    if args.at is not None:
+        return _restore_at(args, logger)
+    if args.to is not None or args.dry_run:
+        _err("error: --to and --dry-run go with --at (a point-in-time restore)")
+        return EXIT_ERROR
     inputs = engine.load(engine.config_path(args.config))
     done = restore.restore_file(inputs, args.tenant, Path(args.source), logger,
                                 wait=not args.no_wait)
@@ -519,6 +539,50 @@ def cmd_restore(args: argparse.Namespace, logger: Any) -> int:
     else:
         _out(f"restored {done.tenant} from {done.source} → {done.path} (region {done.region}, "
              f"v{done.version}); run `reconcile` to bring it to the target schema")
+    return EXIT_OK
+
+
+def _restore_at(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import pitr
+
+    at = pitr.parse_time(args.at)
+    inputs = engine.load(engine.config_path(args.config))
+    done = pitr.restore_at(inputs, args.tenant, at, logger,
+                           to=Path(args.to) if args.to else None, dry_run=args.dry_run,
+                           wait=not args.no_wait)
+    if args.json:
+        _out(render.dumps({k: str(v) if isinstance(v, Path) else v
+                           for k, v in done.__dict__.items()}))
+        return EXIT_OK
+    rows = ", ".join(f"{t} {n}" for t, n in done.tables.items()) or "no tables"
+    what = (f"restored {done.tenant} as of {done.at} → {done.path} (v{done.version}; "
+            f"{rows}); the replaced file is retired at {done.retired}" if done.applied else
+            f"{done.tenant} as of {done.at} verified (v{done.version}; {rows}) → "
+            + (f"written to {done.path}" if args.to else "dry run: nothing changed"))
+    _out(what)
+    return EXIT_OK
+
+
+def cmd_backups(args: argparse.Namespace, logger: Any) -> int:
+    from reconciler import pitr
+
+    inputs = engine.load(engine.config_path(args.config))
+    if inputs.desired.settings.backup is None:
+        _err("error: backups are off — set settings.backup in "
+             f"{inputs.config.name} (see README, Backups)")
+        return EXIT_ERROR
+    found = pitr.points(inputs, args.tenant)
+    if args.json:
+        _out(render.dumps([p.__dict__ for p in found]))
+        return EXIT_OK
+    if not found:
+        _out(f"no backups recorded for {args.tenant}")
+        return EXIT_OK
+    _out(render.table(("LINEAGE", "FILE", "FROM", "TO", "TXID", "STATE", "REPLICA"),
+                      ((p.lineage, p.path, pitr.iso(p.earliest), pitr.iso(p.latest),
+                        str(p.txid), p.error or ("current" if p.ended_at is None else
+                                            f"ended {p.ended_at}"), p.url)
+                       for p in found)))
     return EXIT_OK
 
 
@@ -584,6 +648,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
     "gc": cmd_gc,
     "completion": cmd_completion,
     "metrics": cmd_metrics,
+    "backups": cmd_backups,
 }
 
 

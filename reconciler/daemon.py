@@ -58,7 +58,7 @@ from typing import Any
 
 import watchfiles
 
-from reconciler import engine, gitpull
+from reconciler import engine, gitpull, replication
 from reconciler.apply import Result
 from reconciler.context import Logger
 from reconciler.desired import GitSettings
@@ -222,6 +222,7 @@ class Daemon:
         self._watcher: Watcher | None = None
         self._last_progress = 0.0
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._replication: replication.Supervisor | None = None  # Litestream (issue 14)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -255,6 +256,7 @@ class Daemon:
                           pull=self.git is not None or self.git_pull)
             self.telemetry = Telemetry(self.log, self.config, self.metrics_addr)
             self._load()
+            self._ensure_replication()
             self.notifier.ready()
             self._cycle(start=True)
             while self.stop_signal is None:
@@ -276,6 +278,8 @@ class Daemon:
         finally:
             reason = (signal.Signals(self.stop_signal).name if self.stop_signal else "error")
             self.notifier.stopping(f"stopping ({reason}); last: {self.summary}")
+            if self._replication is not None:
+                self._replication.stop()
             if self._watcher is not None:
                 self._watcher.stop()
             if watchdog is not None:
@@ -313,6 +317,7 @@ class Daemon:
             reload = True  # the watcher missed something (or could not watch)
         if reload:
             self._load()
+            self._ensure_replication()
         if hup:
             self.notifier.ready()
         if periodic:
@@ -324,6 +329,28 @@ class Daemon:
             self._notify_status()
             if self.stop_signal is None:
                 self._observed(None)
+
+    # ------------------------------------------------------------------ backups
+    def _ensure_replication(self) -> None:
+        """Litestream runs as our child while settings.backup is on; a changed
+        ``settings.backup`` (or data location) restarts it with the new config."""
+        settings = self.inputs.desired.settings if self.inputs is not None else None
+        running = self._replication
+        if running is not None and settings is not None and running.settings == settings:
+            return
+        if running is not None:
+            if settings is not None and settings.backup == running.settings.backup and \
+                    settings.central == running.settings.central:
+                running.settings = settings
+                return
+            running.stop()
+            self._replication = None
+        if settings is not None and settings.backup is not None:
+            revision = self.inputs.revision if self.inputs is not None else ""
+            self._replication = replication.Supervisor(
+                settings, self.log, lambda what, detail: self._record(
+                    "backup", what, revision, **detail)).start()
+            self._replication.wait_ready(10.0)  # the first pass sees it replicating
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -572,6 +599,8 @@ class Daemon:
     def _ensure_watcher(self) -> None:
         """(Re)start the watcher when its directories changed (one appeared or went)."""
         if self.git is not None:  # pull mode: the work tree changes only when we pull
+            if self._replication is not None:
+                self._replication.stop()
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None

@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from reconciler import backup as backup_mod
+from reconciler.backup import BackupSettings
 from reconciler.errors import InvalidInput, Problem
 from reconciler.notifyconfig import NOTIFY_EVENTS as NOTIFY_EVENTS
 from reconciler.notifyconfig import NOTIFY_FORMATS as NOTIFY_FORMATS
@@ -106,6 +108,7 @@ class Settings:
     # repr=False: plan.rollout_key hashes repr(settings), and adding a webhook must not
     # start a new rollout (nor lift a halt)
     notify: tuple[NotifyTarget, ...] = field(default=(), repr=False)
+    backup: BackupSettings | None = None  # settings.backup: Litestream replication (issue 14)
 
     @property
     def archive_dir(self) -> Path:
@@ -221,7 +224,7 @@ def _capped(problems: list[Problem], file: str) -> list[Problem]:
 
 _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prune",
                   "prune_limit", "interval", "busy_timeout", "rollout", "git", "drift",
-                  "drift_ignore", "notify")
+                  "drift_ignore", "notify", "backup")
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot", "transaction")
 TRANSACTIONS = ("step", "tenant")
 _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (all of a "
@@ -229,6 +232,7 @@ _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (
 _GIT_KEYS = ("remote", "branch")
 DRIFT_POLICIES = ("block", "warn", "ignore")
 _DRIFT_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!$-]{1,200}$")
+_BACKUP_KEYS = ("replica", "retention", "sync_interval", "lag_threshold")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants", "retired")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
@@ -420,6 +424,8 @@ class _Checker(NotifyChecker):
             raw["drift_ignore"] = self.drift_ignore(nodes["drift_ignore"])
         if "notify" in nodes and not is_null(nodes["notify"]):
             raw["notify"] = self.notify(nodes["notify"])
+        if "backup" in nodes and not is_null(nodes["backup"]):  # `backup:` empty: off
+            raw["backup"] = self.backup(nodes["backup"], base)
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
                         migrations_dir=migrations.path, **given), latest
@@ -515,6 +521,38 @@ class _Checker(NotifyChecker):
             if s is not None:
                 g[key] = s
         return GitSettings(**g)
+
+    def backup(self, node: yaml.Node, base: Path) -> BackupSettings | None:
+        """``settings.backup`` (issue 14): rules in ``reconciler.backup``."""
+        b: dict[str, Any] = {}
+        for key, _k, v in self.mapping(node, "settings.backup", _BACKUP_KEYS,
+                                       "write for example `backup: {replica: "
+                                       "file:///srv/backups}`"):
+            what = f"settings.backup.{key}"
+            if key == "replica":
+                text = self.text_of(v, what, "write a URL such as file:///srv/backups")
+                if text is not None:
+                    url, message, hint = backup_mod.check_replica(text, base)
+                    if url is None:
+                        self.error(v, message, hint)
+                    b["replica"] = url
+            elif key == "retention":
+                b[key] = self.duration(v, what, 3650 * 86400.0, allow_zero=False)
+                if b[key] is not None and b[key] < backup_mod.MIN_RETENTION:
+                    self.error(v, f"{what} must be at least 1h, got {b[key]:g}s",
+                               "write for example 24h or 7d")
+                    b[key] = None
+            else:
+                b[key] = self.duration(v, what, backup_mod.MAX_SYNC_INTERVAL if
+                                       key == "sync_interval" else 30 * 86400.0,
+                                       allow_zero=False)
+        if "replica" not in b:
+            self.error(node, "settings.backup needs a replica",
+                       "write for example `backup: {replica: file:///srv/backups}`")
+            return None
+        if any(v is None for v in b.values()):
+            return None  # each already reported
+        return BackupSettings(**b)
 
     def globals_(self, node: yaml.Node | None) -> dict[str, str]:
         out: dict[str, str] = {}

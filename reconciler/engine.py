@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import desired as desired_mod
-from reconciler import drift, ownership
+from reconciler import drift, ownership, replication
 from reconciler import fleet as fleet_mod
 from reconciler import migrations as migrations_mod
 from reconciler.apply import Result, apply
@@ -205,6 +205,8 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
                          {a.path.as_posix(): a.tenant for a in the_plan.actions
                           if a.kind in (Kind.DRIFT, Kind.DRIFT_WARN) and a.path})
         result = apply(the_plan, ctx)
+        if inputs.desired.settings.backup is not None:  # issue 14: Litestream follows
+            replication.sync_registrations(inputs.desired.settings, registry, log)
         registry.record_run(started, inputs.revision,
                             summary(result) + (f"; {note}" if note else ""),
                             {"failed": [o.tenant for o in result.failed],

@@ -37,7 +37,7 @@ from urllib.parse import quote_from_bytes
 
 from reconciler import drift as drift_keys
 from reconciler import fleet as fleet_mod
-from reconciler import readonly
+from reconciler import readonly, replication
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
 from reconciler.state import FileState as FileState
@@ -380,17 +380,19 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
                                   progress)
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
+    when = time.time() if now is None else now
     return Observed(
         registry=registry,
         files=files,
         regions=MappingProxyType(regions),
         archives=MappingProxyType(archives),
-        now=time.time() if now is None else now,
+        now=when,
         declared=declared,
         fleet=fleet,
         drift=seen.drift,
         drift_checked=seen.fresh,
         drift_remember=seen.remember,
+        backups=replication.observe(desired, registry, when),  # None: backups off
     )
 
 

@@ -40,14 +40,14 @@ HONOURS: dict[str, frozenset[str]] = {
     "drift": _READ,
     "metrics": frozenset({"config"}),
     "daemon": frozenset({"config"}) | _LOGS,
-    "restore": frozenset({"config", "json", "no_wait"}) | _LOGS,
+    "restore": frozenset({"config", "json", "no_wait", "dry_run"}) | _LOGS,
+    "backups": frozenset({"config", "json"}),
     "gc": frozenset({"config", "json", "dry_run", "no_wait"}) | _LOGS,
 }
 
 #: why an option does nothing, by (command, option) and else by option
 _WHY: dict[tuple[str, str] | str, str] = {
     ("daemon", "dry_run"): "the daemon always applies; preview with `reconcile --dry-run`",
-    ("restore", "dry_run"): "restore has no preview: it copies the file into service",
     ("daemon", "json"): "the daemon prints nothing but log lines; use --log-format json",
     ("daemon", "no_wait"): "the daemon waits for the lock before every pass",
     ("daemon", "retry_failed"): "the daemon retries failed tenants by their backoff; run "
@@ -66,6 +66,8 @@ _WHY: dict[tuple[str, str] | str, str] = {
 #: options that are each honoured, but not together: (command, option, other, why)
 _TOGETHER: tuple[tuple[str, str, str, str], ...] = (
     ("gc", "no_wait", "dry_run", "gc --dry-run takes no lock: it only lists"),
+    ("restore", "dry_run", "source", "restore --from has no preview: it copies the file into "
+                                     "service (--dry-run goes with --at)"),
     ("route", "config", "central", "--central names the registry, so tenants.yaml is not "
                                    "read"),
 )

@@ -62,12 +62,13 @@ class Kind(StrEnum):
     RETIRED = "retired"  # undeclared and acknowledged under ``retired:``: kept, not routed
     DRIFT = "drift"  # schema differs from its version's reference; settings.drift: block
     DRIFT_WARN = "drift-warn"  # the same with settings.drift: warn (migrated anyway)
+    NO_BACKUP = "no-backup"  # settings.backup on, and this tenant has no current backup
 
 
 CHANGES = (Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.MIGRATE, Kind.ARCHIVE,
            Kind.CORRECT, Kind.REROOT, Kind.SUSPEND, Kind.UNSUSPEND)
 PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID,
-            Kind.PENDING, Kind.DRIFT)
+            Kind.PENDING, Kind.DRIFT, Kind.NO_BACKUP)
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,9 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
         key = rollout_key(desired, catalog)
         if reg.rollout.get(key) == "halted" and not retry_failed:
             actions = _hold_halted(actions, reg)
+    if observed.backups is not None and desired.settings.backup is not None:
+        actions.extend(backup_problems(observed, desired.settings.backup.threshold,
+                                       {a.tenant for a in actions}))
     migrating = [a.tenant for a in actions if a.kind is Kind.MIGRATE]
     ro = desired.settings.rollout
     default_target = latest if desired.settings.schema is None else desired.settings.schema
@@ -265,6 +269,30 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
         declared=tuple(desired.tenants),
         rollout_key=key,
     )
+
+
+def backup_problems(observed: Observed, threshold: float, busy: set[str]) -> list[Action]:
+    """``no-backup`` reports (issue 14): a tenant in service whose replica is not
+    current — never replicated, Litestream down, or lag above ``threshold`` seconds.
+    Reported, never acted on: the tenant keeps serving. Tenants with another action
+    this pass (``busy``) are judged on the next."""
+    assert observed.backups is not None
+    out: list[Action] = []
+    for name, b in sorted(observed.backups.items()):
+        if name in busy or b.good(threshold):
+            continue
+        if b.lag is not None:
+            why = f"backup lags {b.lag:.0f}s (threshold {threshold:g}s)"
+        else:
+            why = "no backup yet"
+        if b.error:
+            why += f": {b.error}"
+        row = observed.registry.tenants.get(name)
+        out.append(Action(Kind.NO_BACKUP, name, row.region if row else None,
+                          from_version=row.schema_version if row else None,
+                          to_version=row.schema_version if row else None,
+                          detail=why + " — the tenant keeps serving; see `reconcile status`"))
+    return out
 
 
 def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec: TenantSpec,
@@ -427,7 +455,8 @@ def _with_drift(planned: list[Action], desired: Desired, observed: Observed, spe
             replace(base, detail=text + tail)]
 
 
-_RESUMABLE = {"relocate": Kind.RELOCATE, "archive": Kind.ARCHIVE, "restore": Kind.RESTORE}
+_RESUMABLE = {"relocate": Kind.RELOCATE, "archive": Kind.ARCHIVE, "restore": Kind.RESTORE,
+              "pitr": Kind.RESTORE}  # a point-in-time restore ends as a restore
 
 
 def _resume(journal: JournalRow, row: TenantRow | None, observed: Observed, want: Path | None,

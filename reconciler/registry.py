@@ -141,6 +141,21 @@ UPGRADES: tuple[str, ...] = (
         at    TEXT NOT NULL
     );
     """,
+    # issue 14: each tenant file that entered replication (a "lineage") and where
+    # Litestream copies it; rows are never deleted (restore points outlive the file)
+    """
+    CREATE TABLE backup_lineages (
+        tenant     TEXT NOT NULL,
+        lineage    TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        inode      INTEGER NOT NULL,
+        url        TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at   TEXT,
+        PRIMARY KEY (tenant, lineage)
+    );
+    CREATE INDEX backup_lineages_path ON backup_lineages (path, inode);
+    """,
 )
 VERSION = len(UPGRADES)
 

@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import fleet, tenantdb
+from reconciler import fleet, replication, tenantdb
 from reconciler.context import OK, PENDING, Context, Outcome, crash_point, record
 from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.plan import Action
@@ -616,6 +616,9 @@ def _retire(action: Action, journal: JournalRow, ctx: Context) -> Outcome:
     assert journal.source and journal.dest
     detail = journal.details()
     source, retired = Path(journal.source), Path(detail["retired_path"])
+    if os.path.lexists(journal.dest):  # issue 14: the new file is replicated first
+        replication.handover(ctx.desired.settings, ctx.registry, action.tenant,
+                             Path(journal.dest), source)
     move_out(source, retired, ctx.desired.settings.busy_timeout, "relocate:during-retire")
     resumed = action.detail if action.detail.startswith("resume") else None
     outcome = Outcome(action.tenant, "relocate", OK, action.from_version, action.to_version,

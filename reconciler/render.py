@@ -25,6 +25,7 @@ SYMBOLS = {
     Kind.ORPHANED: "?", Kind.DOWNGRADE: "!", Kind.SUSPENDED: " ", Kind.FAILED: "!",
     Kind.INVALID: "!", Kind.PENDING: "!", Kind.REROOT: "*", Kind.SUSPEND: "|",
     Kind.UNSUSPEND: "^", Kind.RETIRED: " ", Kind.DRIFT: "!", Kind.DRIFT_WARN: "!",
+    Kind.NO_BACKUP: "!",
 }
 LABELS = {Kind.DRIFT_WARN: "drift"}  # shown as drift too; the detail says "migrated anyway"
 
@@ -395,3 +396,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False, default=str)
+
+
+def backup_cell(txid: int | None, lag: float | None) -> str:
+    """``status``'s BACKUP column: Litestream's txid and the lag, or ``-``."""
+    if lag is None:
+        return "-" if txid is None else "none"
+    return f"tx {txid} · lag {lag:.1f}s"

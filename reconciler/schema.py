@@ -14,9 +14,10 @@ Rules (also in README, "Schema drift"):
   and hidden/generated kind; UNIQUE constraints; foreign keys; WITHOUT ROWID; STRICT),
   indexes (table, key columns with order and collation, UNIQUE, partial ``WHERE``),
   triggers and views (their SQL, normalised), virtual tables (module and arguments);
-* not compared: SQLite's internal objects (``sqlite_%``), virtual tables' shadow tables
-  (their module builds them), the text of CHECK constraints, column collations and
-  generated-column expressions (no PRAGMA exposes them), rows;
+* not compared: SQLite's internal objects (``sqlite_%``), Litestream's two tables,
+  virtual tables' shadow tables (their module builds them), the text of CHECK
+  constraints, column collations and generated-column expressions (no PRAGMA exposes
+  them), rows;
 * names are compared case-insensitively (as SQLite resolves them); SQL fragments
   (defaults, WHERE clauses, trigger and view bodies) are normalised: comments dropped,
   whitespace collapsed, keywords and simple identifiers lowercased, identifier quoting
@@ -399,12 +400,19 @@ def _object_change(r: Index | Code, a: Index | Code) -> str:
 # --------------------------------------------------------------------------- reading
 
 
+# Not the schema a catalog builds: SQLite's internal objects, and the two bookkeeping
+# tables Litestream adds to every file it replicates (``backup.LITESTREAM_TABLES``;
+# named here too, so this module imports nothing with I/O).
+_OURS = ("name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+         "AND name NOT IN ('_litestream_seq', '_litestream_lock')")
+
+
 def master_digest(conn: sqlite3.Connection) -> str:
     """SHA-256 of the schema's definition (every non-internal ``sqlite_master`` row's
     type, name, table and SQL, in name order). Equal digests, equal fingerprints."""
     h = hashlib.sha256()
     for row in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
-                            "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name"):
+                            f"WHERE {_OURS} ORDER BY type, name"):
         h.update(repr(tuple(row)).encode())
     return h.hexdigest()
 
@@ -412,7 +420,7 @@ def master_digest(conn: sqlite3.Connection) -> str:
 def read(conn: sqlite3.Connection) -> Schema:
     """The fingerprint of the ``main`` schema open on ``conn``. Raises ``sqlite3.Error``."""
     master = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
-                          "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'").fetchall()
+                          f"WHERE {_OURS}").fetchall()
     kinds = _table_kinds(conn)
     tables: list[Table] = []
     indexes: list[Index] = []

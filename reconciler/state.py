@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from reconciler.backup import BackupState
 from reconciler.schema import Difference
 
 STATUSES = ("active", "pending", "migrating", "relocating", "suspended", "failed",
@@ -197,6 +198,8 @@ class Observed:
     drift_checked: tuple[Any, ...] = ()  # drift.Check values compared this pass
     # path text → schema key to remember after this pass (None: nothing to remember anew)
     drift_remember: Mapping[str, bytes] | None = None
+    # tenant → its backup as Litestream reports it; None when settings.backup is off
+    backups: Mapping[str, BackupState] | None = None
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
@@ -33,6 +34,10 @@ class StatusRow:
     changing: bool = False  # the next pass changes it (or waits on a halted rollout)
     kinds: tuple[str, ...] = ()  # the plan's action kinds for it (``Kind`` values)
     drift: str = ""  # schema drift summary (``schema.summary``), "" when none
+    # backups (issue 14; None when settings.backup is off or the tenant is not replicated)
+    backup_txid: int | None = None  # Litestream's txid of the file
+    backup_synced_at: float | None = None  # epoch seconds of its last successful sync
+    backup_lag: float | None = None  # seconds the replica is behind (None: unknown)
 
     @property
     def in_sync(self) -> bool:
@@ -71,6 +76,7 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
             kinds=tuple(a.kind.value for a in actions),
             drift=summary(drift_of(desired, observed, name, row))
             if spec is not None and not spec.suspended else "",
+            **_backup_fields(observed, name),
         ))
     return out
 
@@ -165,3 +171,40 @@ def schema_counts(rows_: list[StatusRow], checked: bool) -> list[VersionCount]:
     return [VersionCount(v, len(rs), sum(not r.drift for r in rs) if checked else 0,
                          tuple(r.tenant for r in rs if r.drift))
             for v, rs in sorted(by.items())]
+
+
+def _backup_fields(observed: Observed, name: str) -> dict[str, Any]:
+    b = observed.backups.get(name) if observed.backups is not None else None
+    if b is None:
+        return {}
+    return {"backup_txid": b.txid, "backup_synced_at": b.synced_at, "backup_lag": b.lag}
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    """The fleet's backups in one line: tenants replicated, lagging beyond the
+    threshold (seconds), and without any confirmed backup."""
+
+    replicated: int
+    lagging: int
+    without: int
+    threshold: float
+    max_lag: float | None
+
+    def line(self) -> str:
+        worst = f", worst lag {self.max_lag:.1f}s" if self.max_lag is not None else ""
+        return (f"backups: {self.replicated} replicated, {self.lagging} lagging more than "
+                f"{self.threshold:g}s, {self.without} without a backup{worst}")
+
+
+def backup_summary(desired: Desired, observed: Observed) -> BackupSummary | None:
+    if observed.backups is None or desired.settings.backup is None:
+        return None
+    threshold = desired.settings.backup.threshold
+    lags = [b.lag for b in observed.backups.values() if b.lag is not None]
+    return BackupSummary(
+        replicated=sum(1 for b in observed.backups.values() if b.good(threshold)),
+        lagging=sum(1 for b in observed.backups.values()
+                    if b.lag is not None and b.lag > threshold),
+        without=sum(1 for b in observed.backups.values() if b.lag is None),
+        threshold=threshold, max_lag=max(lags) if lags else None)

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "completion": ("completion", "bash"),
     "drift": ("drift",),
     "metrics": ("metrics",),
+    "backups": ("backups", "aaron"),
 }
 VALUES: dict[str, tuple[str, ...]] = {
     "config": ("-c", "desired/tenants.yaml"), "json": ("--json",),
