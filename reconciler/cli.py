@@ -409,7 +409,9 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
         _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
     else:
         _out("last pass: none recorded")
-    _out(render.drift_status_lines(drifted, counts, checked, args.schema))
+    schema_lines = render.drift_status_lines(drifted, counts, checked, args.schema)
+    if schema_lines:
+        _out(schema_lines)
     _out(f"desired state: {inputs.config.name} @ {short(inputs.revision)} — "
          + (style.paint("in sync", "green") if in_sync else style.paint("out of sync", "yellow")))
     return EXIT_OK if in_sync else EXIT_CHANGES

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from reconciler import context, schema, tenantdb
+from reconciler import context, schema, steprun, tenantdb
 from reconciler.context import Context
 from reconciler.migrations import Catalog
 from reconciler.schema import Difference, Schema
@@ -56,7 +56,9 @@ def references(catalog: Catalog, upto: int | None = None) -> tuple[Reference, ..
     that fails on an empty database (``reconcile validate`` reports it) ends the tuple
     before its version. Only versions some file is at are built: a Python migration runs
     here too (on the in-memory database), so one no tenant reached yet never runs."""
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    # a step connection of its own: migrate_conn runs the steps on it exactly as on a
+    # tenant (an in-memory database has no file to open a second connection beside)
+    conn = steprun.open_step(None, 5.0)
     try:
         out = [Reference(0, schema.read(conn), schema.master_digest(conn))]
         for m in catalog.migrations[:catalog.latest if upto is None else max(0, upto)]:
