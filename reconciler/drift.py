@@ -34,12 +34,16 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
-from reconciler import context, schema, steprun, tenantdb
+from reconciler import context, readonly, schema, steprun, tenantdb
 from reconciler.context import Context
+from reconciler.errors import ReconcileError
 from reconciler.migrations import Catalog
 from reconciler.schema import Difference, Schema
 from reconciler.state import Snapshot
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,20 +111,33 @@ def key_from_header(header: bytes, inode: int, _pack: Callable[[int], bytes] = I
     return header[40:64] + _pack(inode)
 
 
-def read_key(path: str, busy_timeout: float) -> bytes | None:
+def read_key(path: str, busy_timeout: float, mode: str = "rw") -> bytes | None:
     """A file's schema key asked of SQLite (a WAL may hold a newer header); None if it
-    cannot be read."""
+    cannot be read. ``mode`` "ro": changes no byte and creates no file (``readonly``)."""
+    def both(conn: sqlite3.Connection) -> tuple[int, int]:
+        return (int(conn.execute("PRAGMA user_version").fetchone()[0]),
+                int(conn.execute("PRAGMA schema_version").fetchone()[0]))
     try:
         inode = os.stat(path).st_ino
-        conn = open_for_reading(path, busy_timeout)
-        try:
-            uv = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            cookie = int(conn.execute("PRAGMA schema_version").fetchone()[0])
-        finally:
-            conn.close()
-    except (OSError, sqlite3.Error):
+        uv, cookie = reading(path, busy_timeout, mode, both)
+    except (OSError, sqlite3.Error, ReconcileError):
         return None
     return make_key(uv, cookie, inode)
+
+
+def reading(path: str, busy_timeout: float, mode: str,
+            fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn`` on a connection that only reads ``path``: ``open_for_reading`` ("rw", the
+    reconciler's passes), or ``readonly.read`` ("ro", the commands that must leave no
+    file and no byte behind, e.g. ``plan`` and ``status``). Raises ``sqlite3.Error``,
+    ``OSError`` or ``ReconcileError`` (``readonly``)."""
+    if mode == "ro":
+        return readonly.read(Path(path), fn, timeout=busy_timeout)
+    conn = open_for_reading(path, busy_timeout)
+    try:
+        return fn(conn)
+    finally:
+        conn.close()
 
 
 def open_for_reading(path: str, busy_timeout: float) -> sqlite3.Connection:
@@ -146,18 +163,23 @@ class Judge:
     digest for the length of one run (files built by the same migrations share one).
     Thread-safe enough for its use: a race computes a verdict twice, never a wrong one."""
 
-    def __init__(self, refs: tuple[Reference, ...], busy_timeout: float) -> None:
+    def __init__(self, refs: tuple[Reference, ...], busy_timeout: float,
+                 mode: str = "rw") -> None:
         self.refs = refs
         self.busy_timeout = busy_timeout
+        self.mode = mode
         self._seen: dict[tuple[str, int], tuple[Difference, ...]] = {}
 
     def check(self, path: str, key: bytes | None) -> Check:
         try:
-            conn = open_for_reading(path, self.busy_timeout)
-        except sqlite3.Error as exc:
-            return Check(path, key, None, error=f"cannot open: {exc}")
+            return reading(path, self.busy_timeout, self.mode,
+                           lambda conn: self._check_on(conn, path, key))
+        except (sqlite3.Error, OSError, ReconcileError) as exc:
+            return Check(path, key, None, error=f"cannot read its schema: {exc}")
+
+    def _check_on(self, conn: sqlite3.Connection, path: str, key: bytes | None) -> Check:
+        conn.execute("BEGIN")  # version and schema from one consistent read
         try:
-            conn.execute("BEGIN")  # version and schema from one consistent read
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version == 0:  # predates the catalog: 0001 is written for what it holds
                 return Check(path, key, version)
@@ -172,10 +194,8 @@ class Judge:
                 found = self._seen[(digest, version)] = schema.compare(ref.schema,
                                                                        schema.read(conn))
             return Check(path, key, version, found)
-        except sqlite3.Error as exc:
-            return Check(path, key, None, error=f"cannot read its schema: {exc}")
         finally:
-            conn.close()
+            conn.execute("COMMIT")
 
 
 def check_all(judge: Judge, todo: Iterable[tuple[str, bytes | None]], workers: int,
@@ -214,7 +234,8 @@ EMPTY = Observation(MappingProxyType({}), ())
 def observe(snapshot: Snapshot, keys: Mapping[str, bytes],
             tenant_files: Callable[[], Mapping[str, str]], catalog: Catalog,
             busy_timeout: float, workers: int, recheck: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> Observation:
+            progress: Callable[[int, int], None] | None = None,
+            mode: str = "rw") -> Observation:
     """Drift of the fleet's tenant files.
 
     ``keys``: path text → schema key of every usable file observed this pass;
@@ -238,7 +259,7 @@ def observe(snapshot: Snapshot, keys: Mapping[str, bytes],
         upto = catalog.latest if None in found else max(
             (int.from_bytes(k[VERSION_AT], "big", signed=True) for k in found if k is not None),
             default=0)
-        judge = Judge(references(catalog, min(upto, catalog.latest)), busy_timeout)
+        judge = Judge(references(catalog, min(upto, catalog.latest)), busy_timeout, mode)
         fresh = tuple(check_all(judge, ((p, keys.get(p)) for p in todo), workers,
                                 progress))
         for c in fresh:

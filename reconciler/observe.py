@@ -177,7 +177,7 @@ def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
                     out[text] = _from_header(Path(text), header)
                 continue
         if not isinstance(found, FileState) or found.usable:  # asked of SQLite: so is its key
-            key = drift_keys.read_key(text, busy_timeout)
+            key = drift_keys.read_key(text, busy_timeout, mode)
             if key is not None:
                 keys[text] = key
     return out
@@ -377,7 +377,7 @@ def observe(desired: Desired, registry: Snapshot, now: float | None = None, *,
     if catalog is not None and keys is not None:
         seen = drift_keys.observe(registry, keys, lambda: _tenant_files(desired, registry, files),
                                   catalog, timeout, desired.settings.rollout.parallel, recheck,
-                                  progress)
+                                  progress, mode)
     regions = {name: region_state(name, r.path, desired.settings.data_dir)
                for name, r in desired.regions.items()}
     when = time.time() if now is None else now
