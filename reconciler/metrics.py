@@ -39,6 +39,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import (
@@ -51,6 +52,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector as _CollectorBase
 
 from reconciler import plan as plan_mod
+from reconciler import readonly
 from reconciler.desired import Desired
 from reconciler.errors import PermanentError
 from reconciler.migrations import Catalog
@@ -209,7 +211,7 @@ def _at_target(conn: sqlite3.Connection, targets: Targets) -> int:
 def gather(desired: Desired, catalog: Catalog, revision: str,
            previous: FleetMetrics | None = None,
            halted_key: Callable[[], str] | None = None,
-           targets: Targets | None = None) -> FleetMetrics:
+           targets: Targets | None = None, untouched: bool = False) -> FleetMetrics:
     """Read the registry of ``desired`` (read-only) into a ``FleetMetrics``.
 
     ``previous``: the last value, so counters continue from it (only newer ``events``
@@ -221,16 +223,18 @@ def gather(desired: Desired, catalog: Catalog, revision: str,
     goal = targets if targets is not None else Targets.of(desired, catalog.latest)
     target = goal.default
     base = previous if previous is not None else FleetMetrics.empty(revision)
-    with _read_only(central) as conn:
-        if conn is None:
-            return replace(FleetMetrics.empty(revision), gathered_at=time.time(),
-                           declared=len(desired.tenants), target=target)
+    if not central.exists():
+        return replace(FleetMetrics.empty(revision), gathered_at=time.time(),
+                       declared=len(desired.tenants), target=target)
+
+    def read(conn: sqlite3.Connection) -> tuple[Any, ...]:
+        base_ = base
         conn.execute("BEGIN")  # one consistent read
         try:
             tables = {r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if previous is not None and _replaced(conn, tables, previous):
-                base = FleetMetrics.empty(revision)  # a registry put back from a copy
+                base_ = FleetMetrics.empty(revision)  # a registry put back from a copy
             tenants: dict[tuple[str, str, int], int] = {}
             at_target = 0
             if "tenants" in tables:
@@ -239,21 +243,21 @@ def gather(desired: Desired, catalog: Catalog, revision: str,
                         "GROUP BY 1, 2, 3"):
                     tenants[(region, status, int(version))] = int(n)
                 at_target = _at_target(conn, goal)
-            actions = dict(base.actions)
-            last_event = base.last_event_id
+            actions = dict(base_.actions)
+            last_event = base_.last_event_id
             if "events" in tables:
                 for action, outcome, n, top in conn.execute(
                         "SELECT action, outcome, COUNT(*), MAX(id) FROM events WHERE id > ? "
-                        "GROUP BY 1, 2", (base.last_event_id,)):
+                        "GROUP BY 1, 2", (base_.last_event_id,)):
                     actions[(action, outcome)] = actions.get((action, outcome), 0) + int(n)
                     last_event = max(last_event, int(top))
-            passes, last_run, last_end = base.passes, base.last_run_id, base.last_pass_end
+            passes, last_run, last_end = base_.passes, base_.last_run_id, base_.last_pass_end
             halted_rows: set[str] = set()
             if "runs" in tables:
                 durations: list[float] = []
                 for run_id, started, finished in conn.execute(
                         "SELECT id, started_at, finished_at FROM runs WHERE id > ? "
-                        "ORDER BY id", (base.last_run_id,)):
+                        "ORDER BY id", (base_.last_run_id,)):
                     start, end = _epoch(started), _epoch(finished)
                     last_run = int(run_id)
                     if start is not None and end is not None:
@@ -265,6 +269,17 @@ def gather(desired: Desired, catalog: Catalog, revision: str,
             signals = tuple(s for source in SIGNAL_SOURCES for s in source(conn))
         finally:
             conn.execute("COMMIT")
+        return (base_, tenants, at_target, actions, last_event, passes, last_run, last_end,
+                halted_rows, signals)
+
+    if untouched:  # a command: no -wal/-shm created, no byte changed (``readonly``)
+        found = readonly.read(central, read)
+    else:  # the daemon, which may hold the registry open: SQLite's own connection
+        with _read_only(central) as conn:
+            assert conn is not None
+            found = read(conn)
+    (base, tenants, at_target, actions, last_event, passes, last_run, last_end, halted_rows,
+     signals) = found
     halted = bool(halted_rows) and (halted_key or (lambda: rollout_key(desired, catalog)))() \
         in halted_rows
     return FleetMetrics(
@@ -441,7 +456,7 @@ def once(desired: Desired, catalog: Catalog, revision: str) -> Board:
     """A board holding the fleet's metrics now (``reconcile metrics``). Raises
     ``PermanentError`` when the registry cannot be read."""
     try:
-        fleet = gather(desired, catalog, revision)
+        fleet = gather(desired, catalog, revision, untouched=True)
     except sqlite3.Error as exc:
         raise PermanentError(f"cannot read registry {desired.settings.central}: {exc}"
                              ) from None

@@ -115,7 +115,7 @@ def test_block_policy_migrates_only_the_clean_tenants_and_exits_3(drifted: Fleet
     assert out.returncode == 3, out.stdout + out.stderr
     for name in DRIFTS:
         assert drifted.user_version(drifted.path(name, "eu")) == 1, name
-        assert f"problem  drift     {name}: " in out.stdout
+        assert f"problem  drift     {name} eu: " in out.stdout  # results name the region
         assert "not migrated to v2 (drift: block)" in out.stdout
         assert drifted.digests(drifted.data / "eu").get(f"{name}.db") == before[name]
     for name in CLEAN:
@@ -170,8 +170,8 @@ def test_repaired_drift_converges_on_the_next_pass(drifted: Fleet) -> None:
     hand_edit(drifted.path("aaron", "eu"), "DROP INDEX notes_by_day;")
     hand_edit(drifted.path("dave", "eu"), "DROP TRIGGER notes_audit;")
     out = drifted.run("apply")
-    assert "ok       migrate   aaron v1 → v2" in out.stdout
-    assert "ok       migrate   dave v1 → v2" in out.stdout
+    assert "ok       migrate   aaron eu v1 → v2" in out.stdout
+    assert "ok       migrate   dave eu v1 → v2" in out.stdout
     assert set(plan_lines(drifted)) == set(DRIFTS) - {"aaron", "dave"}
     assert drifted.user_version(drifted.path("aaron", "eu")) == 2
 

@@ -131,16 +131,26 @@ def test_an_option_the_command_uses_has_its_effect(
         if lock is not None:
             os.close(lock)
     assert "Traceback" not in result.stderr
+    if command == "restore" and option == "dry_run":  # honoured with --at only (backups)
+        assert result.returncode == 1
+        assert "--dry-run goes with --at" in result.stderr
+        assert listing(fleet.root) == before
+        return
     assert "would be ignored" not in result.stderr
     if option == "no_wait":  # the lock is held: --no-wait exits at once, saying so
         assert result.returncode == 1
-        assert "another reconciler is acting on this fleet" in result.stderr
+        assert ("another reconciler is acting on this fleet" in result.stderr
+                or "another reconciler is applying a pass" in result.stderr)  # plan's words
         return
     if option == "dry_run" or command not in ("apply", "restore", "gc"):
         assert listing(fleet.root) == before
     if command == "restore":  # hooli is not missing: refused, with its reason
         assert result.returncode == 1
-        assert "hooli" in result.stderr
+        assert "hooli" in result.stderr + result.stdout  # --json: the error is on stdout
+        return
+    if command == "backups":  # settings.backup is off here: refused, saying so
+        assert result.returncode == 1
+        assert "backups are off" in result.stderr + result.stdout
         return
     assert result.returncode in (0, 2, 3), result.stderr  # it found and read -c's file
     if option == "json":
