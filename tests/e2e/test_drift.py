@@ -197,7 +197,7 @@ def test_drift_made_while_the_daemon_runs_is_seen_on_its_next_pass(
         return any(e.get("event") == "drift" and e.get("tenant") == "aaron"
                    for e in d.log_events())
     eventually(reported, what="drift logged")
-    d.wait_summary("1 in sync, 1 problems")
+    d.wait_summary("1 in sync, 1 problem")  # plural only from 2 on
     since = len(d.notify.collect())
     hand_edit(fleet.path("aaron", "eu"), "DROP INDEX ops_typo;")
     d.notify.wait_for(lambda m: "STATUS=2 in sync" in m, since=since)
