@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reconciler import registry
 from tests.conftest import Fleet
 from tests.e2e.test_relocate_crash import content, seed
 
@@ -370,10 +371,15 @@ def test_a_tenant_file_moved_by_hand_to_its_new_region_is_rerooted_not_restored(
 
 
 def _as_written_by_an_older_reconciler(f: Fleet) -> None:
-    """The registry as a reconciler without the ``fleet`` table left it (version 2)."""
+    """The registry as a reconciler without the ``fleet`` table left it: the version
+    before the step that creates it, without that step's table or any later step's
+    (the merge put identity's step after others and drift's and metrics' after it)."""
+    at = next(i for i, step in enumerate(registry.UPGRADES) if "CREATE TABLE fleet" in step)
     conn = sqlite3.connect(f.central, isolation_level=None)
-    conn.execute("DROP TABLE fleet")
-    conn.execute("PRAGMA user_version = 2")
+    for step in registry.UPGRADES[at:]:
+        for table in re.findall(r"CREATE TABLE (\w+)", step):
+            conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"PRAGMA user_version = {at}")
     conn.close()
 
 
