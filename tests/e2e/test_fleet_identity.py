@@ -266,8 +266,10 @@ def test_a_retired_orphan_is_no_problem_not_routed_and_kept(fleet: Fleet) -> Non
     assert fleet.run("apply").returncode == 0
     assert fleet.run("route", "oldco.yoursaas.com").returncode == 1  # not routed
     assert fleet.path("oldco", "us").read_bytes() == kept  # the file is kept
-    status = fleet.run("status")
+    # cli-ux: status lists only tenants that need a person; --all lists every row
+    status = fleet.run("status", "--all")
     assert status.returncode == 0 and "oldco" in status.stdout and "retired" in status.stdout
+    assert "oldco" not in fleet.run("status").stdout  # retired: nobody needs to act on it
 
     config["retired"] = ["aaron"]
     fleet.write_config(config)
