@@ -128,7 +128,8 @@ def parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("drift", help="each tenant's schema against the reference for its "
                         "version (exit 3 when any drifts)")
     _common(dr, sub=True)
-    dr.add_argument("tenants", nargs="*", metavar="TENANT")
+    dr.add_argument("tenants", nargs="*", metavar="TENANT",
+                    help="only these tenants (default: every declared tenant)")
     dr.add_argument("--all", action="store_true", dest="recheck",
                     help="re-compare every tenant file now, not only those changed since "
                     "they were last compared")
@@ -340,9 +341,10 @@ def _status_from_registry(args: argparse.Namespace, central: Path,
     rows = status_mod.registry_rows(snapshot, files)
     last = Registry.read(central, Registry.last_run, None)
     if args.json:
-        _out(render.dumps({"in_sync": None, "desired_state": "invalid",
-                           "problems": [str(p) for p in problems], "last_run": last,
-                           "tenants": [r.__dict__ for r in rows]}))
+        # the --json error object (errors_json), plus what the registry holds
+        _out(render.dumps(errors_json.invalid(InvalidInput(problems))
+                          | {"in_sync": None, "desired_state": "invalid", "last_run": last,
+                             "tenants": [r.__dict__ for r in rows]}))
         return EXIT_ERROR
     _out(render.table(("TENANT", "REGION", "VERSION", "STATUS"),
                       ((r.tenant, r.region, "-" if r.version is None else f"v{r.version}",

@@ -208,7 +208,9 @@ def test_status_opens_with_the_fleet_in_numbers_then_lists_only_who_needs_a_pers
         "  eu           15  15        -",
         "  us           15  14        1",
         "  all          30  29        1",
-        "  in sync 1 · pending 28 · pinned 1 · failed 0 · missing 1 · orphaned 0 · suspended 0",
+        # drift (issue 13) added its count to the fleet's numbers
+        "  in sync 1 · pending 28 · pinned 1 · failed 0 · missing 1 · orphaned 0 · suspended 0"
+        " · drifted 0",
     ]
     assert lines[6] == "Needs a person (1):"
     assert lines[7].split() == ["TENANT", "REGION", "VERSION", "STATUS", "PROBLEM"]
@@ -222,7 +224,8 @@ def test_status_opens_with_the_fleet_in_numbers_then_lists_only_who_needs_a_pers
     assert data["fleet"] == {"total": 30, "regions": {"eu": {"v3": 15},
                                                       "us": {"v3": 14, "none": 1}},
                              "counts": {"in sync": 1, "pending": 28, "pinned": 1, "failed": 0,
-                                        "missing": 1, "orphaned": 0, "suspended": 0}}
+                                        "missing": 1, "orphaned": 0, "suspended": 0,
+                                        "drifted": 0}}
     assert len(data["tenants"]) == 30
     assert [t["tenant"] for t in data["tenants"] if t["needs_person"]] == ["t005"]
 
