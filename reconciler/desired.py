@@ -118,6 +118,11 @@ class Settings:
     def retired_dir(self) -> Path:
         return self.data_dir / "_retired"
 
+    @property
+    def restore_dir(self) -> Path:
+        """Where a point-in-time restore stages Litestream's copy (``pitr``)."""
+        return self.data_dir / "_restore"
+
 
 @dataclass(frozen=True)
 class Region:

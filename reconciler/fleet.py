@@ -7,11 +7,11 @@ elsewhere, a restore from backup to another disk) still names the original's fil
 Acting on those names would move or migrate another fleet's data. Two guards close that:
 
 * **The fence.** The only directories a pass may read, write or move files in are the
-  ones its own ``tenants.yaml`` declares: every region directory, ``<data_dir>/_archive``
-  and ``<data_dir>/_retired``. Every file the reconciler manages sits directly in one of
-  them (tenant files, their temp copies and snapshots, archives, retired copies), so a
-  path is inside exactly when its parent directory is one of them — judged on the
-  normalised path text, with no I/O. A registered path outside the fence is never
+  ones its own ``tenants.yaml`` declares: every region directory, ``<data_dir>/_archive``,
+  ``<data_dir>/_retired`` and ``<data_dir>/_restore``. Every file the reconciler manages
+  sits directly in one of them (tenant files, their temp copies and snapshots, archives,
+  retired copies), so a path is inside exactly when its parent directory is one of them —
+  judged on the normalised path text, with no I/O. A registered path outside the fence is never
   opened: observation reads the tenant's file where this fleet keeps it instead
   (``<region dir>/<name>.db``, ``_archive/<file name>``), and the plan *reroots* the
   registry to it (``* reroot eu: /old/data/eu → /new/data/eu``) — data is not copied, so
@@ -81,10 +81,12 @@ def check_journal(desired: Desired, journal: JournalRow | None) -> None:
 
 
 def fence(desired: Desired) -> Fence:
-    """The fence of ``desired``: region directories, ``_archive`` and ``_retired``."""
+    """The fence of ``desired``: region directories, ``_archive``, ``_retired`` and
+    ``_restore`` (a point-in-time restore's staged copy)."""
     s = desired.settings
     dirs = {os.path.normpath(os.fspath(r.path)) for r in desired.regions.values()}
-    dirs.update(os.path.normpath(os.fspath(d)) for d in (s.archive_dir, s.retired_dir))
+    dirs.update(os.path.normpath(os.fspath(d))
+                for d in (s.archive_dir, s.retired_dir, s.restore_dir))
     return Fence(frozenset(dirs), desired.source.name)
 
 

@@ -211,7 +211,7 @@ def restore_at(inputs: Inputs, tenant: str, at: datetime, log: Logger, *,
         done = stage(chosen.url, to.absolute(), target(chosen, at), latest, timeout)
         return PitrResult(tenant, when, chosen.lineage, done.path, done.version,
                           done.tables, None, False)
-    staging = settings.data_dir / "_restore"
+    staging = settings.restore_dir
     tenantdb.ensure_dir(staging)
     if dry_run:
         probe = relocate.free_name(staging, f".{tenant}-dry-run")
