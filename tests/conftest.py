@@ -3,6 +3,7 @@ and the real ``reconcile`` console script run as a subprocess."""
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import os
 import shutil
@@ -17,6 +18,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECONCILE = str(Path(sys.executable).with_name("reconcile"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the package's bytecode once: with PYTHONDONTWRITEBYTECODE=1 (set on this
+    machine) an editable install would otherwise compile every module again in every one
+    of the suite's hundreds of ``reconcile`` subprocesses (~0.3 s each)."""
+    compileall.compile_dir(REPO / "reconciler", quiet=1)
 
 
 class Fleet:
