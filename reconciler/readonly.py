@@ -141,6 +141,13 @@ def read(path: Path, fn: Callable[[sqlite3.Connection], T], *, timeout: float = 
             try:
                 result = fn(conn)
                 raced = in_use(path)  # still under the lock: see the module docstring
+            except sqlite3.DatabaseError:
+                # a WAL writer that opened after the look may checkpoint pages into the
+                # file while it is read (a checkpoint needs no lock our SHARED one blocks):
+                # "malformed" then, but its -wal is still there — discard and read again
+                if not in_use(path):
+                    raise
+                raced = True
             finally:
                 conn.close()
         finally:

@@ -288,8 +288,7 @@ CRASHED_WRITER = textwrap.dedent("""
     conn = sqlite3.connect(sys.argv[1], isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE IF NOT EXISTS crash_probe (x)")
-    conn.execute("INSERT INTO crash_probe VALUES (1)")
+    conn.execute("INSERT INTO users (email) VALUES ('crash@probe')")  # rows, not schema
     os.kill(os.getpid(), signal.SIGKILL)  # dies holding the commit in its -wal only
 """)
 

@@ -80,8 +80,11 @@ def test_failing_tenants_report_their_step_and_the_live_fleet_is_untouched(
     assert "UNIQUE constraint failed: users.name" in str(found["dupes"]["error"])
     assert found["blank"]["step"] == "health gate"
     assert "0002_titles.sql:1 returned rows" in str(found["blank"]["error"])
-    assert found["orphans"]["step"] == "foreign keys"
-    assert found["orphans"]["error"] == "1 foreign-key violation (notes rowid 1 → users)"
+    # the step itself refuses to commit the orphan (issue 11: checked before COMMIT), so
+    # the rehearsal names the migration; its error names the row
+    assert (found["orphans"]["step"], found["orphans"]["reached"]) == (
+        "0002_unique_names.sql", 1)
+    assert "notes rowid 1 → users" in str(found["orphans"]["error"])
     assert staged.tenant_digests() == before  # not one byte of a live tenant changed
     assert all(staged.user_version(staged.path(n, "eu")) == 1 for n in DATA)
     assert os.listdir(tmp_path / "tmp") == []  # every copy removed
