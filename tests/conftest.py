@@ -10,11 +10,15 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from reconciler.registry import Registry
+from reconciler.routing import Router
 
 REPO = Path(__file__).resolve().parents[1]
 RECONCILE = str(Path(sys.executable).with_name("reconcile"))
@@ -134,3 +138,21 @@ def make_db(path: Path, version: int, rows: int = 0, wal: bool = False) -> Path:
     conn.commit()
     conn.close()
     return path
+
+
+# routing tests (tests/test_routing*.py): a registry as the reconciler writes it, and a
+# router reading it
+@pytest.fixture
+def reg(fleet: Fleet) -> Iterator[Registry]:
+    r = Registry.open(fleet.central)
+    with r.transaction():
+        r.set_setting("support_email", "help@yoursaas.com")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def router(fleet: Fleet, reg: Registry) -> Iterator[Router]:
+    r = Router(fleet.central)
+    yield r
+    r.close()

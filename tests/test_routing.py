@@ -10,7 +10,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ from reconciler.routing import (
 from tests.conftest import Fleet, make_db
 
 
-@pytest.fixture
-def reg(fleet: Fleet) -> Iterator[Registry]:
-    r = Registry.open(fleet.central)
-    with r.transaction():
-        r.set_setting("support_email", "help@yoursaas.com")
-    yield r
-    r.close()
-
-
 def add_tenant(reg: Registry, name: str, *, region: str = "eu", version: int = 3,
                status: str = "active", domains: tuple[str, ...] | None = None,
                file_version: int | None = None, create_file: bool = True) -> Path:
@@ -49,13 +39,6 @@ def add_tenant(reg: Registry, name: str, *, region: str = "eu", version: int = 3
         for d in (f"{name}.yoursaas.com",) if domains is None else domains:
             reg.set_domain(d, name)
     return path
-
-
-@pytest.fixture
-def router(fleet: Fleet, reg: Registry) -> Iterator[Router]:
-    r = Router(fleet.central)
-    yield r
-    r.close()
 
 
 def main_file(conn: sqlite3.Connection) -> str:

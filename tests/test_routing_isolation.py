@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,6 @@ from reconciler.registry import Registry
 from reconciler.routing import Router
 from tests.conftest import Fleet
 from tests.test_routing import add_tenant
-
-
-@pytest.fixture
-def reg(fleet: Fleet) -> Iterator[Registry]:
-    r = Registry.open(fleet.central)
-    with r.transaction():
-        r.set_setting("support_email", "help@yoursaas.com")
-    yield r
-    r.close()
-
-
-@pytest.fixture
-def router(fleet: Fleet, reg: Registry) -> Iterator[Router]:
-    r = Router(fleet.central)
-    yield r
-    r.close()
 
 
 def digest(path: Path) -> str:
