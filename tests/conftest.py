@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.migrations import Catalog
 from reconciler.registry import Registry
 from reconciler.routing import Router
 
@@ -156,3 +157,14 @@ def router(fleet: Fleet, reg: Registry) -> Iterator[Router]:
     r = Router(fleet.central)
     yield r
     r.close()
+
+
+def run_all(catalog: Catalog, db: Path) -> sqlite3.Connection:
+    """Run every migration on ``db`` the way the reconciler does (one transaction each)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    for m in catalog.migrations:
+        conn.execute("BEGIN IMMEDIATE")
+        m.run(conn)
+        conn.execute(f"PRAGMA user_version = {m.version}")
+        conn.execute("COMMIT")
+    return conn

@@ -21,19 +21,9 @@ from reconciler.plan import plan
 from reconciler.state import JournalRow
 from reconciler.versions import UnknownVersion
 from tests import test_plan as plan_tests
+from tests.conftest import run_all
 from tests.test_migrations import OK, make, problems_of
 from tests.test_plan import DATA
-
-
-def run_all(catalog: migrations.Catalog, db: Path) -> sqlite3.Connection:
-    """Run every migration on ``db`` the way the reconciler does (one transaction each)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    for m in catalog.migrations:
-        conn.execute("BEGIN IMMEDIATE")
-        m.run(conn)
-        conn.execute(f"PRAGMA user_version = {m.version}")
-        conn.execute("COMMIT")
-    return conn
 
 
 def located(found: list[Problem]) -> list[tuple[str, int | None, int | None]]:

@@ -19,7 +19,7 @@ from reconciler import engine, migrations
 from reconciler.errors import InvalidInput, Problem
 from reconciler.migrations import Catalog, MigrationError, Statement, split_statements
 from reconciler.registry import Registry
-from tests.conftest import REPO
+from tests.conftest import REPO, run_all
 
 OK = "CREATE TABLE t (a);\n"
 
@@ -92,13 +92,7 @@ def test_python_migration_runs_with_the_connection(tmp_path: Path) -> None:
     catalog = migrations.load(make(tmp_path, {
         "0001_a.sql": OK,
         "0002_b.py": "def migrate(conn):\n    conn.execute('INSERT INTO t VALUES (42)')\n"}))
-    db = tmp_path / "t.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    for m in catalog.migrations:
-        conn.execute("BEGIN IMMEDIATE")
-        m.run(conn)
-        conn.execute(f"PRAGMA user_version = {m.version}")
-        conn.execute("COMMIT")
+    conn = run_all(catalog, tmp_path / "t.db")
     assert conn.execute("SELECT a FROM t").fetchall() == [(42,)]
     assert conn.execute("PRAGMA user_version").fetchone() == (2,)
 
