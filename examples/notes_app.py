@@ -22,7 +22,9 @@ Status codes: 400 a Host that is not a hostname; 404 no tenant at that host (or 
 unknown path); 503 the tenant is relocating, missing, archived, suspended, failed,
 below this application's schema, was relocated while the request ran (its write was
 rolled back), or stayed write-locked past the busy timeout (with ``Retry-After``);
-405 wrong method.
+405 wrong method. On a multi-host fleet (issue 15): 307 to the endpoint of the region
+whose host holds the tenant (``Location``: that endpoint + this path; ``TenantElsewhere``),
+503 when it cannot tell (another region's registry view is missing or stale).
 
 Invariants: one tenant connection per request, closed when the request ends; writes
 go through ``begin_write()`` and the connection's confirmed commit, so a write racing
@@ -43,7 +45,13 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from reconciler.routing import Router, RoutingError, TenantConnection, TenantUnavailable
+from reconciler.routing import (
+    Router,
+    RoutingError,
+    TenantConnection,
+    TenantElsewhere,
+    TenantUnavailable,
+)
 
 #: the notes table with ``title`` and ``body`` arrives with migration 0001
 MIN_SCHEMA = 1
@@ -60,7 +68,8 @@ class HTTPError(Exception):
         self.message = message
 
 
-_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 403: "Forbidden",
+_REASONS = {200: "OK", 201: "Created", 307: "Temporary Redirect", 400: "Bad Request",
+            403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}
 
@@ -143,8 +152,21 @@ def make_app(router: Router, min_schema: int = MIN_SCHEMA
                     status, body = _list(db)
                 else:
                     status, body = _add(db, form)
+        except TenantElsewhere as exc:  # another region's host serves it: send the client
+            if exc.endpoint is None:
+                headers.append(("Retry-After", "60"))
+                status, body = 503, {"error": str(exc), "region": exc.region}
+            else:
+                target = exc.endpoint + environ.get("PATH_INFO", "/")
+                if environ.get("QUERY_STRING"):
+                    target += "?" + environ["QUERY_STRING"]
+                headers.append(("Location", target))  # 307: the method and body are kept
+                status, body = exc.http_status, {"error": str(exc), "region": exc.region,
+                                                 "location": target}
         except TenantUnavailable as exc:
-            headers.append(("Retry-After", "1" if exc.tenant.status == "relocating" else "60"))
+            # relocating, or cannot tell yet ("unknown": a region's view is stale): soon
+            headers.append(("Retry-After", "1" if exc.tenant.status in ("relocating", "unknown")
+                            else "60"))
             status, body = exc.http_status, {"error": str(exc), "reason": exc.reason}
         except RoutingError as exc:
             status, body = exc.http_status, {"error": str(exc)}
@@ -182,9 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.add_argument("--stale-after", type=float, default=30.0, metavar="SECONDS",
+                   help="another region's registry view older than this cannot tell where "
+                   "a tenant lives (settings.stale_after; default %(default)s)")
     args = p.parse_args(argv)
     try:
-        router = Router(args.central)
+        router = Router(args.central, stale_after=args.stale_after)
     except RoutingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,10 +30,12 @@ from reconciler import (
     compact,
     engine,
     errors_json,
+    fleetview,
     log,
     observe,
     options,
     ownership,
+    peers,
     progress,
     render,
     routecheck,
@@ -409,6 +412,7 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     drifted = [r.tenant for r in rows if r.drift]
     checked = inputs.desired.settings.drift != "ignore"
     counts = status_mod.schema_counts(rows, checked) if args.schema else []
+    regions = _regions(inputs)
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
                            "fleet": status_mod.counts_json(fleet), "drifted": len(drifted),
@@ -416,13 +420,16 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
                                                      "needs_person": r.needs_person}
                                        for r in rows]}
                           | ({"schema": [c.__dict__ for c in counts]} if args.schema else {})
-                          | ({"backups": backups.__dict__} if backups else {})))
+                          | ({"backups": backups.__dict__} if backups else {})
+                          | ({"regions": fleetview.regions_json(regions)} if regions else {})))
         return EXIT_OK if in_sync else EXIT_CHANGES
     style = terminal.style_for(sys.stdout)
     _out(compact.status_lines(fleet, rows, target=the_plan.target,
                               show_all=args.all_tenants, style=style))
     if backups is not None:
         _out(backups.line())
+    if regions:
+        _out(fleetview.region_lines(regions, inputs.desired.settings.stale_after))
     if last is not None:
         _out(f"last pass: {last['summary']} (finished {last['finished_at']})")
     else:
@@ -433,6 +440,15 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     _out(f"desired state: {inputs.config.name} @ {short(inputs.revision)} — "
          + (style.paint("in sync", "green") if in_sync else style.paint("out of sync", "yellow")))
     return EXIT_OK if in_sync else EXIT_CHANGES
+
+
+def _regions(inputs: engine.Inputs) -> list[peers.RegionStatus]:
+    """Issue 15: every region as this host sees it, when this host's registry is a
+    region agent's ([] on a host serving every region)."""
+    agent_row = Registry.read(inputs.desired.settings.central, Registry.agent, None)
+    if agent_row is None or agent_row.region is None:
+        return []
+    return peers.fleet_regions(inputs.whole or inputs.desired, agent_row, time.time())
 
 
 def cmd_drift(args: argparse.Namespace, logger: Any) -> int:
@@ -497,9 +513,17 @@ def cmd_history(args: argparse.Namespace, logger: Any) -> int:
 
 
 def cmd_route(args: argparse.Namespace, logger: Any) -> int:
-    central = Path(args.central).absolute() if args.central else _looking(args)[1]
+    loaded, central = (None, Path(args.central).absolute()) if args.central \
+        else _looking(args)[:2]
+    stale_after = loaded.desired.settings.stale_after if loaded is not None \
+        else routing.DEFAULT_STALE_AFTER
     try:
-        found = routecheck.inspect(central, args.host, args.min_schema)
+        found = routecheck.inspect(central, args.host, args.min_schema,
+                                   stale_after=stale_after)
+    except routing.TenantElsewhere as exc:  # issue 15: held by another region's host
+        _out(render.dumps(fleetview.elsewhere_json(exc)) if args.json
+             else fleetview.elsewhere_lines(exc))
+        return EXIT_OK
     except routing.RoutingError as exc:
         _err(f"error: {exc}")
         return EXIT_ERROR

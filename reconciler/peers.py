@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from reconciler.state import Handoff, PeerTenant, PeerView
+from reconciler.state import AgentRow, Handoff, PeerTenant, PeerView
 
 if TYPE_CHECKING:  # (routing imports this module: applications need no YAML parser)
     from reconciler.desired import Desired, Settings
@@ -164,3 +164,43 @@ def find(path: Path, region: str, endpoint: str | None, domain: str, now: float,
                                                  row[4], int(row[5]))
     return Sighting(region, endpoint, age, tenant,
                     None if age is not None else "its agent never recorded a heartbeat")
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    """One region as ``status`` shows it on this host: ``here`` (this host's agent
+    writes its registry), the agent (``<region>@<host>``), and for the others the age
+    of this host's view of their registry (None: no usable copy, ``problem`` says why)
+    and how many tenants it holds."""
+
+    name: str
+    endpoint: str | None
+    here: bool
+    agent: str | None
+    age: float | None
+    stale: bool
+    tenants: int | None
+    problem: str | None = None
+
+
+def fleet_regions(desired: Desired, agent: AgentRow | None, now: float
+                  ) -> list[RegionStatus]:
+    """Every region ``desired`` declares, as seen from this host, whose registry's agent
+    row is ``agent`` (None, or a row without a region: one host serves every region)."""
+    own = agent.region if agent is not None else None
+    stale_after = desired.settings.stale_after
+    views = read_views(desired, own, now) if own is not None else {}
+    out = []
+    for name, region in sorted(desired.regions.items()):
+        view = views.get(name)
+        if view is None:  # this host's own registry, read directly
+            out.append(RegionStatus(name, region.endpoint, True,
+                                    agent.name() if agent is not None else None, 0.0,
+                                    False, None))
+            continue
+        agent_name = f"{name}@{view.host}" if view.host else None
+        out.append(RegionStatus(name, region.endpoint, False, agent_name, view.age,
+                                not view.fresh(stale_after),
+                                len(view.tenants) if view.age is not None else None,
+                                view.problem))
+    return out

@@ -43,13 +43,13 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 class NotesServer:
-    def __init__(self, fleet: Fleet, workdir: Path) -> None:
+    def __init__(self, fleet: Fleet, workdir: Path, *args: str) -> None:
         self.fleet = fleet
         self.audit = workdir / "opened.log"
         self.stderr = (workdir / "server.err").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", AUDITED, str(self.audit), str(APP),
-             "--central", str(fleet.central), "--port", "0", "--quiet"],
+             "--central", str(fleet.central), "--port", "0", "--quiet", *args],
             stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         assert self.proc.stdout is not None
         banner = self.proc.stdout.readline()
