@@ -17,9 +17,11 @@ Invariants:
   a busy or missing registry only skips a beat;
 * ``Follower``: one ``litestream restore -f`` per other region, restarted with
   exponential backoff (1 s doubling to 10 s, reset after a minute up) whenever it exits;
-  a copy Litestream says it cannot resume is moved to ``<data_dir>/_retired/`` (with
-  its ``-wal``/``-shm``/``-txid``) and restored anew at once — never deleted, never
-  read while half-restored (readers see no heartbeat in it until it is whole);
+  a copy that cannot be resumed (Litestream says so, or the copy's saved position lies
+  beyond the replica's last transaction: checked before each start) is moved to
+  ``<data_dir>/_retired/`` (with its ``-wal``/``-shm``/``-txid``) and restored anew at
+  once — never deleted, never read while half-restored (readers see no heartbeat in
+  it until it is whole);
 * followed copies are only written by Litestream; everything else opens them
   ``mode=ro`` (``peers``);
 * every child process gets ``PR_SET_PDEATHSIG`` (dies with the daemon, even on SIGKILL)
@@ -245,6 +247,11 @@ class Follower:
             tenantdb.ensure_dir(self.copy.parent)
             with contextlib.suppress(ReconcileError):
                 litestream.ensure_bucket(self.url)  # restore from a bucket not made yet
+            ahead = self._ahead()
+            if ahead is not None:
+                self.log.warning("registry copy cannot be resumed: retired, restoring anew",
+                                 region=self.region, retired=str(self._retire()),
+                                 reason=ahead)
             self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=die_with_parent)
@@ -263,6 +270,26 @@ class Follower:
         code = self.proc.wait()
         tail.append(f"exit {code}")
         return list(tail)
+
+    def _ahead(self) -> str | None:
+        """Why the copy cannot continue from the replica — its saved position
+        (``<copy>-txid``, written by Litestream) lies beyond the replica's last
+        transaction (the replica was wiped and started anew) — or None. Litestream
+        0.5.17 does not always refuse such a copy itself: it then follows nothing,
+        silently. Unknown (the store is unreachable): None, the follower decides."""
+        try:
+            saved = int(Path(f"{self.copy}-txid").read_text().strip(), 16)
+        except (OSError, ValueError):
+            return None
+        if not self.copy.exists():
+            return None
+        try:
+            top = max((f.max_txid for f in litestream.ltx_files(self.url, 30.0)), default=0)
+        except ReconcileError:
+            return None
+        if saved <= top:
+            return None
+        return f"the copy is at transaction {saved:x}, its replica ends at {top:x}"
 
     def _retire(self) -> Path:
         """Move the copy and its sidecars to ``_retired/`` (gc deletes them later)."""
