@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 from reconciler import (
     __version__,
+    agent,
     central_path,
     compact,
     engine,
@@ -86,6 +87,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
+def _region(p: argparse.ArgumentParser, sub: bool) -> None:
+    p.add_argument("--region", action="append", metavar="NAME",
+                   default=argparse.SUPPRESS if sub else None,
+                   help="act as the agent of this region only (one region per host; needs "
+                   "settings.backup)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="reconcile",
@@ -99,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
                    help="exit at once if another reconciler holds the lock")
     p.add_argument("--retry-failed", action="store_true",
                    help="retry failed tenants and halted rollouts now")
+    _region(p, sub=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND",
                            help="what to do (default: apply; `reconcile COMMAND -h` for its "
                            "options)")
@@ -111,9 +120,11 @@ def parser() -> argparse.ArgumentParser:
                    help="exit at once if another reconciler holds the lock")
     a.add_argument("--retry-failed", action="store_true", default=argparse.SUPPRESS,
                    help="retry failed tenants and halted rollouts now")
+    _region(a, sub=True)
     pl = sub.add_parser("plan", help="print the plan, change nothing")
     _common(pl, sub=True)
     _verbose(pl, sub=True)
+    _region(pl, sub=True)
     pl.add_argument("--rehearse", nargs="*", default=None, metavar="N|all|TENANT",
                     help="also run the pending migrations, health checks and foreign-key "
                     "check on backup-API copies of tenants (default: the largest, the oldest "
@@ -142,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
                    help="at most N events (default 50)")
     dm = sub.add_parser("daemon", help="keep the fleet converged (systemd Type=notify service)")
     _common(dm, sub=True)
+    _region(dm, sub=True)
     dm.add_argument("--git-pull", action="store_true",
                     help="GitOps pull mode: every interval fast-forward the clone holding "
                     "tenants.yaml to its remote branch (also on with a settings.git block)")
@@ -277,7 +289,7 @@ def _out(lines: Sequence[str] | str) -> None:
 
 
 def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
-    inputs = engine.load(engine.config_path(args.config))
+    inputs = engine.load(engine.config_path(args.config), _agent_region(args))
     line = progress.ProgressLine(sys.stderr)  # draws only on a terminal
     try:
         result = engine.run_pass(inputs, progress.LineSafeLogger(logger, line) if line.enabled
@@ -297,8 +309,12 @@ def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
     return EXIT_OK if result.ok else EXIT_PROBLEMS
 
 
+def _agent_region(args: argparse.Namespace) -> str | None:
+    return agent.single(getattr(args, "region", None))
+
+
 def cmd_plan(args: argparse.Namespace, logger: Any) -> int:
-    inputs = engine.load(engine.config_path(args.config))
+    inputs = engine.load(engine.config_path(args.config), _agent_region(args))
     the_plan, _ = engine.preview(inputs, retry_failed=getattr(args, "retry_failed", False),
                                  between_passes=True,
                                  wait=not getattr(args, "no_wait", False), log=logger)
@@ -506,12 +522,16 @@ def cmd_route(args: argparse.Namespace, logger: Any) -> int:
 def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
     from reconciler import daemon  # watchfiles is only needed by the long-running command
 
+    region = _agent_region(args)
     # refuse a wrong user at once, not at every pass (an invalid file: the daemon says so)
+    inputs = None
     with contextlib.suppress(InvalidInput):
-        ownership.require_owner(engine.load(engine.config_path(args.config)
-                                            ).desired.settings.central)
+        inputs = engine.load(engine.config_path(args.config))
+        ownership.require_owner(inputs.desired.settings.central)
+    if inputs is not None and region is not None:
+        agent.check(inputs.desired, region)  # a wrong --region: at once, not every pass
     return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull,
-                      metrics_addr=args.metrics_addr)
+                      metrics_addr=args.metrics_addr, region=region)
 
 
 def cmd_metrics(args: argparse.Namespace, logger: Any) -> int:

@@ -197,8 +197,10 @@ class Watchdog:
 
 class Daemon:
     def __init__(self, config: Path, log: Logger, *, git_pull: bool = False,
-                 notifier: Notifier | None = None, metrics_addr: str | None = None) -> None:
+                 notifier: Notifier | None = None, metrics_addr: str | None = None,
+                 region: str | None = None) -> None:
         self.config = config.resolve()
+        self.region = region  # issue 15: the one region this agent acts on (None: all)
         self.log = log
         self.metrics_addr = metrics_addr  # issue 16: /metrics, /livez, /readyz
         self.telemetry: Telemetry | None = None
@@ -358,7 +360,7 @@ class Daemon:
         watch = self.watch_set
         before = watch.signature()
         try:
-            inputs = engine.load(self.config)
+            inputs = engine.load(self.config, self.region)
         except InvalidInput as exc:
             self._signature = before
             self._reject(exc.problems)
@@ -639,6 +641,7 @@ class Daemon:
 
 
 def run(config: Path, log: Logger, *, git_pull: bool = False,
-        metrics_addr: str | None = None) -> int:
-    return Daemon(config, log, git_pull=git_pull, metrics_addr=metrics_addr).run()
+        metrics_addr: str | None = None, region: str | None = None) -> int:
+    return Daemon(config, log, git_pull=git_pull, metrics_addr=metrics_addr,
+                  region=region).run()
 

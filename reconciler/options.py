@@ -22,7 +22,7 @@ import argparse
 GLOBAL: dict[str, str] = {
     "config": "-c/--config", "json": "--json", "log_format": "--log-format",
     "log_level": "--log-level", "dry_run": "--dry-run", "no_wait": "--no-wait",
-    "retry_failed": "--retry-failed", "verbose": "-v/--verbose",
+    "retry_failed": "--retry-failed", "verbose": "-v/--verbose", "region": "--region",
 }
 
 _READ = frozenset({"config", "json", "dry_run"})
@@ -31,7 +31,7 @@ _LOGS = frozenset({"log_format", "log_level"})
 #: command → the global options it acts on
 HONOURS: dict[str, frozenset[str]] = {
     "apply": frozenset(GLOBAL),
-    "plan": _READ | {"retry_failed", "no_wait", "verbose"},
+    "plan": _READ | {"retry_failed", "no_wait", "verbose", "region"},
     "status": _READ,
     "history": _READ,
     "route": _READ,
@@ -39,7 +39,7 @@ HONOURS: dict[str, frozenset[str]] = {
     "completion": frozenset(),
     "drift": _READ,
     "metrics": frozenset({"config"}),
-    "daemon": frozenset({"config"}) | _LOGS,
+    "daemon": frozenset({"config", "region"}) | _LOGS,
     "restore": frozenset({"config", "json", "no_wait", "dry_run"}) | _LOGS,
     "backups": frozenset({"config", "json"}),
     "gc": frozenset({"config", "json", "dry_run", "no_wait"}) | _LOGS,
@@ -61,6 +61,7 @@ _WHY: dict[tuple[str, str] | str, str] = {
     "dry_run": "it has no dry run",
     "verbose": "its output is the same on a terminal and in a pipe",
     "config": "it does not read tenants.yaml here",
+    "region": "only a pass (apply, plan, daemon) acts as one region's agent",
 }
 
 #: options that are each honoured, but not together: (command, option, other, why)
