@@ -116,6 +116,14 @@ def lineage_url(base: str, tenant: str, lineage: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
+def registry_url(base: str, region: str) -> str:
+    """Where the registry of ``region``'s agent replicates to (issue 15):
+    ``<base>/_registry/<region>``, or the bucket ``<bucket>-_registry-<region>`` (NATS).
+    ``_registry`` cannot be a tenant name (names start with a letter or digit), so it
+    never meets a tenant's lineage."""
+    return lineage_url(base, "_registry", region)
+
+
 def nats_bucket(url: str) -> str | None:
     """The JetStream object-store bucket a ``nats://`` lineage URL names (None for
     other schemes): it must exist before Litestream can write to it."""

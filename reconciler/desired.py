@@ -37,6 +37,7 @@ from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -70,6 +71,7 @@ MAX_BYTES = 16 * 1024 * 1024  # ~500k tenants; anything bigger is the wrong file
 MAX_PROBLEMS = 50  # a wrong file can produce thousands; the first ones are enough to act on
 MAX_PARALLEL = 256  # one thread (and SQLite connection) per parallel migration
 MAX_INTERVAL = 30 * 86400.0
+DEFAULT_STALE_AFTER = 30.0  # settings.stale_after (issue 15)
 MAX_BUSY_TIMEOUT = 3600.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -109,6 +111,9 @@ class Settings:
     # start a new rollout (nor lift a halt)
     notify: tuple[NotifyTarget, ...] = field(default=(), repr=False)
     backup: BackupSettings | None = None  # settings.backup: Litestream replication (issue 14)
+    # issue 15: seconds after which a peer region's registry view is stale (repr=False:
+    # not a reason to start a new rollout)
+    stale_after: float = field(default=DEFAULT_STALE_AFTER, repr=False)
 
     @property
     def archive_dir(self) -> Path:
@@ -123,11 +128,20 @@ class Settings:
         """Where a point-in-time restore stages Litestream's copy (``pitr``)."""
         return self.data_dir / "_restore"
 
+    @property
+    def follow_dir(self) -> Path:
+        """Where this host keeps its followed copies of other regions' registries
+        (``<region>.db``, restored by Litestream; issue 15)."""
+        return self.data_dir / "_follow"
+
 
 @dataclass(frozen=True)
 class Region:
     name: str
     path: Path  # absolute, normalised (symlinks are judged at observe time)
+    # issue 15: where applications of this region are served (http/https URL), carried
+    # by routing's TenantElsewhere; repr=False: not a reason to start a new rollout
+    endpoint: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +243,7 @@ def _capped(problems: list[Problem], file: str) -> list[Problem]:
 
 _SETTINGS_KEYS = ("data_dir", "central", "migrations", "domain", "schema", "prune",
                   "prune_limit", "interval", "busy_timeout", "rollout", "git", "drift",
-                  "drift_ignore", "notify", "backup")
+                  "drift_ignore", "notify", "backup", "stale_after")
 _ROLLOUT_KEYS = ("canary", "batch", "parallel", "max_failures", "snapshot", "transaction")
 TRANSACTIONS = ("step", "tenant")
 _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (all of a "
@@ -431,6 +445,9 @@ class _Checker(NotifyChecker):
             raw["notify"] = self.notify(nodes["notify"])
         if "backup" in nodes and not is_null(nodes["backup"]):  # `backup:` empty: off
             raw["backup"] = self.backup(nodes["backup"], base)
+        if "stale_after" in nodes:
+            raw["stale_after"] = self.duration(nodes["stale_after"], "settings.stale_after",
+                                               MAX_INTERVAL, allow_zero=False)
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
                         migrations_dir=migrations.path, **given), latest
@@ -599,10 +616,14 @@ class _Checker(NotifyChecker):
             self.region_names.add(name_text)
             name = self.label(knode, "region name")
             path_node: yaml.Node | None = None
-            for _key, _k, pv in self.mapping(v, f"regions.{name_text}", ("path",),
+            endpoint: str | None = None
+            for key, _k, pv in self.mapping(v, f"regions.{name_text}", ("path", "endpoint"),
                                             f"write `{name_text}: {{}}` or "
                                             f"`{name_text}: {{path: /some/dir}}`"):
-                path_node = pv
+                if key == "endpoint":
+                    endpoint = self.endpoint(pv, f"regions.{name_text}.endpoint")
+                else:
+                    path_node = pv
             if name is None:
                 continue
             path = settings.data_dir / name
@@ -632,11 +653,34 @@ class _Checker(NotifyChecker):
                                "give every region its own directory, outside the others")
                     break
             else:
-                out[name] = Region(name, path)
+                out[name] = Region(name, path, endpoint)
         if declared == 0:
             self.error(node, "no regions declared",
                        "declare at least one, e.g. `regions: {eu: {}}`")
         return out
+
+    def endpoint(self, node: yaml.Node, what: str) -> str | None:
+        """``regions.<name>.endpoint`` (issue 15): an absolute http(s) URL with a host,
+        no credentials, query or fragment; returned without a trailing slash."""
+        hint = "write the URL applications of that region are served at, for example " \
+               "https://eu.example.com"
+        text = self.text_of(node, what, hint)
+        if text is None:
+            return None
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 (raises ValueError for a bad port)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            self.error(node, f"{what} {text!r} is not an http or https URL", hint)
+            return None
+        if parts.username or parts.password or parts.query or parts.fragment:
+            self.error(node, f"{what} {text!r} must not carry credentials, a query or a "
+                       "fragment", "write only scheme, host, port and path, e.g. "
+                       "https://eu.example.com")
+            return None
+        return text.rstrip("/")
 
     def tenants(self, node: yaml.Node | None, regions: dict[str, Region],
                 settings: Settings, latest: int | None) -> dict[str, TenantSpec]:

@@ -8,11 +8,12 @@ Acting on those names would move or migrate another fleet's data. Two guards clo
 
 * **The fence.** The only directories a pass may read, write or move files in are the
   ones its own ``tenants.yaml`` declares: every region directory, ``<data_dir>/_archive``,
-  ``<data_dir>/_retired`` and ``<data_dir>/_restore``. Every file the reconciler manages
-  sits directly in one of them (tenant files, their temp copies and snapshots, archives,
-  retired copies), so a path is inside exactly when its parent directory is one of them —
-  judged on the normalised path text, with no I/O. A registered path outside the fence is never
-  opened: observation reads the tenant's file where this fleet keeps it instead
+  ``<data_dir>/_retired``, ``<data_dir>/_restore`` and ``<data_dir>/_follow``. Every
+  file the reconciler manages sits directly in one of them (tenant files, their temp
+  copies and snapshots, archives, retired copies, followed registry copies), so a path
+  is inside exactly when its parent directory is one of them — judged on the normalised
+  path text, with no I/O. A registered path outside the fence is never opened:
+  observation reads the tenant's file where this fleet keeps it instead
   (``<region dir>/<name>.db``, ``_archive/<file name>``), and the plan *reroots* the
   registry to it (``* reroot eu: /old/data/eu → /new/data/eu``) — data is not copied, so
   a moved fleet converges without copying anything twice. Each action checks its paths
@@ -82,11 +83,12 @@ def check_journal(desired: Desired, journal: JournalRow | None) -> None:
 
 def fence(desired: Desired) -> Fence:
     """The fence of ``desired``: region directories, ``_archive``, ``_retired`` and
-    ``_restore`` (a point-in-time restore's staged copy)."""
+    ``_restore`` (a point-in-time restore's staged copy) and ``_follow`` (followed copies
+    of other regions' registries, issue 15)."""
     s = desired.settings
     dirs = {os.path.normpath(os.fspath(r.path)) for r in desired.regions.values()}
     dirs.update(os.path.normpath(os.fspath(d))
-                for d in (s.archive_dir, s.retired_dir, s.restore_dir))
+                for d in (s.archive_dir, s.retired_dir, s.restore_dir, s.follow_dir))
     return Fence(frozenset(dirs), desired.source.name)
 
 

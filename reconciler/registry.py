@@ -30,7 +30,9 @@ from typing import Any, TypeVar
 from reconciler import ownership, readonly
 from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.state import STATUSES as STATUSES
+from reconciler.state import AgentRow as AgentRow
 from reconciler.state import JournalRow as JournalRow
+from reconciler.state import RegionRow as RegionRow
 from reconciler.state import Snapshot as Snapshot
 from reconciler.state import TenantRow as TenantRow
 
@@ -156,8 +158,46 @@ UPGRADES: tuple[str, ...] = (
     );
     CREATE INDEX backup_lineages_path ON backup_lineages (path, inode);
     """,
+    # issue 15: one agent per region host. A tenant's ``generation`` grows by one each
+    # time another region's agent registers it (highest wins across registries); the
+    # ``agent`` row says which agent writes this registry and how fresh it is (a
+    # follower's copy tells its age by it); ``regions`` what this host follows; a
+    # ``handoffs`` row is a tenant handed to another region (written by xmove); each
+    # event names the agent that recorded it
+    """
+    ALTER TABLE tenants ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE agent (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        region       TEXT,
+        host         TEXT,
+        revision     TEXT,
+        heartbeat_at REAL
+    );
+    CREATE TABLE regions (
+        name     TEXT PRIMARY KEY,
+        endpoint TEXT,
+        local    INTEGER NOT NULL,
+        registry TEXT
+    );
+    CREATE TABLE handoffs (
+        tenant         TEXT PRIMARY KEY,
+        to_region      TEXT NOT NULL,
+        replica_url    TEXT NOT NULL,
+        txid           INTEGER NOT NULL,
+        schema_version INTEGER NOT NULL,
+        digest         TEXT NOT NULL,
+        generation     INTEGER NOT NULL,
+        at             TEXT NOT NULL
+    );
+    ALTER TABLE events ADD COLUMN agent TEXT;
+    """,
 )
 VERSION = len(UPGRADES)
+
+
+def _has_table(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (table,)).fetchone() is not None
 
 
 def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
@@ -380,15 +420,17 @@ class Registry:
         return None if r is None else (r[0], Path(r[1]), r[2], int(r[3]), r[4])
 
     def events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        sql = ("SELECT id, at, revision, tenant, action, outcome, detail, duration_ms "
-               "FROM events")
+        agent = _has_column(self.conn, "events", "agent")  # issue 15: which agent did it
+        sql = ("SELECT id, at, revision, tenant, action, outcome, detail, duration_ms"
+               + (", agent" if agent else "") + " FROM events")
         args: tuple[Any, ...] = ()
         if tenant:
             sql += " WHERE tenant = ?"
             args = (tenant,)
         sql += " ORDER BY id DESC LIMIT ?"
         rows = self.conn.execute(sql, (*args, limit)).fetchall()
-        keys = ("id", "at", "revision", "tenant", "action", "outcome", "detail", "duration_ms")
+        keys: tuple[str, ...] = ("id", "at", "revision", "tenant", "action", "outcome",
+                                 "detail", "duration_ms") + (("agent",) if agent else ())
         out = []
         for r in rows:
             d = dict(zip(keys, r, strict=True))
@@ -429,7 +471,7 @@ class Registry:
 
     def update_tenant(self, name: str, **fields: Any) -> None:
         allowed = {"region", "path", "schema_version", "status", "protected", "failure",
-                   "failed_key", "failures", "retry_at"}
+                   "failed_key", "failures", "retry_at", "generation"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"unknown tenant fields: {bad}")
@@ -475,11 +517,56 @@ class Registry:
 
     def event(self, *, revision: str, tenant: str | None, action: str, outcome: str,
               detail: Mapping[str, Any] | None = None, duration_ms: int | None = None) -> None:
+        """Record an event, naming the agent from the ``agent`` row (``<region>@<host>``,
+        ``*@<host>`` for the agent of every region; NULL before any agent was recorded)."""
         self.conn.execute(
-            "INSERT INTO events (at, revision, tenant, action, outcome, detail, duration_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (at, revision, tenant, action, outcome, detail, duration_ms, "
+            "agent) VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(region, '*') || '@' || "
+            "COALESCE(host, '?') FROM agent WHERE id = 1))",
             (utcnow(), revision, tenant, action, outcome,
              json.dumps(dict(detail or {}), sort_keys=True, default=str), duration_ms))
+
+    # ---------------------------------------------------------------- agents (issue 15)
+    def set_agent(self, region: str | None, host: str, revision: str | None,
+                  heartbeat_at: float) -> None:
+        """Record which agent writes this registry (``region`` None: every region) and
+        its heartbeat (unix seconds). One short statement: the caller's transaction or
+        autocommit."""
+        self.conn.execute(
+            "INSERT INTO agent (id, region, host, revision, heartbeat_at) VALUES "
+            "(1, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET region=excluded.region, "
+            "host=excluded.host, revision=COALESCE(excluded.revision, revision), "
+            "heartbeat_at=excluded.heartbeat_at", (region, host, revision, heartbeat_at))
+
+    def heartbeat(self, at: float) -> None:
+        """Refresh the agent row's ``heartbeat_at`` (unix seconds), autocommitted."""
+        self.conn.execute("UPDATE agent SET heartbeat_at = ? WHERE id = 1", (at,))
+
+    def agent(self) -> AgentRow | None:
+        """The ``agent`` row, or None (never recorded, or an older registry)."""
+        if not _has_table(self.conn, "agent"):
+            return None
+        r = self.conn.execute("SELECT region, host, revision, heartbeat_at FROM agent "
+                              "WHERE id = 1").fetchone()
+        return None if r is None else AgentRow(*r)
+
+    def set_regions(self, rows: Iterable[RegionRow]) -> None:
+        """Replace the ``regions`` table with ``rows`` (caller holds a transaction)."""
+        rows = list(rows)
+        self.conn.execute("DELETE FROM regions WHERE name NOT IN (SELECT value FROM "
+                          "json_each(?))", (json.dumps([r.name for r in rows]),))
+        self.conn.executemany(
+            "INSERT INTO regions (name, endpoint, local, registry) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint, "
+            "local=excluded.local, registry=excluded.registry",
+            [(r.name, r.endpoint, int(r.local), r.registry) for r in rows])
+
+    def regions(self) -> list[RegionRow]:
+        """The ``regions`` table, by name ([] on an older registry)."""
+        if not _has_table(self.conn, "regions"):
+            return []
+        return [RegionRow(n, e, bool(loc), reg) for n, e, loc, reg in self.conn.execute(
+            "SELECT name, endpoint, local, registry FROM regions ORDER BY name")]
 
     def journal_set(self, tenant: str, action: str, phase: str, *, source: str | None = None,
                     dest: str | None = None, temp: str | None = None,

@@ -88,6 +88,88 @@ class Snapshot:
 
 
 
+class AgentRow(NamedTuple):
+    """The ``agent`` row of a registry (issue 15): which agent writes it. ``region`` None:
+    the agent of every region (a single host); ``heartbeat_at``: unix seconds, refreshed
+    about every second while the agent runs."""
+
+    region: str | None
+    host: str | None
+    revision: str | None
+    heartbeat_at: float | None
+
+    def name(self) -> str:
+        """``<region>@<host>`` (``*@<host>`` for the agent of every region)."""
+        return f"{self.region or '*'}@{self.host or '?'}"
+
+
+class RegionRow(NamedTuple):
+    """One ``regions`` row: a declared region as this host sees it. ``registry``: the
+    absolute path of the followed copy of its registry (None for this host's own)."""
+
+    name: str
+    endpoint: str | None
+    local: bool
+    registry: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTenant:
+    """A tenant as another region's registry holds it (read from a followed copy)."""
+
+    name: str
+    region: str
+    path: str
+    schema_version: int
+    status: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A ``handoffs`` row: ``tenant`` handed to ``to_region`` through the replica at
+    ``replica_url``, final position ``txid``, with the schema version, content digest
+    and generation the destination must register."""
+
+    tenant: str
+    to_region: str
+    replica_url: str
+    txid: int
+    schema_version: int
+    digest: str
+    generation: int
+
+
+_NO_TENANTS: Mapping[str, PeerTenant] = MappingProxyType({})
+_NO_TEXT: Mapping[str, str] = MappingProxyType({})
+_NO_HANDOFFS: Mapping[str, Handoff] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What this host knows of another region from its followed registry copy.
+
+    ``age``: seconds since that region's agent last refreshed its heartbeat, as seen in
+    the copy (None: no readable copy — nothing can be claimed about that region);
+    ``revision``: the tenants.yaml revision its agent last applied; ``host``: where its
+    agent runs; ``tenants``: name → row; ``domains``: domain → tenant; ``handoffs``:
+    tenant → handoff row. Empty mappings when the copy is missing."""
+
+    region: str
+    endpoint: str | None
+    age: float | None
+    revision: str | None = None
+    tenants: Mapping[str, PeerTenant] = field(default_factory=lambda: _NO_TENANTS)
+    domains: Mapping[str, str] = field(default_factory=lambda: _NO_TEXT)
+    handoffs: Mapping[str, Handoff] = field(default_factory=lambda: _NO_HANDOFFS)
+    host: str | None = None
+    problem: str | None = None  # why there is no usable copy (age None), for people
+
+    def fresh(self, stale_after: float) -> bool:
+        """Whether the view may be trusted: read, and at most ``stale_after`` s old."""
+        return self.age is not None and self.age <= stale_after
+
+
 @dataclass(frozen=True)
 class FileState:
     path: Path
@@ -200,6 +282,9 @@ class Observed:
     drift_remember: Mapping[str, bytes] | None = None
     # tenant → its backup as Litestream reports it; None when settings.backup is off
     backups: Mapping[str, BackupState] | None = None
+    # region → what this host knows of it from its followed registry copy (issue 15);
+    # None on a single host serving every region
+    peers: Mapping[str, PeerView] | None = None
 
     def file(self, path: Path | str) -> FileState:
         p = path if isinstance(path, Path) else Path(path)

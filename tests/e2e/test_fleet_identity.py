@@ -381,6 +381,8 @@ def _as_written_by_an_older_reconciler(f: Fleet) -> None:
     for step in registry.UPGRADES[at:]:
         for table in re.findall(r"CREATE TABLE (\w+)", step):
             conn.execute(f"DROP TABLE {table}")
+        for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", step):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute(f"PRAGMA user_version = {at}")
     conn.close()
 

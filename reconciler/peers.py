@@ -1,0 +1,112 @@
+"""Other regions' registries, as this host follows them (issue 15, DESIGN §10).
+
+Why a module of its own: on a multi-host fleet every region's agent writes its own
+registry and Litestream replicates it; every other host keeps a read-only copy, restored
+and followed by Litestream (``<data_dir>/_follow/<region>.db``, see ``follow``). The
+planner (is this tenant held elsewhere, handed to us?), ``status`` and the router (where
+does this host live?) all need to read those copies the same way, and to say how old
+what they read is.
+
+Invariants:
+* a copy is only ever opened ``mode=ro`` (never ``immutable``: Litestream applies pages
+  to it under SQLite's own locks while we read), with a busy timeout, and every read of
+  one copy is one read transaction, so a view is one consistent state of that registry;
+* a view's ``age`` is ``now`` minus the heartbeat its agent last wrote in the copy
+  (``agent.heartbeat_at``, refreshed about every second while that agent runs): it grows
+  when the agent stops, when replication stops, and when following stops, so one number
+  says how far behind this host may be;
+* a missing, half-restored or unreadable copy never raises: its view has ``age`` None
+  and a ``problem`` saying why, and nothing can be claimed about that region;
+* nothing here writes a byte.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from reconciler.desired import Desired, Settings
+from reconciler.state import Handoff, PeerTenant, PeerView
+
+#: the registry version (``registry.UPGRADES``) that added ``generation`` and ``agent``
+PEER_SCHEMA = 8
+DEFAULT_BUSY_TIMEOUT = 2.0
+
+
+def copy_path(settings: Settings, region: str) -> Path:
+    """Where this host keeps its followed copy of ``region``'s registry."""
+    return settings.follow_dir / f"{region}.db"
+
+
+def connect(path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> sqlite3.Connection:
+    """A read-only connection to a followed copy (``mode=ro``, busy timeout in seconds).
+    Raises ``sqlite3.Error`` when it cannot be opened (a missing file included: ``mode=ro``
+    never creates one)."""
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                           isolation_level=None, timeout=busy_timeout,
+                           check_same_thread=False)
+
+
+def heartbeat(conn: sqlite3.Connection) -> tuple[float | None, str | None, str | None]:
+    """``(heartbeat_at, host, revision)`` of the copy's agent row (None, None, None if it
+    has none). Raises ``sqlite3.Error`` (an older registry has no ``agent`` table)."""
+    row = conn.execute("SELECT heartbeat_at, host, revision FROM agent WHERE id = 1"
+                       ).fetchone()
+    if row is None:
+        return None, None, None
+    return (None if row[0] is None else float(row[0])), row[1], row[2]
+
+
+def age_of(heartbeat_at: float | None, now: float) -> float | None:
+    """Seconds since ``heartbeat_at`` (never negative: hosts' clocks differ a little)."""
+    return None if heartbeat_at is None else max(0.0, now - heartbeat_at)
+
+
+def read_view(path: Path, region: str, endpoint: str | None, now: float,
+              busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> PeerView:
+    """The view of ``region`` from its followed copy at ``path`` (``now``: unix seconds).
+    Never raises for a missing or unreadable copy: the view then has ``age`` None."""
+    if not path.exists():
+        return PeerView(region, endpoint, None,
+                        problem=f"no copy of its registry yet ({path})")
+    try:
+        conn = connect(path, busy_timeout)
+    except sqlite3.Error as exc:
+        return PeerView(region, endpoint, None, problem=f"cannot open {path}: {exc}")
+    try:
+        conn.execute("BEGIN")  # one consistent state across the tables
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < PEER_SCHEMA:
+            return PeerView(region, endpoint, None, problem=(
+                f"its registry {path} is at version {version}: upgrade that region's "
+                "agent" if version else f"{path} holds no registry yet"))
+        beat, host, revision = heartbeat(conn)
+        tenants = {r[0]: PeerTenant(r[0], r[1], r[2], int(r[3]), r[4], int(r[5]))
+                   for r in conn.execute("SELECT name, region, path, schema_version, "
+                                         "status, generation FROM tenants")}
+        domains = dict(conn.execute("SELECT domain, tenant FROM domains").fetchall())
+        handoffs = {r[0]: Handoff(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], int(r[6]))
+                    for r in conn.execute("SELECT tenant, to_region, replica_url, txid, "
+                                          "schema_version, digest, generation FROM handoffs")}
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        return PeerView(region, endpoint, None, problem=f"cannot read {path}: {exc}")
+    finally:
+        conn.close()
+    age = age_of(beat, now)
+    return PeerView(region, endpoint, age, revision, MappingProxyType(tenants),
+                    MappingProxyType(domains), MappingProxyType(handoffs), host,
+                    None if age is not None else "its agent never recorded a heartbeat")
+
+
+def read_views(desired: Desired, own_region: str, now: float) -> Mapping[str, PeerView]:
+    """Region → view, for every region ``desired`` declares except ``own_region``, read
+    from ``<data_dir>/_follow/<region>.db`` (``now``: unix seconds). Never raises for a
+    missing or unreadable copy (``age`` None)."""
+    s = desired.settings
+    busy = min(s.busy_timeout, DEFAULT_BUSY_TIMEOUT) or DEFAULT_BUSY_TIMEOUT
+    return MappingProxyType({
+        name: read_view(copy_path(s, name), name, region.endpoint, now, busy)
+        for name, region in sorted(desired.regions.items()) if name != own_region})
