@@ -53,7 +53,7 @@ from reconciler.plan import Action
 from reconciler.registry import utcnow
 from reconciler.relocate import free_name, move_out, write_locked
 from reconciler.state import Handoff
-from reconciler.xplan import HANDED_OFF, IN, OUT, handoff_of
+from reconciler.xplan import HANDED_OFF, IN, OUT, RETIRE, handoff_of
 
 SIDECARS = ("-wal", "-shm")
 
@@ -155,6 +155,8 @@ def handoff(action: Action, ctx: Context) -> Outcome:
         crash_point("xmove:after-fence")
     with write_locked(path, settings.busy_timeout):
         pass  # writers in flight finish; later ones see ``relocating`` at commit
+    if str(path) not in ctl.databases():  # a restarted Litestream skips fenced files
+        ctl.register(path, lineage.url)  # the same lineage, resumed from its own state
     txid = ctl.sync(path)  # RetryableError while the replica store is down: resumed
     crash_point("xmove:after-sync")
     version, content = digest_file(path, settings.busy_timeout)
@@ -196,15 +198,17 @@ def release(action: Action, ctx: Context) -> Outcome:
         raise PermanentError(f"releasing {name}: no handoff journaled here")
     source = Path(journal.source)
     retired_text = journal.details().get("retired_path")
-    if journal.phase != "retire" or not isinstance(retired_text, str):
+    if journal.phase != RETIRE or not isinstance(retired_text, str):
         retired = free_name(settings.retired_dir, f"{name}-{journal.details().get('from_region')}")
         with ctx.registry.durable_transaction():
-            ctx.registry.journal_set(name, OUT, "retire",
+            ctx.registry.journal_set(name, OUT, RETIRE,
                                      detail={**journal.details(), "retired_path": str(retired)})
         crash_point("xmove:before-retire")
     else:
         retired = Path(retired_text)
-    replication.release(settings, source)  # Litestream syncs what it has and lets go
+    ctl = replication.control(settings)
+    if ctl is not None and ctl.alive() and str(source) in ctl.databases():
+        replication.release(settings, source)  # Litestream syncs what it has, lets go
     move_out(source, retired, settings.busy_timeout, "xmove:during-retire")
     crash_point("xmove:after-retire")
     outcome = Outcome(name, action.kind.value, OK, action.from_version, action.to_version,

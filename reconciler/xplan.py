@@ -41,6 +41,7 @@ from reconciler.state import Handoff, JournalRow, Observed, PeerTenant, PeerView
 
 OUT, IN = "xmove-out", "xmove-in"  # journal actions: the source's and the destination's
 HANDED_OFF = "handed-off"  # the source's phase once its ``handoffs`` row is written
+RETIRE = "retire"  # the source's phase once the destination was seen holding the tenant
 
 
 def plan_agent(whole: Desired, scoped: Desired, observed: Observed, catalog: Catalog,
@@ -143,6 +144,10 @@ def _leaving(name: str, here: str, version: int, status: str, spec: TenantSpec |
     to = spec.region if spec is not None else None
     base = Action(Kind.WAIT, name, here, from_region=here, from_version=version,
                   to_version=version)
+    if out is not None and out.phase == RETIRE:  # decided before a crash: finished
+        return dataclasses.replace(base, kind=Kind.RELEASE, status="archived",
+                                   handoff=handoff_of(out), region=handoff_of(out).to_region,
+                                   detail="resume interrupted release (phase retire)")
     if out is not None and out.phase == HANDED_OFF:
         handed = handoff_of(out)
         dest = peers.get(handed.to_region)

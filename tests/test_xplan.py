@@ -10,7 +10,7 @@ from typing import Any
 from reconciler import agent
 from reconciler.plan import Plan
 from reconciler.state import Handoff, JournalRow, Observed, PeerTenant, PeerView
-from reconciler.xplan import HANDED_OFF, IN, OUT, holder, plan_agent
+from reconciler.xplan import HANDED_OFF, IN, OUT, RETIRE, holder, plan_agent
 from tests.test_plan import DATA, catalog, desired, observed, row
 
 STALE = 30.0
@@ -194,3 +194,10 @@ def test_tenants_of_this_region_at_rest_are_planned_as_on_one_host() -> None:
     p = agent_plan({"aaron": {"region": "eu"}, "acme": {"region": "us"}}, obs)
     assert acts(p) == {"aaron": "migrate"}
     assert p.declared == ("aaron",)
+
+
+def test_an_interrupted_release_is_finished_whatever_the_views_say() -> None:
+    obs = with_peers(observed([row("aaron", status="relocating")],
+                              journal={"aaron": journal(OUT, RETIRE)}), peer(age=None))
+    p = agent_plan({"aaron": {"region": "us"}}, obs)
+    assert acts(p) == {"aaron": "release"}

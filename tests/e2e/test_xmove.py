@@ -5,6 +5,8 @@ Two "hosts": separate project folders, data roots and registries, each with its 
 
 from __future__ import annotations
 
+import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,3 +56,54 @@ def test_relocation_eu_to_us_under_a_concurrent_writer_keeps_every_acknowledged_
     assert not eu.path("aaron").exists()
     assert list((eu.fleet.data / "_retired").glob("aaron-*.db"))
     assert us.status_of("acme") == "active"  # the rest of the region never stopped
+
+
+SOURCE_POINTS = ("xmove:after-fence", "xmove:after-sync", "xmove:after-handoff",
+                 "xmove:before-retire", "xmove:after-retire")
+DEST_POINTS = ("xmove:after-restore", "xmove:after-verify", "xmove:after-register")
+
+
+def schema(path: Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return [(str(n), str(s)) for n, s in conn.execute(
+            "SELECT name, sql FROM sqlite_schema WHERE name NOT LIKE '_litestream%' "
+            "AND sql IS NOT NULL ORDER BY name")]
+    finally:
+        conn.close()
+
+
+# two points per side in the default run, every point in the slow run
+QUICK = ("xmove:after-sync", "xmove:before-retire", "xmove:after-restore",
+         "xmove:after-register")
+
+
+@pytest.mark.parametrize("point", [p if p in QUICK else pytest.param(p, marks=pytest.mark.slow)
+                                   for p in (*SOURCE_POINTS, *DEST_POINTS)])
+def test_sigkill_of_either_agent_at_each_phase_ends_with_one_live_copy_and_every_row(
+        hosts: Hosts, point: str) -> None:
+    side = "eu" if point in SOURCE_POINTS else "us"
+    hosts.declare({"aaron": "eu", "acme": "us"})
+    hosts.follow()
+    eu, us = hosts["eu"], hosts["us"]
+    for host in hosts:
+        host.start(crash_at=point if host.region == side else None)
+    settle(lambda: eu.status_of("aaron") == "active" and us.status_of("acme") == "active",
+           "both created")
+    writer = Writer(eu, "aaron.yoursaas.com").start()
+    settle(lambda: len(writer.acked) >= 20, "rows written on eu")
+    hosts.declare({"aaron": "us", "acme": "us"})
+    assert hosts[side].wait_dead() == -signal.SIGKILL  # died at the crash point
+    hosts[side].kill()  # and its Litestream with it
+    hosts[side].start()
+    settle(lambda: us.status_of("aaron") == "active" and eu.status_of("aaron") is None,
+           "relocated after the crash", timeout=120)
+    acked = writer.stop()
+    assert set(acked) <= set(titles(us.path("aaron")))
+    assert live_copies(hosts, "aaron") == ["us"]
+    assert schema(us.path("aaron")) == schema(us.path("acme"))
+    assert us.fleet.user_version(us.path("aaron")) == 3
+    assert not eu.path("aaron").exists()
+    assert us.registry("SELECT count(*) FROM journal") == [(0,)]
+    assert eu.registry("SELECT count(*) FROM journal") == [(0,)]
+    assert eu.registry("SELECT count(*) FROM handoffs") == [(0,)]
