@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.backupkit import NatsServer
 from tests.e2e.xmovekit import Hosts, Writer, live_copies, settle, titles
 
 
@@ -107,3 +109,68 @@ def test_sigkill_of_either_agent_at_each_phase_ends_with_one_live_copy_and_every
     assert us.registry("SELECT count(*) FROM journal") == [(0,)]
     assert eu.registry("SELECT count(*) FROM journal") == [(0,)]
     assert eu.registry("SELECT count(*) FROM handoffs") == [(0,)]
+
+
+@pytest.fixture
+def nats_hosts(tmp_path: Path) -> Iterator[tuple[Hosts, NatsServer]]:
+    server = NatsServer(tmp_path / "jetstream")
+    h = Hosts(tmp_path, f"{server.url}/tenants")
+    try:
+        yield h, server
+    finally:
+        h.close()
+        server.kill()
+
+
+def test_the_replica_server_stopped_mid_relocation_then_started_again(
+        nats_hosts: tuple[Hosts, NatsServer]) -> None:
+    hosts, nats = nats_hosts
+    hosts.declare({"aaron": "eu", "acme": "us", "hooli": "eu"})
+    hosts.follow()
+    hosts.start()
+    eu, us = hosts["eu"], hosts["us"]
+    settle(lambda: eu.status_of("aaron") == "active" and eu.status_of("hooli") == "active"
+           and us.status_of("acme") == "active", "all created")
+    writer = Writer(eu, "aaron.yoursaas.com").start()
+    other = Writer(eu, "hooli.yoursaas.com", prefix="hooli").start()
+    settle(lambda: len(writer.acked) >= 20, "rows written on eu")
+    hosts.declare({"aaron": "us", "acme": "us", "hooli": "eu"})
+    settle(lambda: eu.status_of("aaron") == "relocating", "aaron fenced on eu")
+    nats.kill()  # the replica store goes away in the middle of the move
+    time.sleep(4)
+    assert us.status_of("aaron") is None or eu.status_of("aaron") is None
+    assert eu.path("aaron").exists() or us.status_of("aaron") == "active"
+    during = len(other.acked)
+    settle(lambda: len(other.acked) > during + 10, "hooli served on eu meanwhile")
+    back = NatsServer(nats.store, nats.port)
+    try:
+        settle(lambda: us.status_of("aaron") == "active" and eu.status_of("aaron") is None,
+               "relocated once the replica store is back", timeout=150)
+    finally:
+        back.kill()
+    acked = writer.stop()
+    other.stop()
+    assert set(acked) <= set(titles(us.path("aaron")))
+    assert live_copies(hosts, "aaron") == ["us"]
+    assert set(other.acked) <= set(titles(eu.path("hooli")))
+
+
+def test_a_tenant_relocated_back_and_forth_keeps_every_row(
+        nats_hosts: tuple[Hosts, NatsServer]) -> None:
+    hosts, _nats = nats_hosts
+    hosts.declare({"aaron": "eu", "acme": "us"})
+    hosts.follow()
+    hosts.start()
+    settle(lambda: hosts["eu"].status_of("aaron") == "active", "created on eu")
+    written: list[str] = []
+    for n, (there, other) in enumerate((("us", "eu"), ("eu", "us"), ("us", "eu"))):
+        writer = Writer(hosts[other], "aaron.yoursaas.com", prefix=f"leg{n}").start()
+        settle(lambda w=writer: len(w.acked) >= 10, f"rows written on {other}")
+        hosts.declare({"aaron": there, "acme": "us"})
+        settle(lambda t=there, o=other: hosts[t].status_of("aaron") == "active"
+               and hosts[o].status_of("aaron") is None, f"aaron moved to {there}",
+               timeout=120)
+        written += writer.stop()
+        assert set(written) <= set(titles(hosts[there].path("aaron")))  # every leg's rows
+        assert hosts[there].generation("aaron") == n + 2
+        assert live_copies(hosts, "aaron") == [there]

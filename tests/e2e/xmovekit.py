@@ -184,9 +184,10 @@ class Writer:
     """An application on one host writing through the routing library, one row per
     transaction; ``acked`` holds every row whose commit returned."""
 
-    def __init__(self, host: Host, hostname: str) -> None:
+    def __init__(self, host: Host, hostname: str, prefix: str = "row") -> None:
         self.host = host
         self.hostname = hostname
+        self.prefix = prefix
         self.acked: list[str] = []
         self.refused = 0
         self._stop = threading.Event()
@@ -200,7 +201,7 @@ class Writer:
         n = 0
         with Router(self.host.central) as router:
             while not self._stop.is_set():
-                title = f"row-{n}"
+                title = f"{self.prefix}-{n}"
                 try:
                     with router.connect(self.hostname) as db:
                         db.execute("INSERT INTO notes (title) VALUES (?)", (title,))
