@@ -601,8 +601,6 @@ class Daemon:
     def _ensure_watcher(self) -> None:
         """(Re)start the watcher when its directories changed (one appeared or went)."""
         if self.git is not None:  # pull mode: the work tree changes only when we pull
-            if self._replication is not None:
-                self._replication.stop()
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher = None

@@ -190,6 +190,19 @@ class Control:
         return int(data.get("replicated_txid") or data.get("txid") or 0)
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
+    """Stop a Litestream process we started: SIGTERM (it syncs what it captured), wait,
+    SIGKILL after ``timeout`` seconds. Returns its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run([binary(), *args], capture_output=True, text=True,

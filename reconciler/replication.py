@@ -415,14 +415,8 @@ class Supervisor:
         """SIGTERM (Litestream syncs what it captured), then wait; SIGKILL after
         ``timeout``."""
         self._stop.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.proc is not None:
+            litestream.terminate(self.proc, timeout)
         if self._thread is not None:
             self._thread.join(timeout)
         with contextlib.suppress(FileNotFoundError):

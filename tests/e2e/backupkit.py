@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -92,15 +91,14 @@ class Daemon:
         wait_for(done, what=f"{path} replicated")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc)
         self.log.close()
-        return self.proc.returncode
+        return code
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM ``proc`` (if still running) and wait; SIGKILL after ``timeout`` s."""
+    return litestream.terminate(proc, timeout)
 
 
 def write(fleet: Fleet, host: str, title: str) -> float:
