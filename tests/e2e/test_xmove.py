@@ -5,6 +5,8 @@ Two "hosts": separate project folders, data roots and registries, each with its 
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import sqlite3
 import time
@@ -174,3 +176,58 @@ def test_a_tenant_relocated_back_and_forth_keeps_every_row(
         assert set(written) <= set(titles(hosts[there].path("aaron")))  # every leg's rows
         assert hosts[there].generation("aaron") == n + 2
         assert live_copies(hosts, "aaron") == [there]
+
+
+@pytest.mark.slow
+def test_randomized_faults_during_repeated_relocations_never_lose_a_row_or_duplicate(
+        nats_hosts: tuple[Hosts, NatsServer]) -> None:
+    """Twelve moves back and forth, each with a random fault: SIGKILL of the source or
+    of the destination agent at a random phase, the replica server down for a while, or
+    nothing. After each: every acknowledged row, the schema, exactly one live copy."""
+    hosts, nats = nats_hosts
+    rng = random.Random(int(os.environ.get("XMOVE_SEED", "15")))
+    hosts.declare({"aaron": "eu", "acme": "us"})
+    hosts.follow()
+    hosts.start()
+    settle(lambda: hosts["eu"].status_of("aaron") == "active", "created on eu")
+    servers = [nats]  # each restart is a new process on the same store and port
+    try:
+        _moves(hosts, servers, rng)
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def _moves(hosts: Hosts, servers: list[NatsServer], rng: random.Random) -> None:
+    written: list[str] = []
+    here = "eu"
+    for n in range(12):
+        there = "us" if here == "eu" else "eu"
+        fault = rng.choice(("source", "dest", "replica", "none"))
+        point = rng.choice(SOURCE_POINTS if fault == "source" else DEST_POINTS)
+        victim = hosts[here if fault == "source" else there]
+        if fault in ("source", "dest"):
+            victim.stop()
+            victim.start(crash_at=point)
+        writer = Writer(hosts[here], "aaron.yoursaas.com", prefix=f"move{n}").start()
+        settle(lambda w=writer: len(w.acked) >= 5, f"rows written on {here}")
+        hosts.declare({"aaron": there, "acme": "us"})
+        if fault == "replica":
+            settle(lambda h=here: hosts[h].status_of("aaron") != "active", "fenced")
+            servers[-1].kill()
+            time.sleep(rng.uniform(0.5, 4))
+            servers.append(NatsServer(servers[-1].store, servers[-1].port))
+        elif fault != "none":
+            assert victim.wait_dead() == -signal.SIGKILL, (n, fault, point)
+            victim.kill()
+            victim.start()
+        settle(lambda t=there, h=here: hosts[t].status_of("aaron") == "active"
+               and hosts[h].status_of("aaron") is None, f"move {n} ({fault} {point})",
+               timeout=150)
+        written += writer.stop()
+        final = hosts[there].path("aaron")
+        assert set(written) <= set(titles(final)), (n, fault, point)
+        assert schema(final) == schema(hosts["us"].path("acme"))
+        assert live_copies(hosts, "aaron") == [there]
+        assert not hosts[here].path("aaron").exists()
+        here = there
