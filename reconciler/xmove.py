@@ -260,6 +260,7 @@ def takeover(action: Action, ctx: Context) -> Outcome:
     elif journal.action != IN:
         raise PermanentError(f"{name} has an unfinished {journal.action}; finished first")
     h = handoff_of(journal)  # what was journaled is what is restored
+    verified = False
     if journal.phase == "restore":
         _stage(h, staging, settings.busy_timeout)
         crash_point("xmove:after-restore")
@@ -267,6 +268,7 @@ def takeover(action: Action, ctx: Context) -> Outcome:
         with ctx.registry.durable_transaction():
             ctx.registry.journal_set(name, IN, "verified")
         crash_point("xmove:after-verify")
+        verified = True
     if os.path.lexists(staging):
         if os.path.lexists(dest):
             raise PermanentError(f"taking over {name}: a file appeared at {dest}; move it "
@@ -275,7 +277,8 @@ def takeover(action: Action, ctx: Context) -> Outcome:
         os.rename(staging, dest)
         tenantdb.fsync_dir(dest.parent)
         tenantdb.fsync_dir(staging.parent)
-    verify(dest, h, settings.busy_timeout)  # a killed run's rename: still the same data
+    if not verified:  # verified by a killed run: checked again where it now is
+        verify(dest, h, settings.busy_timeout)
     outcome = Outcome(name, action.kind.value, OK, h.schema_version, h.schema_version,
                       timer.ms, detail={"from_region": journal.details().get("from_region"),
                                         "txid": h.txid, "generation": h.generation,
