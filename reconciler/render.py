@@ -26,6 +26,9 @@ SYMBOLS = {
     Kind.INVALID: "!", Kind.PENDING: "!", Kind.REROOT: "*", Kind.SUSPEND: "|",
     Kind.UNSUSPEND: "^", Kind.RETIRED: " ", Kind.DRIFT: "!", Kind.DRIFT_WARN: "!",
     Kind.NO_BACKUP: "!",
+    # a region agent's cross-host moves (issue 15)
+    Kind.HANDOFF: ">", Kind.TAKEOVER: "<", Kind.RELEASE: "-", Kind.CANCEL: "^",
+    Kind.ABANDON: "-", Kind.WAIT: " ",
 }
 LABELS = {Kind.DRIFT_WARN: "drift"}  # shown as drift too; the detail says "migrated anyway"
 
@@ -42,6 +45,9 @@ def _columns(a: Action) -> tuple[str, str, str]:
             a.detail else ""
     if a.kind is Kind.CREATE:
         return region, "", f"→ {_v(a.to_version)}"
+    if a.kind in (Kind.HANDOFF, Kind.TAKEOVER) and a.from_region:
+        tail = a.detail.removeprefix(f"{a.from_region} → {a.region}").lstrip()
+        return f"{a.from_region} → {a.region}", _v(a.from_version), tail
     if a.kind is Kind.MIGRATE:
         return region, _v(a.from_version), f"→ {_v(a.to_version)}"
     if a.kind in (Kind.ADOPT, Kind.RESTORE):

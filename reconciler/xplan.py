@@ -87,7 +87,7 @@ def plan_agent(whole: Desired, scoped: Desired, observed: Observed, catalog: Cat
     base = plan(admitted, quiet, catalog, revision=revision, retry_failed=retry_failed)
     return dataclasses.replace(
         base, actions=(*(a for a in base.actions if a.tenant not in owned), *moves),
-        declared=tuple(scoped.tenants))
+        declared=tuple(scoped.tenants), tenant_count=len(scoped.tenants))
 
 
 def holder(name: str, peers: Mapping[str, PeerView]) -> tuple[PeerView, PeerTenant] | None:

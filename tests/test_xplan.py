@@ -7,8 +7,8 @@ import json
 from types import MappingProxyType
 from typing import Any
 
-from reconciler import agent
-from reconciler.plan import Plan
+from reconciler import agent, render
+from reconciler.plan import Kind, Plan
 from reconciler.state import Handoff, JournalRow, Observed, PeerTenant, PeerView
 from reconciler.xplan import HANDED_OFF, IN, OUT, RETIRE, holder, plan_agent
 from tests.test_plan import DATA, catalog, desired, observed, row
@@ -201,3 +201,14 @@ def test_an_interrupted_release_is_finished_whatever_the_views_say() -> None:
                               journal={"aaron": journal(OUT, RETIRE)}), peer(age=None))
     p = agent_plan({"aaron": {"region": "us"}}, obs)
     assert acts(p) == {"aaron": "release"}
+
+
+def test_every_agent_action_renders_in_the_plan() -> None:
+    obs = with_peers(observed([row("aaron")], files={"eu/aaron.db": 3}), peer())
+    p = agent_plan({"aaron": {"region": "us"}, "hooli": {"region": "eu"}}, obs)
+    lines = render.plan_lines(p, "tenants.yaml")
+    assert any(line.split()[:6] == [">", "handoff", "aaron", "eu", "→", "us"]
+               for line in lines), lines
+    assert p.tenant_count == 1
+    for kind in Kind:
+        assert kind in render.SYMBOLS, kind
