@@ -58,8 +58,9 @@ from typing import Any
 
 import watchfiles
 
-from reconciler import engine, gitpull, replication
+from reconciler import engine, follow, gitpull, replication
 from reconciler.apply import Result
+from reconciler.backup import registry_url
 from reconciler.context import Logger
 from reconciler.desired import GitSettings
 from reconciler.errors import InvalidInput, LockHeld, Problem, ReconcileError
@@ -225,6 +226,9 @@ class Daemon:
         self._last_progress = 0.0
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._replication: replication.Supervisor | None = None  # Litestream (issue 14)
+        # issue 15: this agent's row in its registry, and the other regions' registries
+        self._heartbeat = follow.Heartbeat(Path(), region, log)  # replaced once loaded
+        self._followers = follow.Followers(log)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -258,6 +262,7 @@ class Daemon:
                           pull=self.git is not None or self.git_pull)
             self.telemetry = Telemetry(self.log, self.config, self.metrics_addr)
             self._load()
+            self._ensure_peers()  # first: it creates the registry Litestream replicates
             self._ensure_replication()
             self.notifier.ready()
             self._cycle(start=True)
@@ -282,6 +287,8 @@ class Daemon:
             self.notifier.stopping(f"stopping ({reason}); last: {self.summary}")
             if self._replication is not None:
                 self._replication.stop()
+            self._heartbeat.stop()
+            self._followers.stop()
             if self._watcher is not None:
                 self._watcher.stop()
             if watchdog is not None:
@@ -319,6 +326,7 @@ class Daemon:
             reload = True  # the watcher missed something (or could not watch)
         if reload:
             self._load()
+            self._ensure_peers()  # first: it creates the registry Litestream replicates
             self._ensure_replication()
         if hup:
             self.notifier.ready()
@@ -351,8 +359,32 @@ class Daemon:
             revision = self.inputs.revision if self.inputs is not None else ""
             self._replication = replication.Supervisor(
                 settings, self.log, lambda what, detail: self._record(
-                    "backup", what, revision, **detail)).start()
+                    "backup", what, revision, **detail),
+                registry=None if self.region is None else
+                registry_url(settings.backup.replica, self.region)).start()
             self._replication.wait_ready(10.0)  # the first pass sees it replicating
+
+    def _ensure_peers(self) -> None:
+        """Issue 15: a region agent keeps its heartbeat beating and follows every other
+        region's registry; every agent records its row and the declared regions."""
+        inputs = self.inputs
+        if inputs is None:
+            return
+        whole = inputs.whole or inputs.desired
+        settings = whole.settings
+        if not settings.central.exists():
+            self._create_registry(settings.central)  # so the first pass's events name us
+        if self._heartbeat.central != settings.central:
+            self._heartbeat.stop()
+            self._heartbeat = follow.Heartbeat(settings.central, self.region, self.log)
+            if self.region is not None:
+                self._heartbeat.start()
+        self._heartbeat.update(inputs.revision, follow.region_rows(whole, self.region))
+        self._heartbeat.write(time.time())
+        if self.region is None:
+            self._heartbeat.close()  # between passes this daemon holds no connection
+        if self.region is not None:
+            self._followers.update(settings, [r for r in whole.regions if r != self.region])
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -470,6 +502,7 @@ class Daemon:
         finally:
             self.in_pass = False
         self._failures = 0
+        self._after_pass(inputs)
         self.summary = engine.summary(result) + (f"; {note}" if note else "")
         self.log.info("pass finished", summary=self.summary,
                       duration_ms=int((time.monotonic() - started) * 1000),
@@ -477,6 +510,22 @@ class Daemon:
         self.next_retry = self._next_backoff(inputs)
         self._notify_status()
         self._observed(result)
+
+    def _create_registry(self, central: Path) -> None:
+        """Create (and upgrade) the registry before the first pass, under the fleet lock
+        (skipped if another reconciler holds it: that one creates it)."""
+        self._with_registry(central, lambda _reg: None,
+                            "registry not created before the first pass")
+
+    def _after_pass(self, inputs: engine.Inputs) -> None:
+        """Issue 15: the agent row and regions are current after every pass (a region
+        agent's heartbeat thread keeps them so; the agent of every region writes them
+        here), and a region agent's registry is replicated once it exists."""
+        if self.region is None:
+            self._heartbeat.write(time.time())
+            self._heartbeat.close()  # between passes this daemon holds no connection
+        elif self._replication is not None:
+            follow.ensure_registry_replicated(inputs.desired.settings, self.region, self.log)
 
     def _observed(self, result: Result | None) -> None:
         """Metrics and webhooks learn how the pass went (issue 16; see ``telemetry``)."""
@@ -544,26 +593,37 @@ class Daemon:
         """An event outside a pass (load, pull), if the registry is known and free."""
         if self.inputs is None:
             return
-        central = self.inputs.desired.settings.central
+
+        def write(reg: Registry) -> None:
+            with reg.transaction():
+                reg.event(revision=revision, tenant=None, action=action, outcome=outcome,
+                          detail={k: v for k, v in detail.items() if v is not None})
+        if not self._with_registry(self.inputs.desired.settings.central, write,
+                                   "event not recorded", action=action):
+            self.log.warning("event not recorded: another reconciler holds the lock",
+                             action=action, outcome=outcome)
+
+    def _with_registry(self, central: Path, work: Callable[[Registry], object],
+                       failed: str, **fields: Any) -> bool:
+        """``work`` on the registry (opened, created if need be) under the fleet lock;
+        False, doing nothing, when another reconciler holds the lock. A failure is
+        logged as ``failed``."""
         lock = FleetLock(central)
         try:
             lock.acquire(wait=False)
         except LockHeld:
-            self.log.warning("event not recorded: another reconciler holds the lock",
-                             action=action, outcome=outcome)
-            return
+            return False
         try:
             reg = Registry.open(central)
             try:
-                with reg.transaction():
-                    reg.event(revision=revision, tenant=None, action=action, outcome=outcome,
-                              detail={k: v for k, v in detail.items() if v is not None})
+                work(reg)
             finally:
                 reg.close()
         except (ReconcileError, OSError, sqlite3.Error) as exc:
-            self.log.warning("event not recorded", action=action, error=str(exc))
+            self.log.warning(failed, error=str(exc), **fields)
         finally:
             lock.release()
+        return True
 
     # ------------------------------------------------------------------ waiting
     def _timeout(self) -> float:

@@ -23,16 +23,21 @@ Invariants:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from reconciler.desired import Desired, Settings
 from reconciler.state import Handoff, PeerTenant, PeerView
+
+if TYPE_CHECKING:  # (routing imports this module: applications need no YAML parser)
+    from reconciler.desired import Desired, Settings
 
 #: the registry version (``registry.UPGRADES``) that added ``generation`` and ``agent``
 PEER_SCHEMA = 8
 DEFAULT_BUSY_TIMEOUT = 2.0
+T = TypeVar("T")
 
 
 def copy_path(settings: Settings, region: str) -> Path:
@@ -64,6 +69,41 @@ def age_of(heartbeat_at: float | None, now: float) -> float | None:
     return None if heartbeat_at is None else max(0.0, now - heartbeat_at)
 
 
+def _in_copy(path: Path, busy_timeout: float, read: Callable[[sqlite3.Connection], T]
+             ) -> tuple[T | None, str | None]:
+    """``(read(conn), None)`` in one read transaction on the copy at ``path``, or
+    ``(None, why not)`` when it is missing or cannot be read."""
+    try:
+        conn = connect(path, busy_timeout)
+    except sqlite3.Error as exc:
+        return None, f"no copy of its registry yet ({path}: {exc})"
+    try:
+        conn.execute("BEGIN")  # one consistent state across the tables
+        out = read(conn)
+        conn.execute("COMMIT")
+        return out, None
+    except sqlite3.Error as exc:
+        return None, f"cannot read {path}: {exc}"
+    finally:
+        conn.close()
+
+
+def _whole(conn: sqlite3.Connection) -> tuple[Any, ...]:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < PEER_SCHEMA:
+        raise sqlite3.DatabaseError(f"its registry is at version {version}: upgrade that "
+                                    "region's agent" if version else "no registry in it yet")
+    beat, host, revision = heartbeat(conn)
+    tenants = {r[0]: PeerTenant(r[0], r[1], r[2], int(r[3]), r[4], int(r[5]))
+               for r in conn.execute("SELECT name, region, path, schema_version, status, "
+                                     "generation FROM tenants")}
+    domains = dict(conn.execute("SELECT domain, tenant FROM domains").fetchall())
+    handoffs = {r[0]: Handoff(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], int(r[6]))
+                for r in conn.execute("SELECT tenant, to_region, replica_url, txid, "
+                                      "schema_version, digest, generation FROM handoffs")}
+    return beat, host, revision, tenants, domains, handoffs
+
+
 def read_view(path: Path, region: str, endpoint: str | None, now: float,
               busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> PeerView:
     """The view of ``region`` from its followed copy at ``path`` (``now``: unix seconds).
@@ -71,30 +111,10 @@ def read_view(path: Path, region: str, endpoint: str | None, now: float,
     if not path.exists():
         return PeerView(region, endpoint, None,
                         problem=f"no copy of its registry yet ({path})")
-    try:
-        conn = connect(path, busy_timeout)
-    except sqlite3.Error as exc:
-        return PeerView(region, endpoint, None, problem=f"cannot open {path}: {exc}")
-    try:
-        conn.execute("BEGIN")  # one consistent state across the tables
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version < PEER_SCHEMA:
-            return PeerView(region, endpoint, None, problem=(
-                f"its registry {path} is at version {version}: upgrade that region's "
-                "agent" if version else f"{path} holds no registry yet"))
-        beat, host, revision = heartbeat(conn)
-        tenants = {r[0]: PeerTenant(r[0], r[1], r[2], int(r[3]), r[4], int(r[5]))
-                   for r in conn.execute("SELECT name, region, path, schema_version, "
-                                         "status, generation FROM tenants")}
-        domains = dict(conn.execute("SELECT domain, tenant FROM domains").fetchall())
-        handoffs = {r[0]: Handoff(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], int(r[6]))
-                    for r in conn.execute("SELECT tenant, to_region, replica_url, txid, "
-                                          "schema_version, digest, generation FROM handoffs")}
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        return PeerView(region, endpoint, None, problem=f"cannot read {path}: {exc}")
-    finally:
-        conn.close()
+    found, problem = _in_copy(path, busy_timeout, _whole)
+    if found is None:
+        return PeerView(region, endpoint, None, problem=problem)
+    beat, host, revision, tenants, domains, handoffs = found
     age = age_of(beat, now)
     return PeerView(region, endpoint, age, revision, MappingProxyType(tenants),
                     MappingProxyType(domains), MappingProxyType(handoffs), host,
@@ -110,3 +130,37 @@ def read_views(desired: Desired, own_region: str, now: float) -> Mapping[str, Pe
     return MappingProxyType({
         name: read_view(copy_path(s, name), name, region.endpoint, now, busy)
         for name, region in sorted(desired.regions.items()) if name != own_region})
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What one region's followed copy says about one domain (``find``): the view's
+    ``age`` (None: no usable copy, ``problem`` says why) and the tenant routed at the
+    domain there, if any."""
+
+    region: str
+    endpoint: str | None
+    age: float | None
+    tenant: PeerTenant | None = None
+    problem: str | None = None
+
+
+_FIND = ("SELECT t.name, t.region, t.path, t.schema_version, t.status, t.generation "
+         "FROM domains AS d JOIN tenants AS t ON t.name = d.tenant WHERE d.domain = ?")
+
+
+def find(path: Path, region: str, endpoint: str | None, domain: str, now: float,
+         busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Sighting:
+    """Look ``domain`` up in ``region``'s followed copy at ``path`` (one read
+    transaction: the heartbeat and the route of one state). Never raises."""
+    def one(conn: sqlite3.Connection) -> tuple[float | None, Any]:
+        return heartbeat(conn)[0], conn.execute(_FIND, (domain,)).fetchone()
+    found, problem = _in_copy(path, busy_timeout, one)
+    if found is None:
+        return Sighting(region, endpoint, None, problem=problem)
+    beat, row = found
+    age = age_of(beat, now)
+    tenant = None if row is None else PeerTenant(row[0], row[1], row[2], int(row[3]),
+                                                 row[4], int(row[5]))
+    return Sighting(region, endpoint, age, tenant,
+                    None if age is not None else "its agent never recorded a heartbeat")

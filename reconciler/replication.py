@@ -173,7 +173,8 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
                                   not same_file(old, path, inode, backup)):
             todo.append((tenant, path))
     wanted_paths = {str(p) for p in want.values()}
-    extra = sorted(set(running) - wanted_paths - busy)
+    # (the registry itself is replicated by a region agent: never a tenant file to drop)
+    extra = sorted(set(running) - wanted_paths - busy - {str(settings.central)})
     ended = {t for t in set(current) - set(want) - set(snapshot.journal)
              if (row := snapshot.tenants.get(t)) is None or
              row.status in ("archived", "missing")}
@@ -285,8 +286,11 @@ class Supervisor:
     exits, each exit logged as an error and reported through ``on_event``."""
 
     def __init__(self, settings: Settings, log: Logger,
-                 on_event: Callable[[str, dict[str, object]], None] | None = None) -> None:
+                 on_event: Callable[[str, dict[str, object]], None] | None = None,
+                 registry: str | None = None) -> None:
         self.settings = settings
+        # issue 15: where a region agent's own central.db replicates (None: not at all)
+        self.registry = registry
         self.log = log
         self.on_event = on_event or (lambda _what, _detail: None)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -309,6 +313,8 @@ class Supervisor:
                     p = served.get(lin.tenant)
                     if p is not None and str(p) == lin.path and _inode(p) == lin.inode:
                         dbs.append((p, lin.url))
+        if self.registry is not None and self.settings.central.exists():
+            dbs.append((self.settings.central, self.registry))
         return litestream.config_text(self.backup, sock, dbs)
 
     def start(self) -> Supervisor:
@@ -366,7 +372,7 @@ class Supervisor:
                 litestream.ensure_bucket(url)
         return subprocess.Popen([litestream.binary(), "replicate", "-no-expand-env",
                                  "-config", str(where)], stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
 
     def _run(self) -> None:
         delay = RESTART_MIN
@@ -423,7 +429,7 @@ class Supervisor:
             os.unlink(litestream.socket_path(self.settings.central))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM it when the daemon dies, even by SIGKILL
     (Linux ``PR_SET_PDEATHSIG``), so a restarted daemon never finds a second Litestream
     replicating the same files. Its own session keeps a terminal's Ctrl-C away from it:

@@ -46,12 +46,17 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from reconciler.errors import InvalidInput, Problem, ReconcileError
+
+if TYPE_CHECKING:  # imported when first needed: a single host never loads it
+    from reconciler import peers
 
 #: statuses a connection may be handed out for (``pending``: a halted rollout leaves the
 #: tenant at a known older version; ``migrating``: migrations run in transactions, so
@@ -196,6 +201,92 @@ class RegistryUnavailable(RoutingError):
     http_status = 503
 
 
+class TenantElsewhere(RoutingError):
+    """The tenant lives in another region (issue 15): answer 307 to ``endpoint`` (the
+    ``regions.<name>.endpoint`` declared for it; None when none was) or proxy there.
+    ``tenant`` is the row as that region's registry holds it, ``region`` that region,
+    ``age`` how many seconds old this host's view of that registry is."""
+
+    http_status = 307
+
+    def __init__(self, tenant: Tenant, region: str, endpoint: str | None, age: float | None
+                 ) -> None:
+        self.tenant = tenant
+        self.region = region
+        self.endpoint = endpoint
+        self.age = age
+        where = f" at {endpoint}" if endpoint else " (no endpoint declared for it)"
+        seen = f"; this host's view of its registry is {age:.0f} s old" \
+            if age is not None else ""
+        super().__init__(f"tenant {tenant.name} lives in region {region}{where}{seen}")
+
+
+class CannotTell(TenantUnavailable):
+    """Nothing routes this host here, and another region's registry view is missing or
+    stale, so it may live there (503; issue 15): ``views`` is region → age in seconds
+    (None: no usable copy). Never answered as "not found"."""
+
+    def __init__(self, host: str, views: Mapping[str, float | None], stale_after: float
+                 ) -> None:
+        self.host = host
+        self.views = dict(views)
+        said = "; ".join(
+            f"region {r}'s registry view is missing" if age is None else
+            f"region {r}'s registry view is {age:.0f} s old (stale after {stale_after:g} s)"
+            for r, age in sorted(self.views.items()))
+        super().__init__(Tenant(host, Path(), "", 0, "unknown"),
+                         f"cannot tell where {host} lives: {said}; retry shortly")
+
+
+# --------------------------------------------------------------------------- regions
+
+#: a registry view older than this (seconds) is stale (``settings.stale_after``)
+DEFAULT_STALE_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another region as this host's registry lists it (``regions`` table): its name,
+    endpoint and the followed copy of its registry."""
+
+    name: str
+    endpoint: str | None
+    registry: Path
+
+
+def across(host: str, local: tuple[Tenant, int] | None, seen: list[peers.Sighting],
+           stale_after: float) -> Tenant | None:
+    """Where ``host`` lives, from this host's registry (``local``: the tenant and its
+    generation, or None) and what each other region's copy says (``seen``). Pure.
+
+    Highest generation wins, never the first found; a tie keeps the local row. Returns
+    the local tenant (serve it, or not, by its status), None (held nowhere and every
+    view fresh: not found), or raises ``TenantElsewhere`` (a peer holds it at a higher
+    generation, or holds it and this host does not), ``TenantUnavailable`` (the winner
+    is not servable where it is) or ``CannotTell`` (held nowhere that can be seen, but
+    a view is missing or stale)."""
+    best = max((s for s in seen if s.tenant is not None),
+               key=lambda s: (s.tenant.generation if s.tenant else 0,
+                              s.tenant is not None and s.tenant.status in SERVABLE,
+                              -(s.age if s.age is not None else float("inf"))),
+               default=None)
+    if best is None or best.tenant is None:
+        if local is not None:
+            return local[0]
+        blind = {s.region: s.age for s in seen if s.age is None or s.age > stale_after}
+        if blind:
+            raise CannotTell(host, blind, stale_after)
+        return None
+    if local is not None and local[1] >= best.tenant.generation:
+        return local[0]
+    t = best.tenant
+    tenant = Tenant(t.name, Path(t.path), t.region, t.schema_version, t.status)
+    if t.status not in SERVABLE:
+        raise TenantUnavailable(tenant, f"in region {best.region}: "
+                                + (tenant.unavailable_reason() or t.status))
+    raise TenantElsewhere(tenant, best.region, best.endpoint, best.age)
+
+
 # --------------------------------------------------------------------------- hosts
 
 
@@ -293,9 +384,12 @@ class Router:
     """
 
     def __init__(self, central_path: str | Path, *,
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 stale_after: float = DEFAULT_STALE_AFTER) -> None:
         self.central_path = Path(central_path).resolve()
         self.busy_timeout = busy_timeout
+        self.stale_after = stale_after  # issue 15: settings.stale_after of the fleet
+        self._peers: tuple[Peer, ...] | None = None  # read again when the registry changes
         self._central_uri = f"{self.central_path.as_uri()}?mode=ro"
         self._lock = threading.Lock()
         self._cache: dict[str, _Entry | None] = {}
@@ -314,7 +408,11 @@ class Router:
         """The tenant routed at ``host``, whatever its status.
 
         Raises ``InvalidHost`` (400) or ``TenantNotFound`` (404). Use
-        ``Tenant.unavailable_reason()`` to learn whether it may be served.
+        ``Tenant.unavailable_reason()`` to learn whether it may be served. On a
+        multi-host fleet (issue 15) also ``TenantElsewhere`` (307: another region holds
+        it, at a higher generation than here if here too), ``CannotTell`` (503: held
+        nowhere this host can see while a region's view is missing or stale) or
+        ``TenantUnavailable`` (503: the region holding it does not serve it now).
         """
         return self._entry(host)[0].tenant
 
@@ -325,7 +423,8 @@ class Router:
         the busy timeout set. Raises ``InvalidHost`` (400), ``TenantNotFound`` (404),
         ``TenantUnavailable`` (503: unservable status, a file that cannot be opened, or
         a schema below ``min_schema``, checked against the file's own
-        ``user_version``) or ``RegistryUnavailable`` (503).
+        ``user_version``) or ``RegistryUnavailable`` (503); across regions also
+        ``TenantElsewhere`` (307) and ``CannotTell`` (503), as ``resolve``.
         """
         for _ in range(3):
             entry, seen, key = self._entry(host)
@@ -374,9 +473,43 @@ class Router:
             else:
                 key = normalize_host(host)
                 entry = self._cached_lookup(host, key)
+            regions = self._regions() if entry is None or \
+                entry.tenant.status not in SERVABLE else ()
+        if regions:  # not served here: another region may hold it (issue 15)
+            self._across(key, entry, regions)
         if entry is None:
             raise TenantNotFound(key)
         return entry, seen, key
+
+    def _regions(self) -> tuple[Peer, ...]:
+        """The other regions this host follows (lock held; read once per registry
+        change; () on a single host or a registry older than issue 15)."""
+        if self._peers is None:
+            try:
+                rows = self._registry.execute(
+                    "SELECT name, endpoint, registry FROM regions WHERE local = 0 AND "
+                    "registry IS NOT NULL ORDER BY name").fetchall()
+            except sqlite3.Error:
+                rows = []
+            self._peers = tuple(Peer(n, e, Path(r)) for n, e, r in rows)
+        return self._peers
+
+    def _across(self, key: str, entry: _Entry | None, regions: tuple[Peer, ...]) -> None:
+        """Raise where ``key`` lives if not here (see ``across``); return when the local
+        entry stands (or nothing holds it and every view is fresh)."""
+        local = None
+        if entry is not None:
+            with self._lock:
+                row = self._registry.execute("SELECT generation FROM tenants WHERE name = ?",
+                                             (entry.tenant.name,)).fetchone()
+            local = (entry.tenant, int(row[0]) if row is not None else 1)
+        from reconciler import peers  # (state's imports cost a single host ~0.1 s)
+
+        now = time.time()
+        seen = [peers.find(p.registry, p.name, p.endpoint, key, now,
+                           min(self.busy_timeout, peers.DEFAULT_BUSY_TIMEOUT))
+                for p in regions]
+        across(key, local, seen, self.stale_after)
 
     def _cached_lookup(self, host: str, key: str) -> _Entry | None:
         """Look ``key`` up through the cache and remember it under ``host`` too (lock held)."""
@@ -395,6 +528,7 @@ class Router:
                                       ) from exc
         if version != self._seen:
             self._cache.clear()
+            self._peers = None
             self._seen = version
         return version
 
@@ -414,6 +548,11 @@ class Router:
             now = self._entry(host)[0].tenant
         except TenantNotFound:
             return "the host no longer routes to this tenant; retry the request"
+        except TenantElsewhere as exc:
+            return (f"the tenant moved to region {exc.region} while this request was "
+                    "running; nothing was written, retry the request there")
+        except TenantUnavailable as exc:
+            return exc.reason
         if (now.name, now.path) != (tenant.name, tenant.path):
             return ("the tenant was relocated while this request was running; nothing was "
                     "written, retry the request")

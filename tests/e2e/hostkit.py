@@ -143,6 +143,31 @@ class Host:
             self._log.close()
             self._log = None
 
+    def children(self, *words: str) -> list[int]:
+        """Pids of the agent's child processes whose command line holds every word
+        (e.g. ``children("restore", "-f")``: its registry followers)."""
+        assert self.proc is not None
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) != self.proc.pid:
+                continue
+            text = [a.decode(errors="replace") for a in argv]
+            if all(w in text for w in words):
+                out.append(int(entry.name))
+        return out
+
+    def follower(self, region: str) -> int | None:
+        """Pid of the agent's follower of ``region``'s registry, if one runs now."""
+        pids = self.children("restore", "-f", str(self.follow_copy(region)))
+        return pids[0] if pids else None
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -4,21 +4,38 @@ git remote and the replica store (see ``hostkit``)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.hostkit import Hosts, git, wait_for
+from tests.e2e.backupkit import NatsServer
+from tests.e2e.hostkit import Hosts, git, read, wait_for
+
+REGIONS = {"eu": {"endpoint": "https://eu.example.com"},
+           "us": {"endpoint": "https://us.example.com"}}
 
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    kit = Hosts(tmp_path, replica=(tmp_path / "replica").as_uri(),
-                regions={"eu": {"endpoint": "https://eu.example.com"},
-                         "us": {"endpoint": "https://us.example.com"}})
+    """Two hosts sharing a file:// replica store (fast)."""
+    kit = Hosts(tmp_path, replica=(tmp_path / "replica").as_uri(), regions=REGIONS)
     yield kit
     kit.stop_all()
+
+
+@pytest.fixture
+def nats_hosts(tmp_path: Path) -> Iterator[tuple[Hosts, NatsServer]]:
+    """Two hosts sharing a real NATS JetStream server on 127.0.0.1."""
+    nats = NatsServer(tmp_path / "nats")
+    kit = Hosts(tmp_path, replica=f"{nats.url}/fleet", regions=REGIONS)
+    yield kit, nats
+    kit.stop_all()
+    nats.kill()
 
 
 def test_two_agents_converge_on_one_revision_each_writing_only_its_region(
@@ -33,3 +50,67 @@ def test_two_agents_converge_on_one_revision_each_writing_only_its_region(
         assert git(h.root, "rev-parse", "HEAD") == sha
     assert eu.path("aaron").exists() and not (eu.data / "us" / "acme.db").exists()
     assert us.path("acme").exists() and not (us.data / "eu" / "aaron.db").exists()
+
+
+def test_each_host_follows_the_others_registry_and_a_killed_follower_is_restarted(
+        nats_hosts: tuple[Hosts, NatsServer]) -> None:
+    hosts, _nats = nats_hosts
+    eu, us = hosts.host("eu"), hosts.host("us")
+    hosts.push({"aaron": {"region": "eu"}, "acme": {"region": "us"}})
+    eu.start()
+    us.start()
+    wait_for(lambda: eu.followed("us", "SELECT name, generation FROM tenants")
+             == [("acme", 1)], what="eu's copy of us's registry")
+    wait_for(lambda: us.followed("eu", "SELECT name FROM tenants") == [("aaron",)],
+             what="us's copy of eu's registry")
+    # each registry names its agent and the regions; the copy carries the heartbeat
+    [(region, host, beat)] = us.followed("eu", "SELECT region, host, heartbeat_at FROM agent")
+    assert region == "eu" and host and time.time() - beat < 5
+    assert eu.registry("SELECT name, local, registry FROM regions ORDER BY name") == [
+        ("eu", 1, None), ("us", 0, str(eu.follow_copy("us")))]
+    assert eu.registry("SELECT DISTINCT agent FROM events WHERE agent IS NOT NULL") == [
+        (f"eu@{socket.gethostname()}",)]
+
+    # the copy keeps up: a tenant created on us shows up in eu's copy
+    hosts.push({"aaron": {"region": "eu"}, "acme": {"region": "us"},
+                "globex": {"region": "us"}}, "globex")
+    wait_for(lambda: ("globex",) in eu.followed("us", "SELECT name FROM tenants"),
+             what="globex in eu's copy")
+
+    # the follower dies: the agent starts another, and the copy keeps up again
+    first = wait_for(lambda: eu.follower("us"), what="eu's follower of us")
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: eu.follower("us") not in (None, first), what="a new follower")
+    hosts.push({"aaron": {"region": "eu"}, "acme": {"region": "us"},
+                "globex": {"region": "us"}, "initech": {"region": "us"}}, "initech")
+    wait_for(lambda: ("initech",) in eu.followed("us", "SELECT name FROM tenants"),
+             what="initech in eu's copy after the restart")
+    assert "registry follower exited; restarting" in eu.log() or \
+        "registry copy cannot be resumed" in eu.log()
+    # whatever could not be resumed was retired, never deleted, and the view is fresh
+    for retired in (eu.data / "_retired").glob("_follow_us-*.db"):
+        assert read(retired, "SELECT count(*) FROM tenants")[0][0] >= 2
+    beat = eu.followed("us", "SELECT heartbeat_at FROM agent")[0][0]
+    assert time.time() - beat < 5
+
+
+def test_a_copy_that_cannot_be_resumed_is_retired_and_restored_anew(hosts: Hosts) -> None:
+    eu, us = hosts.host("eu"), hosts.host("us")
+    hosts.push({"aaron": {"region": "eu"}, "acme": {"region": "us"}})
+    us.start()
+    eu.start()
+    wait_for(lambda: eu.followed("us", "SELECT name FROM tenants") == [("acme",)],
+             what="eu's copy of us's registry")
+    eu.stop()
+    before = eu.followed("us", "SELECT name FROM tenants")
+    # Litestream's follow position, saved beside the copy, now lies beyond the replica
+    Path(f"{eu.follow_copy('us')}-txid").write_text("00000000ffffffff\n")
+    eu.start()
+    wait_for(lambda: "registry copy cannot be resumed" in eu.log(), what="the retirement")
+    [retired] = (eu.data / "_retired").glob("_follow_us-*.db")
+    assert read(retired, "SELECT name FROM tenants") == before  # kept, not deleted
+    assert Path(f"{retired}-txid").exists()
+    wait_for(lambda: eu.followed("us", "SELECT name FROM tenants") == [("acme",)],
+             what="the copy restored anew")
+    beat = wait_for(lambda: eu.followed("us", "SELECT heartbeat_at FROM agent"))[0][0]
+    assert time.time() - beat < 5
