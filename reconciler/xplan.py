@@ -13,8 +13,12 @@ Rules (SPEC-15 "Agents and cross-host relocation"):
 * A tenant declared in another region and absent here is not this agent's business.
 * Declared here, absent here: held by a peer (highest generation wins) with a handoff
   to this region → ``takeover``; held without one → wait for that peer to hand it off;
-  held by none while every peer view is fresh → planned as on one host (``create``);
-  otherwise wait: "cannot know whether <peer> holds <tenant>".
+  held by none while every peer view is fresh and at this revision → planned as on
+  one host (``create``); otherwise wait: "cannot know whether <peer> holds <tenant>".
+  (A fresh view at an older revision is not enough: the peer may have created the
+  tenant under that revision a moment ago, after the copy was taken; once its copy
+  shows this revision, every pass of the older one had committed, and under this one
+  the tenant is not its to create.)
 * Held here, declared in region R: ``handoff`` once R's view is fresh (its agent is up:
   a tenant is never fenced for an absent destination); after the handoff, ``release``
   (retire the local copy) once R's view shows it at a generation ≥ the handoff's.
@@ -75,7 +79,7 @@ def plan_agent(whole: Desired, scoped: Desired, observed: Observed, catalog: Cat
     for name, spec in scoped.tenants.items():
         if name in owned or name in reg.tenants:
             continue
-        decided = _absent(spec, peers, stale_after)
+        decided = _absent(spec, peers, stale_after, revision)
         if decided is not None:
             owned.add(name)
             moves.append(decided)
@@ -110,8 +114,8 @@ def _wait(name: str, region: str | None, why: str) -> Action:
     return Action(Kind.WAIT, name, region, detail=why)
 
 
-def _absent(spec: TenantSpec, peers: Mapping[str, PeerView], stale_after: float
-            ) -> Action | None:
+def _absent(spec: TenantSpec, peers: Mapping[str, PeerView], stale_after: float,
+            revision: str) -> Action | None:
     """Declared here, no local row: take over, wait, or (None) plan it as on one host."""
     name = spec.name
     held = holder(name, peers)
@@ -134,6 +138,13 @@ def _absent(spec: TenantSpec, peers: Mapping[str, PeerView], stale_after: float
         return _wait(name, spec.region, f"cannot know whether {v.region} holds {name}: its "
                      f"registry view is {_age(v)} — not created until it is fresh "
                      f"(within {stale_after:g} s)")
+    behind = [v for v in sorted(peers.values(), key=lambda v: v.region)
+              if v.revision != revision]
+    if behind:  # it may have created the tenant under an earlier desired state
+        v = behind[0]
+        return _wait(name, spec.region, f"cannot know whether {v.region} holds {name}: its "
+                     f"registry view is at revision {(v.revision or 'none')[:12]}, not "
+                     f"{revision[:12]} — not created until {v.region} has applied it")
     return None
 
 

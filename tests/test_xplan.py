@@ -212,3 +212,10 @@ def test_every_agent_action_renders_in_the_plan() -> None:
     assert p.tenant_count == 1
     for kind in Kind:
         assert kind in render.SYMBOLS, kind
+
+
+def test_a_fresh_view_at_another_revision_is_not_enough_to_create() -> None:
+    p = agent_plan({"aaron": {"region": "eu"}},
+                   with_peers(observed(), peer(age=1.0, revision="older")), revision="rev")
+    assert acts(p) == {"aaron": "wait"}
+    assert "its registry view is at revision older, not rev" in p.actions[0].detail

@@ -28,7 +28,6 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
 
 def test_each_region_creates_its_tenants_only_on_its_host(hosts: Hosts) -> None:
     hosts.declare({"aaron": "eu", "acme": "us"})
-    hosts.follow()
     hosts.start()
     settle(lambda: hosts["eu"].status_of("aaron") == "active"
            and hosts["us"].status_of("acme") == "active", "both created")
@@ -42,7 +41,6 @@ def test_each_region_creates_its_tenants_only_on_its_host(hosts: Hosts) -> None:
 def test_relocation_eu_to_us_under_a_concurrent_writer_keeps_every_acknowledged_row(
         hosts: Hosts) -> None:
     hosts.declare({"aaron": "eu", "acme": "us"})
-    hosts.follow()
     hosts.start()
     eu, us = hosts["eu"], hosts["us"]
     settle(lambda: eu.status_of("aaron") == "active" and us.status_of("acme") == "active",
@@ -88,7 +86,6 @@ def test_sigkill_of_either_agent_at_each_phase_ends_with_one_live_copy_and_every
         hosts: Hosts, point: str) -> None:
     side = "eu" if point in SOURCE_POINTS else "us"
     hosts.declare({"aaron": "eu", "acme": "us"})
-    hosts.follow()
     eu, us = hosts["eu"], hosts["us"]
     for host in hosts:
         host.start(crash_at=point if host.region == side else None)
@@ -128,7 +125,6 @@ def test_the_replica_server_stopped_mid_relocation_then_started_again(
         nats_hosts: tuple[Hosts, NatsServer]) -> None:
     hosts, nats = nats_hosts
     hosts.declare({"aaron": "eu", "acme": "us", "hooli": "eu"})
-    hosts.follow()
     hosts.start()
     eu, us = hosts["eu"], hosts["us"]
     settle(lambda: eu.status_of("aaron") == "active" and eu.status_of("hooli") == "active"
@@ -161,7 +157,6 @@ def test_a_tenant_relocated_back_and_forth_keeps_every_row(
         nats_hosts: tuple[Hosts, NatsServer]) -> None:
     hosts, _nats = nats_hosts
     hosts.declare({"aaron": "eu", "acme": "us"})
-    hosts.follow()
     hosts.start()
     settle(lambda: hosts["eu"].status_of("aaron") == "active", "created on eu")
     written: list[str] = []
@@ -187,7 +182,6 @@ def test_randomized_faults_during_repeated_relocations_never_lose_a_row_or_dupli
     hosts, nats = nats_hosts
     rng = random.Random(int(os.environ.get("XMOVE_SEED", "15")))
     hosts.declare({"aaron": "eu", "acme": "us"})
-    hosts.follow()
     hosts.start()
     settle(lambda: hosts["eu"].status_of("aaron") == "active", "created on eu")
     servers = [nats]  # each restart is a new process on the same store and port

@@ -4,10 +4,9 @@ Each host is its own project folder (tenants.yaml + migrations + its own data ro
 registry) with its own ``reconcile daemon --region NAME`` (and the Litestream it
 supervises); they share nothing but the replica store. Every host gets the same
 tenants.yaml text (``Hosts.declare``), as every clone of one git remote would.
-
-``Hosts.follow()`` copies each region's registry into the other hosts'
-``_follow/<region>.db`` (SQLite's backup API, then a rename), as the Litestream
-follower does when the registries are replicated.
+Each agent replicates its registry and follows the others' with Litestream (the real
+follower, ``reconciler.follow``), so a host knows another region only as fresh as its
+followed copy.
 """
 
 from __future__ import annotations
@@ -107,14 +106,12 @@ class Host:
 
 
 class Hosts:
-    """The two hosts, the replica both use, and the follower stand-in."""
+    """The two hosts and the replica store both use."""
 
     def __init__(self, root: Path, replica: str, regions: tuple[str, ...] = ("eu", "us")
                  ) -> None:
         self.replica = replica
         self.hosts = {r: Host(root / f"host-{r}", r) for r in regions}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def __getitem__(self, region: str) -> Host:
         return self.hosts[region]
@@ -137,45 +134,11 @@ class Hosts:
             tmp.write_text(text)
             os.replace(tmp, host.fleet.config)
 
-    # -- the follower stand-in
-    def follow_once(self) -> None:
-        for source in self:
-            if not source.central.exists():
-                continue
-            for other in self:
-                if other is source:
-                    continue
-                target = other.fleet.data / "_follow" / f"{source.region}.db"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.tmp")
-                try:
-                    src = sqlite3.connect(f"{source.central.as_uri()}?mode=ro", uri=True,
-                                          timeout=10)
-                    dst = sqlite3.connect(tmp)
-                    try:
-                        src.backup(dst)
-                    finally:
-                        dst.close()
-                        src.close()
-                except sqlite3.Error:
-                    continue
-                os.replace(tmp, target)
-
-    def follow(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(0.3):
-                self.follow_once()
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-
     def start(self) -> None:
         for host in self:
             host.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
         for host in self:
             host.stop()
 
