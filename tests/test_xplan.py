@@ -210,6 +210,9 @@ def test_every_agent_action_renders_in_the_plan() -> None:
     assert any(line.split()[:6] == [">", "handoff", "aaron", "eu", "→", "us"]
                for line in lines), lines
     assert p.tenant_count == 1
+    assert lines[-1].startswith("Plan: 1 to create,") and "1 to hand off" in lines[-1]
+    waiting = agent_plan({"aaron": {"region": "eu"}}, with_peers(observed(), peer(age=None)))
+    assert render.plan_summary(waiting) == "No changes now; 1 waiting (see the wait lines)."
     for kind in Kind:
         assert kind in render.SYMBOLS, kind
 
