@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from reconciler import archive, fleet, relocate, rollout, tenantdb
+from reconciler import archive, fleet, relocate, rollout, tenantdb, xmove
 from reconciler.context import (
     FAILED,
     OK,
@@ -310,5 +310,11 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.REROOT: fleet.reroot,
     Kind.SUSPEND: set_status,
     Kind.UNSUSPEND: set_status,
+    # a region agent's cross-host moves (issue 15)
+    Kind.HANDOFF: xmove.handoff,
+    Kind.TAKEOVER: xmove.takeover,
+    Kind.RELEASE: xmove.release,
+    Kind.CANCEL: xmove.cancel,
+    Kind.ABANDON: xmove.abandon,
 }
 

@@ -10,14 +10,17 @@ true when it acts.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
+import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import agent, drift, ownership, replication
+from reconciler import agent, drift, ownership, peers, replication, xplan
 from reconciler import desired as desired_mod
 from reconciler import fleet as fleet_mod
 from reconciler import migrations as migrations_mod
@@ -146,8 +149,22 @@ def _plan_from(inputs: Inputs, snapshot: Snapshot, retry_failed: bool, mode: str
         raise PermanentError(why)
     verify_catalog(inputs, snapshot)
     observed = observe(inputs.desired, snapshot, mode=mode, catalog=inputs.catalog)
+    if inputs.region is not None and inputs.whole is not None:  # a region agent (issue 15)
+        return _agent_plan(inputs, observed, retry_failed)
     return plan(inputs.desired, observed, inputs.catalog, revision=inputs.revision,
                 retry_failed=retry_failed), observed
+
+
+def _agent_plan(inputs: Inputs, observed: Observed, retry_failed: bool
+                ) -> tuple[Plan, Observed]:
+    """A region agent plans with what it knows of the other regions: their followed
+    registries (``peers.read_views``), then ``xplan``'s rules."""
+    assert inputs.region is not None and inputs.whole is not None
+    observed = dataclasses.replace(observed, peers=peers.read_views(
+        inputs.whole, inputs.region, time.time()))
+    return xplan.plan_agent(inputs.whole, inputs.desired, observed, inputs.catalog,
+                            inputs.region, stale_after=inputs.desired.settings.stale_after,
+                            revision=inputs.revision, retry_failed=retry_failed), observed
 
 
 def preview(inputs: Inputs, retry_failed: bool = False, *, between_passes: bool = False,
@@ -205,6 +222,10 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
     ``reconcile status`` shows it."""
     with locked_registry(inputs, log, wait) as registry:
         started = utcnow()
+        if inputs.region is not None:  # issue 15: which agent writes this registry, alive
+            with registry.transaction():
+                registry.set_agent(inputs.region, socket.gethostname(), inputs.revision,
+                                   time.time())
         with collector_paused():
             the_plan, observed = _plan_from(inputs, registry.snapshot(), retry_failed)
         ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,

@@ -36,7 +36,7 @@ from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
 from reconciler.schema import Difference
 from reconciler.schema import summary as drift_summary
-from reconciler.state import FileStates, JournalRow, Observed, Snapshot, TenantRow
+from reconciler.state import FileStates, Handoff, JournalRow, Observed, Snapshot, TenantRow
 from reconciler.versions import unknown_version, unknown_version_hint
 
 
@@ -63,10 +63,19 @@ class Kind(StrEnum):
     DRIFT = "drift"  # schema differs from its version's reference; settings.drift: block
     DRIFT_WARN = "drift-warn"  # the same with settings.drift: warn (migrated anyway)
     NO_BACKUP = "no-backup"  # settings.backup on, and this tenant has no current backup
+    # a region agent's cross-host moves (issue 15, see xplan): the source fences and hands
+    # off, the destination takes over, the source releases (retires) its copy or cancels
+    HANDOFF = "handoff"
+    TAKEOVER = "takeover"
+    RELEASE = "release"
+    CANCEL = "cancel-handoff"
+    ABANDON = "abandon-takeover"
+    WAIT = "wait"  # reported, not a problem: e.g. cannot know yet whether a peer holds it
 
 
 CHANGES = (Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.MIGRATE, Kind.ARCHIVE,
-           Kind.CORRECT, Kind.REROOT, Kind.SUSPEND, Kind.UNSUSPEND)
+           Kind.CORRECT, Kind.REROOT, Kind.SUSPEND, Kind.UNSUSPEND, Kind.HANDOFF, Kind.TAKEOVER,
+           Kind.RELEASE, Kind.CANCEL, Kind.ABANDON)
 PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID,
             Kind.PENDING, Kind.DRIFT, Kind.NO_BACKUP)
 
@@ -86,6 +95,7 @@ class Action:
     key: str = ""  # fingerprint of the desired state for failure bookkeeping
     protected: bool = False
     drift: tuple[Difference, ...] = ()  # DRIFT/DRIFT_WARN: how the schema differs
+    handoff: Handoff | None = None  # TAKEOVER/RELEASE/CANCEL: the cross-host handoff (xplan)
 
     @property
     def is_change(self) -> bool:

@@ -26,6 +26,9 @@ SYMBOLS = {
     Kind.INVALID: "!", Kind.PENDING: "!", Kind.REROOT: "*", Kind.SUSPEND: "|",
     Kind.UNSUSPEND: "^", Kind.RETIRED: " ", Kind.DRIFT: "!", Kind.DRIFT_WARN: "!",
     Kind.NO_BACKUP: "!",
+    # a region agent's cross-host moves (issue 15)
+    Kind.HANDOFF: ">", Kind.TAKEOVER: "<", Kind.RELEASE: "-", Kind.CANCEL: "^",
+    Kind.ABANDON: "-", Kind.WAIT: " ",
 }
 LABELS = {Kind.DRIFT_WARN: "drift"}  # shown as drift too; the detail says "migrated anyway"
 
@@ -42,6 +45,9 @@ def _columns(a: Action) -> tuple[str, str, str]:
             a.detail else ""
     if a.kind is Kind.CREATE:
         return region, "", f"→ {_v(a.to_version)}"
+    if a.kind in (Kind.HANDOFF, Kind.TAKEOVER) and a.from_region:
+        tail = a.detail.removeprefix(f"{a.from_region} → {a.region}").lstrip()
+        return f"{a.from_region} → {a.region}", _v(a.from_version), tail
     if a.kind is Kind.MIGRATE:
         return region, _v(a.from_version), f"→ {_v(a.to_version)}"
     if a.kind in (Kind.ADOPT, Kind.RESTORE):
@@ -224,15 +230,20 @@ def reroot_rows(plan: Plan) -> list[tuple[str, str, str, str, str, str]]:
 
 
 def plan_summary(plan: Plan) -> str:
+    waiting = plan.count(Kind.WAIT)  # a region agent's (issue 15): neither change nor problem
     if plan.is_empty and not plan.problems:
-        return "No changes: the fleet matches the desired state."
+        return "No changes: the fleet matches the desired state." if not waiting else \
+            f"No changes now; {count(waiting)} waiting (see the wait lines)."
     parts = [f"{count(plan.count(Kind.CREATE))} to create",
              f"{count(plan.count(Kind.MIGRATE))} to migrate",
              f"{count(plan.count(Kind.RELOCATE))} to relocate",
              f"{count(plan.count(Kind.ARCHIVE))} to archive"]
     for kind, label in ((Kind.ADOPT, "to adopt"), (Kind.RESTORE, "to restore"),
                         (Kind.REROOT, "to reroot"), (Kind.SUSPEND, "to suspend"),
-                        (Kind.UNSUSPEND, "to unsuspend")):
+                        (Kind.UNSUSPEND, "to unsuspend"), (Kind.HANDOFF, "to hand off"),
+                        (Kind.TAKEOVER, "to take over"), (Kind.RELEASE, "to release"),
+                        (Kind.CANCEL, "handoff to cancel"),
+                        (Kind.ABANDON, "takeover to abandon"), (Kind.WAIT, "waiting")):
         if plan.count(kind):
             parts.append(f"{count(plan.count(kind))} {label}")
     if plan.count(Kind.CORRECT):
