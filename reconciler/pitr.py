@@ -29,7 +29,6 @@ commit); a restore "at T" holds exactly the transactions Litestream stamped ≤ 
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,29 +121,19 @@ class Verified:
 def verify(path: Path, latest: int, busy_timeout: float) -> Verified:
     """A restored copy is usable: ``integrity_check`` passes, its ``user_version`` is
     one the catalog knows, and every row of every table can be read."""
-    try:
-        conn = tenantdb.connect(path, busy_timeout)
-        try:
-            bad = tenantdb.check(conn, "integrity_check")
-            if bad is not None:
-                raise PermanentError(f"restored copy {path} failed integrity_check: {bad}")
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if not 0 <= version <= latest:
-                raise PermanentError(f"restored copy is at schema v{version}, the migrations "
-                                     f"end at v{latest} — not restored")
-            tables: dict[str, int] = {}
-            for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' "
-                                        "AND name NOT LIKE 'sqlite_%' ORDER BY name"
-                                        ).fetchall():
-                n = 0
-                for _row in conn.execute(f'SELECT * FROM "{name.replace(chr(34), chr(34) * 2)}"'):
-                    n += 1  # reads every column of every row
-                if name not in LITESTREAM_TABLES:
-                    tables[name] = n
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise PermanentError(f"restored copy {path} is not readable: {exc}") from exc
+    with tenantdb.checked_copy(path, busy_timeout) as conn:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if not 0 <= version <= latest:
+            raise PermanentError(f"restored copy is at schema v{version}, the migrations "
+                                 f"end at v{latest} — not restored")
+        tables: dict[str, int] = {}
+        for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' "
+                                    "AND name NOT LIKE 'sqlite_%' ORDER BY name").fetchall():
+            n = 0
+            for _row in conn.execute(f'SELECT * FROM "{name.replace(chr(34), chr(34) * 2)}"'):
+                n += 1  # reads every column of every row
+            if name not in LITESTREAM_TABLES:
+                tables[name] = n
     return Verified(path, version, tables)
 
 

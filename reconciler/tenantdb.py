@@ -24,13 +24,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import steprun
 from reconciler.context import crash_point
-from reconciler.errors import RetryableError, is_busy
+from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.migrations import Catalog, MigrationError
 from reconciler.versions import unknown_version
 
@@ -258,3 +258,22 @@ def check(conn: sqlite3.Connection, pragma: str) -> str | None:
     else its first complaints."""
     rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
     return None if rows == ["ok"] else "; ".join(rows[:5])
+
+
+@contextlib.contextmanager
+def checked_copy(path: Path, busy_timeout: float) -> Iterator[sqlite3.Connection]:
+    """A copy restored from a replica (point-in-time restore, cross-host takeover), open
+    once ``PRAGMA integrity_check`` passed; closed on exit. Raises PermanentError when the
+    check fails or the file (now or while the caller reads it) is not a readable
+    database."""
+    try:
+        conn = connect(path, busy_timeout)
+        try:
+            bad = check(conn, "integrity_check")
+            if bad is not None:
+                raise PermanentError(f"restored copy {path} failed integrity_check: {bad}")
+            yield conn
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise PermanentError(f"restored copy {path} is not readable: {exc}") from exc

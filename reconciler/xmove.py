@@ -102,18 +102,9 @@ def digest_file(path: Path, busy_timeout: float) -> tuple[int, str]:
 def verify(path: Path, handoff: Handoff, busy_timeout: float) -> None:
     """The restored copy at ``path`` is the handed-off file: ``integrity_check`` passes,
     ``user_version`` and content digest equal the handoff's. Raises PermanentError."""
-    try:
-        conn = tenantdb.connect(path, busy_timeout)
-        try:
-            bad = tenantdb.check(conn, "integrity_check")
-            if bad is not None:
-                raise PermanentError(f"restored copy {path} failed integrity_check: {bad}")
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            found = digest(conn)
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise PermanentError(f"restored copy {path} is not readable: {exc}") from exc
+    with tenantdb.checked_copy(path, busy_timeout) as conn:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        found = digest(conn)
     if version != handoff.schema_version:
         raise PermanentError(f"restored copy {path} is at v{version}, the handoff says "
                              f"v{handoff.schema_version} — not registered")
