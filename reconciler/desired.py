@@ -237,7 +237,7 @@ _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (
 _GIT_KEYS = ("remote", "branch")
 DRIFT_POLICIES = ("block", "warn", "ignore")
 _DRIFT_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!$-]{1,200}$")
-_BACKUP_KEYS = ("replica", "retention", "sync_interval", "lag_threshold")
+_BACKUP_KEYS = ("replica", "retention", "sync_interval", "lag_threshold", "processes")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants", "retired")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
@@ -547,6 +547,10 @@ class _Checker(NotifyChecker):
                     self.error(v, f"{what} must be at least 1h, got {b[key]:g}s",
                                "write for example 24h or 7d")
                     b[key] = None
+            elif key == "processes":  # Litestream processes (issue 14): auto or 1..64
+                if isinstance(v, yaml.ScalarNode) and v.value == "auto":
+                    continue
+                b[key] = self.integer(v, what, 1, backup_mod.MAX_PROCESSES)
             else:
                 b[key] = self.duration(v, what, backup_mod.MAX_SYNC_INTERVAL if
                                        key == "sync_interval" else 30 * 86400.0,

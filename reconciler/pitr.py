@@ -76,7 +76,7 @@ def points(inputs: Inputs, tenant: str) -> list[RestorePoints]:
     """Every lineage of ``tenant`` with its restorable range, oldest first."""
     settings = inputs.desired.settings
     with Registry.reading(settings.central) as reg:
-        if reg is None or not replication._has_lineages(reg):
+        if reg is None or not replication.has_lineages(reg):
             return []
         found = replication.lineages(reg, tenant)
     out: list[RestorePoints] = []
