@@ -82,6 +82,9 @@ class Rollout:
     max_failures: int = 0
     snapshot: bool = False
     transaction: str = "step"  # "step": one transaction per step; "tenant": one for all
+    # ``snapshot: replica`` (issue 14): no local copy; a failed migration's tenant is put
+    # back from its Litestream replica at the point recorded before its first step
+    from_replica: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,7 @@ class _Checker(NotifyChecker):
         self.region_names: set[str] = set()
         self.data_dir_ok = True  # False: paths derived from it are not judged again
         self.central_node: yaml.Node | None = None  # where settings.central was written
+        self._replica_snapshot: yaml.Node | None = None  # `rollout.snapshot: replica`
 
     def schema(self, node: yaml.Node, what: str, latest: int | None) -> tuple[bool, int | None]:
         """(ok, version) where version None means latest."""
@@ -431,6 +435,12 @@ class _Checker(NotifyChecker):
             raw["notify"] = self.notify(nodes["notify"])
         if "backup" in nodes and not is_null(nodes["backup"]):  # `backup:` empty: off
             raw["backup"] = self.backup(nodes["backup"], base)
+        if self._replica_snapshot is not None and \
+                ("backup" not in nodes or is_null(nodes["backup"])):
+            self.error(self._replica_snapshot, "settings.rollout.snapshot: replica needs backups "
+                       "(the tenant is put back from its Litestream replica)",
+                       "add `backup: {replica: /srv/backups}` under settings, or write "
+                       "snapshot: true (a local copy)")
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
                         migrations_dir=migrations.path, **given), latest
@@ -469,6 +479,10 @@ class _Checker(NotifyChecker):
                                f"{value!r}", _TRANSACTION_HINT)
                     value = None
             elif key == "snapshot":
+                if isinstance(v, yaml.ScalarNode) and v.value == "replica":
+                    r["from_replica"] = True  # snapshot stays false: no local copy
+                    self._replica_snapshot = v
+                    continue
                 value = self.boolean(v, "settings.rollout.snapshot")
             elif key in ("batch", "parallel"):
                 value = self.integer(v, f"settings.rollout.{key}", 1,

@@ -232,11 +232,15 @@ def ltx_files(url: str, timeout: float = 60.0) -> list[LTXFile]:
                     int(i["size"]), _epoch(i["timestamp"]) or 0.0) for i in items]
 
 
-def restore(url: str, out: Path, at: datetime | None, timeout: float = 600.0) -> None:
+def restore(url: str, out: Path, at: datetime | None, timeout: float = 600.0,
+            txid: int | None = None) -> None:
     """``litestream restore`` of the replica at ``url`` into the new file ``out``, as it
-    was at ``at`` (UTC; None: latest)."""
+    was at ``at`` (UTC; None: latest), or exactly at transaction ``txid`` (``-txid``,
+    16 hex digits, when given)."""
     args = ["restore", "-o", str(out)]
-    if at is not None:
+    if txid is not None:
+        args += ["-txid", f"{txid:016x}"]
+    elif at is not None:
         args += ["-timestamp", at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
     proc = _run([*args, url], timeout)
     if proc.returncode != 0:
