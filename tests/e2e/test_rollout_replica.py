@@ -6,14 +6,19 @@ backoff) so the rollout halts rather than retrying at once."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reconciler.backup import LITESTREAM_TABLES
 from reconciler.registry import Registry
-from tests.conftest import Fleet
+from tests.conftest import RECONCILE, Fleet
 from tests.e2e.backupkit import SYNC, Daemon, titles, wait_for, write
 
 TENANTS = {"acme": {"region": "eu"}, "hooli": {"region": "us"}}
@@ -46,6 +51,65 @@ def _declare(fleet: Fleet, replica: str, schema: int | None) -> None:
     fleet.declare(TENANTS, backup={"replica": replica, "sync_interval": SYNC,
                                    "lag_threshold": "2s"},
                   rollout={"canary": 1, "max_failures": 0, "snapshot": "replica"}, **extra)
+
+
+def _prepare(fleet: Fleet, replica: str, daemon: Daemon) -> tuple[list[str], list[Any]]:
+    """Rows written through routing at v3, replicated; returns (titles, schema)."""
+    daemon.replicated(len(TENANTS))
+    live = fleet.path("acme", "eu")
+    for title in ("first", "second", "third"):
+        write(fleet, "acme.yoursaas.com", title)
+    assert _version(live) == 3
+    return titles(live), _schema(live)
+
+
+def _break(fleet: Fleet, replica: str) -> None:
+    fleet.write_migration("0004_archive_flag.sql", V4)
+    fleet.write_migration("0005_broken.sql", V5)
+    _declare(fleet, replica, None)  # to the latest: the daemon's next pass migrates
+
+
+def _settled(fleet: Fleet) -> bool:
+    """The put-back finished: no journal, acme at v3 and held — ``failed``, or
+    ``pending`` when the resuming pass's plan holds it for the halted rollout."""
+    with Registry.reading(fleet.central) as reg:
+        row = reg.tenant("acme") if reg is not None else None
+        return reg is not None and row is not None and row.schema_version == 3 and \
+            row.status in ("failed", "pending") and row.failures == 1 and \
+            reg.journal_row("acme") is None and reg.conn.execute(
+                "SELECT 1 FROM events WHERE tenant = 'acme' AND action = 'pitr'").fetchone() \
+            is not None
+
+
+@pytest.mark.parametrize("point", ["pitr:after-journal", "pitr:after-retire",
+                                   "restore:after-link"])
+def test_a_put_back_killed_at_each_phase_is_finished_by_the_next_daemon(
+        fleet: Fleet, tmp_path: Path, point: str) -> None:
+    replica = (tmp_path / "backups").as_uri()
+    _declare(fleet, replica, 3)
+    first = Daemon(fleet)
+    try:
+        rows, schema = _prepare(fleet, replica, first)
+    finally:
+        assert first.stop() == 0
+    _break(fleet, replica)
+    env = {**os.environ, "RECONCILE_CONFIG": str(fleet.config), "RECONCILE_CRASH_AT": point}
+    with (fleet.root / "crashed.log").open("w") as log:
+        crashed = subprocess.Popen([RECONCILE, "daemon", "--log-format", "json"],
+                                   cwd=fleet.root, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        assert crashed.wait(120) == -signal.SIGKILL  # killed mid-put-back
+    with Registry.reading(fleet.central) as reg:
+        assert reg is not None and reg.journal_row("acme") is not None
+    again = Daemon(fleet)  # its first pass finishes the journal
+    try:
+        wait_for(lambda: _settled(fleet), 60, "the put-back finished")
+        live = fleet.path("acme", "eu")
+        assert _version(live) == 3 and titles(live) == rows and _schema(live) == schema
+        retired = sorted((fleet.data / "_retired").glob("acme-eu-*.db"))
+        assert retired and _version(retired[-1]) == 4  # the migrated file, kept
+    finally:
+        assert again.stop() == 0
 
 
 def test_a_migration_failing_after_a_committed_step_is_put_back_from_the_replica(
