@@ -146,3 +146,25 @@ def test_archive_and_relocation_reach_the_process_that_holds_the_file(
     assert all(str(gone) not in p for p in _held(fleet).values())
     assert not gone.exists() and not Path(f"{gone}-wal").exists()
     assert json.loads(fleet.run("backups", leaving, "--json").stdout)[0]["ended_at"]
+
+
+def test_a_changed_process_count_moves_every_tenant_to_its_new_process(
+        sharded: tuple[Fleet, Daemon], tmp_path: Path) -> None:
+    fleet, daemon = sharded
+    fleet.declare(TENANTS, backup={"replica": (tmp_path / "backups").as_uri(),
+                                   "sync_interval": SYNC, "lag_threshold": "2s",
+                                   "processes": 2})
+
+    def moved() -> bool:
+        try:
+            held = {k: set(_control(fleet, k).paths()) for k in range(2)}
+        except Exception:
+            return False
+        return all(str(fleet.path(n, s["region"])) in held[shard_of(n, 2)]
+                   for n, s in TENANTS.items()) and sum(map(len, held.values())) == len(TENANTS)
+    wait_for(moved, 60, "every tenant in its process of 2")
+    assert (fleet.central.parent / ".litestream-processes").read_text().strip() == "2"
+    assert len(_pids(daemon)) == 2
+    assert not litestream.socket_path(fleet.central, 2).exists()
+    lineages = json.loads(fleet.run("backups", "t00", "--json").stdout)
+    assert len(lineages) == 1  # the same file keeps its lineage in its new process
