@@ -270,22 +270,24 @@ def release(settings: Settings, path: Path, wait: float = 15.0) -> None:
 def handover(settings: Settings, registry: Registry, tenant: str, new: Path, old: Path,
              timeout: int = 30) -> None:
     """A relocation's new file is replicated (registered, synced) before ``old`` is
-    released. Raises ``RetryableError`` when Litestream runs but cannot confirm."""
+    released. Raises ``RetryableError`` when Litestream runs but cannot confirm. The
+    tenant's process not running: nothing to hand over (it registers the new file when
+    it starts); the old file is still released from any other process."""
     backup, ctl = settings.backup, control(settings, tenant)
-    if backup is None or ctl is None:
+    if backup is None:
         return
-    current = {lin.tenant: lin for lin in lineages(registry)}
-    with registry.transaction():
-        lin = lineage_for(registry, settings, backup, tenant, new, current)
-    if lin is not None:
+    if ctl is not None:
+        current = {lin.tenant: lin for lin in lineages(registry)}
+        with registry.transaction():
+            lin = lineage_for(registry, settings, backup, tenant, new, current)
         try:
-            litestream.ensure_bucket(lin.url)
-            ctl.register(new, lin.url)
-            ctl.sync(new, timeout)
+            if lin is not None:
+                litestream.ensure_bucket(lin.url)
+                ctl.register(new, lin.url)
+                ctl.sync(new, timeout)
         except litestream.LitestreamDown as exc:
             if exc.listening:
                 raise  # running but not answering: the retirement waits
-            return  # not running: nothing to hand over, nothing holds the old file
     release(settings, old)
 
 
