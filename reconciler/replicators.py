@@ -112,7 +112,12 @@ class Supervisor:
         temp = where / f"{PROCESSES_FILE}.tmp"
         temp.write_text(f"{self.count}\n")
         os.replace(temp, where / PROCESSES_FILE)
+        # lineages recorded once, before any process builds its config: processes that
+        # raced for the lock would start with partial configs and then register the
+        # rest one request per file
+        self.processes[0].prepare()
         for p in self.processes:
+            p.prepared = True
             p.start()
         return self
 
@@ -160,6 +165,7 @@ class _Process:
         self.restarts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.prepared = False  # lineages just recorded: the next spawn skips it
 
     @property
     def backup(self) -> BackupSettings:
@@ -186,7 +192,7 @@ class _Process:
         self._thread.start()
         return self
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         """Before Litestream starts: record a lineage for every file in service that has
         none, so the generated config lists the whole fleet and Litestream opens it at
         start-up, rather than one ``register`` request per file afterwards (measured
@@ -226,7 +232,9 @@ class _Process:
             lock.release()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        self._prepare()
+        if not self.prepared:
+            self.prepare()
+        self.prepared = False
         name = f".litestream-{self.shard}.yml" if self.shard else ".litestream.yml"
         where = self.settings.central.parent / name
         tenantdb.ensure_dir(where.parent)
