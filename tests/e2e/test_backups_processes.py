@@ -45,6 +45,8 @@ def _pids(daemon: Daemon) -> dict[int, int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        if b"-config" not in args:
+            continue  # exited, not yet reaped by its supervisor (a zombie has no cmdline)
         if int(stat.rsplit(")", 1)[1].split()[1]) != daemon.proc.pid or \
                 "(litestream)" not in stat:
             continue
