@@ -19,6 +19,7 @@ from reconciler import litestream
 from reconciler.backup import shard_of
 from tests.conftest import Fleet
 from tests.e2e.backupkit import SYNC, Daemon, titles, wait_for, write
+from tests.e2e.processkit import litestream_children, synced
 
 PROCESSES = 3
 TENANTS = {f"t{i:02d}": {"region": ("eu", "us")[i % 2]} for i in range(9)}
@@ -34,38 +35,8 @@ def _control(fleet: Fleet, shard: int) -> litestream.Control:
     return litestream.Control(litestream.socket_path(fleet.central, shard))
 
 
-def _pids(daemon: Daemon) -> dict[int, int]:
-    """The daemon's Litestream children by process number (from their config name)."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-config" not in args:
-            continue  # exited, not yet reaped by its supervisor (a zombie has no cmdline)
-        if int(stat.rsplit(")", 1)[1].split()[1]) != daemon.proc.pid or \
-                "(litestream)" not in stat:
-            continue
-        config = Path(os.fsdecode(args[args.index(b"-config") + 1])).name
-        out[0 if config == ".litestream.yml" else int(config.split("-")[1][:-4])] = \
-            int(entry.name)
-    return out
-
-
 def _held(fleet: Fleet) -> dict[int, set[str]]:
     return {k: set(_control(fleet, k).paths()) for k in range(PROCESSES)}
-
-
-def _all_synced(fleet: Fleet, n: int) -> bool:
-    try:
-        dbs = {p: d for k in range(PROCESSES) for p, d in _control(fleet, k).databases().items()}
-    except Exception:
-        return False
-    return sum(d.synced_at is not None for d in dbs.values()) == n
 
 
 @pytest.fixture
@@ -73,7 +44,7 @@ def sharded(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Fleet, Daemon]]:
     _declare(fleet, TENANTS, (tmp_path / "backups").as_uri())
     daemon = Daemon(fleet)
     try:
-        wait_for(lambda: _all_synced(fleet, len(TENANTS)), what="every tenant replicated")
+        wait_for(lambda: synced(fleet, PROCESSES) == len(TENANTS), what="every tenant replicated")
         yield fleet, daemon
     finally:
         assert daemon.stop() == 0
@@ -86,7 +57,7 @@ def test_each_tenant_is_replicated_by_the_process_of_its_shard_and_only_there(
     for name, spec in TENANTS.items():
         path = str(fleet.path(name, spec["region"]))
         assert [k for k, paths in held.items() if path in paths] == [shard_of(name, PROCESSES)]
-    assert len(_pids(daemon)) == PROCESSES
+    assert len(litestream_children(daemon)) == PROCESSES
     assert (fleet.central.parent / ".litestream-processes").read_text().strip() == "3"
     data = json.loads(fleet.run("status", "--json").stdout)  # a one-shot command sees all
     assert data["backups"]["replicated"] == len(TENANTS) and data["backups"]["without"] == 0
@@ -95,17 +66,18 @@ def test_each_tenant_is_replicated_by_the_process_of_its_shard_and_only_there(
 def test_a_crashed_process_is_restarted_alone_and_its_tenants_catch_up(
         sharded: tuple[Fleet, Daemon]) -> None:
     fleet, daemon = sharded
-    before = _pids(daemon)
+    before = litestream_children(daemon)
     victim = 1
     name = next(n for n in TENANTS if shard_of(n, PROCESSES) == victim)
     path = fleet.path(name, TENANTS[name]["region"])
     os.kill(before[victim], signal.SIGKILL)
     write(fleet, f"{name}.yoursaas.com", "while-down")  # the tenant keeps serving
-    wait_for(lambda: _pids(daemon).get(victim) not in (None, before[victim]), 60, "restart")
-    after = _pids(daemon)
+    wait_for(lambda: litestream_children(daemon).get(victim) not in (None, before[victim]),
+             60, "restart")
+    after = litestream_children(daemon)
     assert {k: p for k, p in after.items() if k != victim} == \
         {k: p for k, p in before.items() if k != victim}  # the others never stopped
-    wait_for(lambda: _all_synced(fleet, len(TENANTS)), 60, "all replicated again")
+    wait_for(lambda: synced(fleet, PROCESSES) == len(TENANTS), 60, "all replicated again")
     written = time.time()
     wait_for(lambda: (d := _control(fleet, victim).databases().get(str(path))) is not None
              and d.synced_at is not None and d.synced_at > written, what="caught up")
@@ -166,7 +138,7 @@ def test_a_changed_process_count_moves_every_tenant_to_its_new_process(
                    for n, s in TENANTS.items()) and sum(map(len, held.values())) == len(TENANTS)
     wait_for(moved, 60, "every tenant in its process of 2")
     assert (fleet.central.parent / ".litestream-processes").read_text().strip() == "2"
-    assert len(_pids(daemon)) == 2
+    assert len(litestream_children(daemon)) == 2
     assert not litestream.socket_path(fleet.central, 2).exists()
     lineages = json.loads(fleet.run("backups", "t00", "--json").stdout)
     assert len(lineages) == 1  # the same file keeps its lineage in its new process

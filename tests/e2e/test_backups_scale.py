@@ -17,45 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import litestream, replicators
+from reconciler import replicators
 from reconciler.backup import process_count, shard_of
 from tests.conftest import Fleet
 from tests.e2e.backupkit import Daemon, declare, wait_for, write
+from tests.e2e.processkit import litestream_children, synced
 
 SCALE_TENANTS = int(os.environ.get("SCALE_TENANTS", "4000"))
-
-
-def _children(daemon: Daemon) -> dict[int, int]:
-    """Litestream children by process number (from their config file's name)."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-config" not in args:
-            continue  # exited, not yet reaped by its supervisor (a zombie has no cmdline)
-        if "(litestream)" in stat and int(stat.rsplit(")", 1)[1].split()[1]) == \
-                daemon.proc.pid:
-            name = Path(os.fsdecode(args[args.index(b"-config") + 1])).name
-            out[0 if name == ".litestream.yml" else int(name.split("-")[1][:-4])] = \
-                int(entry.name)
-    return out
-
-
-def _synced(fleet: Fleet, processes: int) -> int:
-    n = 0
-    for k in range(processes):
-        try:
-            dbs = litestream.Control(litestream.socket_path(fleet.central, k),
-                                     timeout=60).databases()
-        except Exception:
-            continue
-        n += sum(d.synced_at is not None for d in dbs.values())
-    return n
 
 
 @pytest.mark.slow
@@ -69,9 +37,9 @@ def test_a_fleet_larger_than_one_litestream_can_hold_is_fully_replicated_by_seve
     started = time.monotonic()
     daemon = Daemon(fleet)
     try:
-        wait_for(lambda: _synced(fleet, want) == SCALE_TENANTS, 3600, "every tenant synced")
+        wait_for(lambda: synced(fleet, want) == SCALE_TENANTS, 3600, "every tenant synced")
         first = time.monotonic() - started
-        pids = _children(daemon)
+        pids = litestream_children(daemon)
         assert sorted(pids) == list(range(want))
         fds = {k: len(os.listdir(f"/proc/{p}/fd")) for k, p in pids.items()}
         limit = replicators.nofile_limit()
@@ -83,11 +51,11 @@ def test_a_fleet_larger_than_one_litestream_can_hold_is_fully_replicated_by_seve
         crashed = time.monotonic()
         name = next(n for n in names if shard_of(n, want) == victim)
         write(fleet, f"{name}.yoursaas.com", "while-down")  # the fleet keeps serving
-        wait_for(lambda: _children(daemon).get(victim) not in (None, pids[victim]), 120,
-                 "restart")
-        assert {k: p for k, p in _children(daemon).items() if k != victim} == \
+        wait_for(lambda: litestream_children(daemon).get(victim) not in (None, pids[victim]),
+                 120, "restart")
+        assert {k: p for k, p in litestream_children(daemon).items() if k != victim} == \
             {k: p for k, p in pids.items() if k != victim}
-        wait_for(lambda: _synced(fleet, want) == SCALE_TENANTS, 1800, "caught up")
+        wait_for(lambda: synced(fleet, want) == SCALE_TENANTS, 1800, "caught up")
         print(f"\nscale: {SCALE_TENANTS} tenants over {want} Litestream processes, all "
               f"created and replicated {first:.0f} s after the daemon started; "
               f"descriptors per process {sorted(fds.values())} (limit {limit}); process "
