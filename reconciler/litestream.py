@@ -197,6 +197,19 @@ class Control:
         return int(data.get("replicated_txid") or data.get("txid") or 0)
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
+    """Stop a Litestream process we started: SIGTERM (it syncs what it captured), wait,
+    SIGKILL after ``timeout`` seconds. Returns its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run([binary(), *args], capture_output=True, text=True,
@@ -232,16 +245,15 @@ def ltx_files(url: str, timeout: float = 60.0) -> list[LTXFile]:
                     int(i["size"]), _epoch(i["timestamp"]) or 0.0) for i in items]
 
 
-def restore(url: str, out: Path, at: datetime | None, timeout: float = 600.0,
+def restore(url: str, out: Path, at: datetime | None, timeout: float = 600.0, *,
             txid: int | None = None) -> None:
     """``litestream restore`` of the replica at ``url`` into the new file ``out``, as it
-    was at ``at`` (UTC; None: latest), or exactly at transaction ``txid`` (``-txid``,
-    16 hex digits, when given)."""
+    was at ``at`` (UTC; None: latest) or up to transaction ``txid`` (inclusive)."""
     args = ["restore", "-o", str(out)]
-    if txid is not None:
-        args += ["-txid", f"{txid:016x}"]
-    elif at is not None:
+    if at is not None:
         args += ["-timestamp", at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    if txid is not None:
+        args += ["-txid", f"{txid:016x}"]  # Litestream's hex transaction ID
     proc = _run([*args, url], timeout)
     if proc.returncode != 0:
         raise PermanentError(f"litestream restore from {url}: {_fail(proc)}")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -211,7 +212,8 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
                                   not same_file(old, path, inode, backup)):
             todo.append((tenant, path, shard))
     wanted_paths = {str(p) for p in want.values()}
-    extra = sorted(set(running) - wanted_paths - busy)
+    # (the registry itself is replicated by a region agent: never a tenant file to drop)
+    extra = sorted(set(running) - wanted_paths - busy - {str(settings.central)})
     ended = {t for t in set(current) - set(want) - set(snapshot.journal)
              if (row := snapshot.tenants.get(t)) is None or
              row.status in ("archived", "missing")}
@@ -324,3 +326,14 @@ def observe(desired: Desired, snapshot: Snapshot, now: float
 def has_lineages(reg: Registry) -> bool:
     return reg.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'backup_lineages'"
                             ).fetchone() is not None
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the daemon dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``), so a restarted daemon never finds a second Litestream
+    replicating the same files. Its own session keeps a terminal's Ctrl-C away from it:
+    the daemon stops it after finishing its pass."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

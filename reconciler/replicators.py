@@ -44,6 +44,7 @@ from reconciler.lock import FleetLock
 from reconciler.registry import Registry
 from reconciler.replication import (
     PROCESSES_FILE,
+    die_with_parent,
     has_lineages,
     in_service,
     inode_of,
@@ -65,10 +66,13 @@ class Supervisor:
 
     def __init__(self, settings: Settings, log: Logger,
                  on_event: Callable[[str, dict[str, object]], None] | None = None,
-                 tenants: int = 0) -> None:
+                 tenants: int = 0, registry: str | None = None) -> None:
         self._settings = settings
         self.count = self.wanted(settings, tenants)
-        self.processes = [_Process(settings, log, on_event, k, self.count)
+        # issue 15: a region agent's own central.db replicates to ``registry``, in
+        # process 0 (the one ``replication.control(settings)`` addresses)
+        self.processes = [_Process(settings, log, on_event, k, self.count,
+                                   registry if k == 0 else None)
                           for k in range(self.count)]
 
     @staticmethod
@@ -156,8 +160,9 @@ class _Process:
 
     def __init__(self, settings: Settings, log: Logger,
                  on_event: Callable[[str, dict[str, object]], None] | None = None,
-                 shard: int = 0, count: int = 1) -> None:
+                 shard: int = 0, count: int = 1, registry: str | None = None) -> None:
         self.settings = settings
+        self.registry = registry  # where central.db replicates (None: not at all)
         self.shard, self.count = shard, count
         self.log = log.bind(process=shard) if count > 1 else log
         self.on_event = on_event or (lambda _what, _detail: None)
@@ -184,6 +189,8 @@ class _Process:
                     p = served.get(lin.tenant)
                     if p is not None and str(p) == lin.path and inode_of(p) == lin.inode:
                         dbs.append((p, lin.url))
+        if self.registry is not None and self.settings.central.exists():
+            dbs.append((self.settings.central, self.registry))
         return litestream.config_text(self.backup, sock, dbs)
 
     def start(self) -> _Process:
@@ -301,13 +308,8 @@ class _Process:
     def stop(self, timeout: float = 15.0) -> None:
         """``signal_stop``, then wait; SIGKILL after ``timeout``."""
         self.signal_stop()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.proc is not None:
+            litestream.terminate(self.proc, timeout)
         if self._thread is not None:
             self._thread.join(timeout)
         with contextlib.suppress(FileNotFoundError):
@@ -316,7 +318,7 @@ class _Process:
 
 def _child_setup() -> None:
     """In the child, before exec: dies with the daemon, and may open enough files."""
-    _die_with_parent()
+    die_with_parent()
     _raise_nofile()
 
 
@@ -334,17 +336,6 @@ def _raise_nofile() -> None:
     except (ValueError, OSError):
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM it when the daemon dies, even by SIGKILL
-    (Linux ``PR_SET_PDEATHSIG``), so a restarted daemon never finds a second Litestream
-    replicating the same files. Its own session keeps a terminal's Ctrl-C away from it:
-    the daemon stops it after finishing its pass."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _urls(config: str) -> Iterator[str]:
