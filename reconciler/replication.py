@@ -41,6 +41,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -219,6 +220,7 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
              row.status in ("archived", "missing")}
     if not (todo or extra or ended):
         return 0  # the steady state: no registry transaction
+    pending: dict[int, list[tuple[str, Path, str]]] = {}  # per process, to register
     with registry.transaction():
         for tenant, path, shard in todo:
             try:
@@ -229,8 +231,7 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
                 if lin is None:
                     continue
                 litestream.ensure_bucket(lin.url)
-                ctls[shard].register(path, lin.url)
-                changed += 1
+                pending.setdefault(shard, []).append((tenant, path, lin.url))
             except ReconcileError as exc:
                 log.warning("backups: cannot register", tenant=tenant, error=str(exc))
         for gone in extra:
@@ -240,10 +241,39 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
                     changed += 1
         for tenant in ended:
             end_lineage(registry, tenant)
+    done, failed = _register_all(ctls, pending)
+    changed += done
+    for tenant, error in failed:
+        log.warning("backups: cannot register", tenant=tenant, error=error)
     if changed:
         log.info("backups: litestream databases updated", changed=changed,
                  replicated=len(want), processes=count)
     return changed
+
+
+def _register_all(ctls: Mapping[int, litestream.Control],
+                  pending: Mapping[int, list[tuple[str, Path, str]]]
+                  ) -> tuple[int, list[tuple[str, str]]]:
+    """Register each process's new files, the processes in parallel (one thread each,
+    its files one request after another): a pass that created thousands of tenants
+    waits for the slowest process, not for all of them in turn. Returns how many were
+    registered and the (tenant, error) of those that were not."""
+    def one(shard: int) -> tuple[int, list[tuple[str, str]]]:
+        n, failed = 0, []
+        for tenant, path, url in pending[shard]:
+            try:
+                ctls[shard].register(path, url)
+                n += 1
+            except ReconcileError as exc:
+                failed.append((tenant, str(exc)))
+        return n, failed
+    if len(pending) <= 1:
+        results = [one(k) for k in pending]
+    else:
+        with ThreadPoolExecutor(max_workers=len(pending),
+                                thread_name_prefix="litestream-register") as pool:
+            results = list(pool.map(one, pending))
+    return sum(n for n, _ in results), [f for _, fs in results for f in fs]
 
 
 def release(settings: Settings, path: Path, wait: float = 15.0) -> None:
