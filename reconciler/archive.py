@@ -121,11 +121,13 @@ def restore(action: Action, ctx: Context) -> Outcome:
                 return stopped
         retired = relocate.free_name(ctx.desired.settings.retired_dir, f"{name}-archive")
         with ctx.registry.durable_transaction():
+            failed = detail.get("failed")  # a failed migration put back (issue 14)
             ctx.registry.upsert_tenant(name, detail.get("region", action.region or ""), dest,
-                                       expected.user_version, "active",
+                                       expected.user_version,
+                                       "failed" if failed else "active",
                                        bool(detail.get("protected", action.protected)))
-            ctx.registry.update_tenant(name, failure=None, failed_key=None, failures=0,
-                                       retry_at=None)
+            ctx.registry.update_tenant(name, **(failed or {
+                "failure": None, "failed_key": None, "failures": 0, "retry_at": None}))
             ctx.registry.journal_set(name, "restore", "retire",
                                      detail={**detail, "retired_path": str(retired)})
         crash_point("restore:after-register")

@@ -58,7 +58,7 @@ from typing import Any
 
 import watchfiles
 
-from reconciler import engine, follow, gitpull, replication
+from reconciler import engine, follow, gitpull, replicators
 from reconciler.apply import Result
 from reconciler.backup import registry_url
 from reconciler.context import Logger
@@ -225,7 +225,7 @@ class Daemon:
         self._watcher: Watcher | None = None
         self._last_progress = 0.0
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._replication: replication.Supervisor | None = None  # Litestream (issue 14)
+        self._replication: replicators.Supervisor | None = None  # Litestream (issue 14)
         # issue 15: this agent's row in its registry, and the other regions' registries
         self._heartbeat = follow.Heartbeat(Path(), region, log)  # replaced once loaded
         self._followers = follow.Followers(log)
@@ -346,20 +346,23 @@ class Daemon:
         ``settings.backup`` (or data location) restarts it with the new config."""
         settings = self.inputs.desired.settings if self.inputs is not None else None
         running = self._replication
-        if running is not None and settings is not None and running.settings == settings:
+        tenants = len(self.inputs.desired.tenants) if self.inputs is not None else 0
+        if running is not None and settings is not None and running.settings == settings \
+                and running.fits(settings, tenants):
             return
         if running is not None:
             if settings is not None and settings.backup == running.settings.backup and \
-                    settings.central == running.settings.central:
+                    settings.central == running.settings.central and \
+                    running.fits(settings, tenants):
                 running.settings = settings
                 return
             running.stop()
             self._replication = None
         if settings is not None and settings.backup is not None:
             revision = self.inputs.revision if self.inputs is not None else ""
-            self._replication = replication.Supervisor(
+            self._replication = replicators.Supervisor(
                 settings, self.log, lambda what, detail: self._record(
-                    "backup", what, revision, **detail),
+                    "backup", what, revision, **detail), tenants,
                 registry=None if self.region is None else
                 registry_url(settings.backup.replica, self.region)).start()
             self._replication.wait_ready(10.0)  # the first pass sees it replicating

@@ -84,6 +84,9 @@ class Rollout:
     max_failures: int = 0
     snapshot: bool = False
     transaction: str = "step"  # "step": one transaction per step; "tenant": one for all
+    # ``snapshot: replica`` (issue 14): no local copy; a failed migration's tenant is put
+    # back from its Litestream replica at the point recorded before its first step
+    from_replica: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ _TRANSACTION_HINT = ("write step (each migration commits on its own) or tenant (
 _GIT_KEYS = ("remote", "branch")
 DRIFT_POLICIES = ("block", "warn", "ignore")
 _DRIFT_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!$-]{1,200}$")
-_BACKUP_KEYS = ("replica", "retention", "sync_interval", "lag_threshold")
+_BACKUP_KEYS = ("replica", "retention", "sync_interval", "lag_threshold", "processes")
 _TENANT_KEYS = ("region", "schema", "domains", "suspended", "protected")
 _TOP_KEYS = ("version", "settings", "globals", "regions", "tenants", "retired")
 _BAD_GIT_NAME = re.compile(r"(^[-./]|\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|[./]$|\.lock$|//)")
@@ -273,6 +276,7 @@ class _Checker(NotifyChecker):
         self.region_names: set[str] = set()
         self.data_dir_ok = True  # False: paths derived from it are not judged again
         self.central_node: yaml.Node | None = None  # where settings.central was written
+        self._replica_snapshot: yaml.Node | None = None  # `rollout.snapshot: replica`
 
     def schema(self, node: yaml.Node, what: str, latest: int | None) -> tuple[bool, int | None]:
         """(ok, version) where version None means latest."""
@@ -448,6 +452,12 @@ class _Checker(NotifyChecker):
         if "stale_after" in nodes:
             raw["stale_after"] = self.duration(nodes["stale_after"], "settings.stale_after",
                                                MAX_INTERVAL, allow_zero=False)
+        if self._replica_snapshot is not None and \
+                ("backup" not in nodes or is_null(nodes["backup"])):
+            self.error(self._replica_snapshot, "settings.rollout.snapshot: replica needs backups "
+                       "(the tenant is put back from its Litestream replica)",
+                       "add `backup: {replica: /srv/backups}` under settings, or write "
+                       "snapshot: true (a local copy)")
         given = {k: v for k, v in raw.items() if v is not None}
         return Settings(data_dir=data.path, central=central.path,
                         migrations_dir=migrations.path, **given), latest
@@ -486,6 +496,10 @@ class _Checker(NotifyChecker):
                                f"{value!r}", _TRANSACTION_HINT)
                     value = None
             elif key == "snapshot":
+                if isinstance(v, yaml.ScalarNode) and v.value == "replica":
+                    r["from_replica"] = True  # snapshot stays false: no local copy
+                    self._replica_snapshot = v
+                    continue
                 value = self.boolean(v, "settings.rollout.snapshot")
             elif key in ("batch", "parallel"):
                 value = self.integer(v, f"settings.rollout.{key}", 1,
@@ -564,6 +578,10 @@ class _Checker(NotifyChecker):
                     self.error(v, f"{what} must be at least 1h, got {b[key]:g}s",
                                "write for example 24h or 7d")
                     b[key] = None
+            elif key == "processes":  # Litestream processes (issue 14): auto or 1..64
+                if isinstance(v, yaml.ScalarNode) and v.value == "auto":
+                    continue
+                b[key] = self.integer(v, what, 1, backup_mod.MAX_PROCESSES)
             else:
                 b[key] = self.duration(v, what, backup_mod.MAX_SYNC_INTERVAL if
                                        key == "sync_interval" else 30 * 86400.0,

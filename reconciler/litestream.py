@@ -64,14 +64,17 @@ def binary() -> str:
     return found
 
 
-def socket_path(central: Path) -> Path:
-    """Where the fleet's Litestream listens: beside ``central.db``, or — when that path
-    is too long for a unix socket — a name in the temp directory derived from it."""
-    here = central.parent / SOCKET_NAME
+def socket_path(central: Path, shard: int = 0) -> Path:
+    """Where the fleet's Litestream process number ``shard`` listens: beside
+    ``central.db`` (``.litestream.sock`` for the first, ``.litestream-N.sock`` for the
+    others), or — when that path is too long for a unix socket — a name in the temp
+    directory derived from it."""
+    suffix = f"-{shard}" if shard else ""
+    here = central.parent / f"{SOCKET_NAME.removesuffix('.sock')}{suffix}.sock"
     if len(os.fsencode(here)) <= MAX_SOCKET_PATH:
         return here
     digest = hashlib.sha256(os.fsencode(central.absolute())).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"reconcile-litestream-{digest}.sock"
+    return Path(tempfile.gettempdir()) / f"reconcile-litestream-{digest}{suffix}.sock"
 
 
 def _seconds(value: float) -> str:
@@ -174,6 +177,10 @@ class Control:
                                    _epoch(d.get("last_sync_at")),
                                    int(extra.get("txid") or 0), extra.get("error") or None)
         return out
+
+    def paths(self) -> list[str]:
+        """The paths of the databases Litestream manages (``/list`` only)."""
+        return [str(d.get("path")) for d in self._call("GET", "/list").get("databases") or []]
 
     def register(self, path: Path, url: str) -> None:
         self._call("POST", "/register", {"path": str(path), "replica_url": url})

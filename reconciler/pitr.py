@@ -75,7 +75,7 @@ def points(inputs: Inputs, tenant: str) -> list[RestorePoints]:
     """Every lineage of ``tenant`` with its restorable range, oldest first."""
     settings = inputs.desired.settings
     with Registry.reading(settings.central) as reg:
-        if reg is None or not replication._has_lineages(reg):
+        if reg is None or not replication.has_lineages(reg):
             return []
         found = replication.lineages(reg, tenant)
     out: list[RestorePoints] = []
@@ -146,15 +146,15 @@ def target(point: RestorePoints, at: datetime) -> datetime | None:
     return at
 
 
-def stage(url: str, out: Path, at: datetime | None, latest: int, busy_timeout: float
-          ) -> Verified:
-    """Restore ``url`` as of ``at`` (None: its newest state) into the new file ``out``
-    and verify it; on any failure nothing is left at ``out``."""
+def stage(url: str, out: Path, at: datetime | None, latest: int, busy_timeout: float,
+          txid: int | None = None) -> Verified:
+    """Restore ``url`` as of ``at`` (None: its newest state; or exactly at ``txid``)
+    into the new file ``out`` and verify it; on any failure nothing is left at ``out``."""
     partial = out.with_name(out.name + ".partial")
     for p in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
         tenantdb.remove_quietly(p)  # a killed stage's, never in service
     try:
-        litestream.restore(url, partial, at)
+        litestream.restore(url, partial, at, txid=txid)
         crash_point("pitr:after-restore")
         verified = verify(partial, latest, busy_timeout)
         conn = tenantdb.connect(partial, busy_timeout)
@@ -212,41 +212,67 @@ def restore_at(inputs: Inputs, tenant: str, at: datetime, log: Logger, *,
                           done.tables, None, False)
     with locked_registry(inputs, log, wait) as registry:
         ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision, log)
-        row = registry.tenant(tenant)
-        if row is None or row.status in ("archived", "missing"):
-            state = row.status if row else "not registered"
-            raise PermanentError(f"{tenant} is {state}; `restore --at` replaces a file in "
-                                 "service — use `--to FILE` then `restore --from FILE`")
-        journal = registry.journal_row(tenant)
-        if journal is not None:
-            raise PermanentError(f"{tenant} has an unfinished {journal.action} (phase "
-                                 f"{journal.phase}); run `reconcile` to finish it first")
-        _retire_leftovers(staging, tenant, settings.retired_dir)
-        staged = relocate.free_name(staging, tenant)
-        done = stage(chosen.url, staged, target(chosen, at), latest, timeout)
-        crash_point("pitr:after-stage")
-        live = Path(row.path)
-        retired = relocate.free_name(settings.retired_dir, f"{tenant}-{row.region}")
-        with registry.durable_transaction():
-            registry.journal_set(tenant, "pitr", "retire", source=str(staged), dest=str(live),
-                                 detail={"region": row.region, "protected": row.protected,
-                                         "status": row.status, "at": when,
-                                         "lineage": chosen.lineage,
-                                         "retired_live": str(retired)})
-            registry.update_tenant(tenant, status="relocating")
-            record(ctx, "pitr", tenant, Outcome(tenant, "pitr", "ok", row.schema_version,
-                                                done.version, detail={
-                                                    "at": when, "lineage": chosen.lineage,
-                                                    "staged": str(staged)}), level="warning")
-        crash_point("pitr:after-journal")
-        action = Action(Kind.RESTORE, tenant, row.region, path=live, source=staged,
-                        protected=row.protected, detail="point-in-time restore")
-        outcome = archive.restore(action, ctx)
-        if outcome.outcome != "ok":
-            raise PermanentError(f"restore of {tenant} stopped: {outcome.error or outcome}")
-        replication.sync_registrations(settings, registry, log)
-    return PitrResult(tenant, when, chosen.lineage, live, done.version, done.tables,
+        done, retired = into_service(ctx, tenant, chosen.url, chosen.lineage, when,
+                                     target(chosen, at))
+    return PitrResult(tenant, when, chosen.lineage, done.path, done.version, done.tables,
                       str(retired), True)
+
+
+def into_service(ctx: Context, tenant: str, url: str, lineage: str, when: str,
+                 at: datetime | None, txid: int | None = None,
+                 failed: dict[str, object] | None = None, version: int | None = None
+                 ) -> tuple[Verified, Path]:
+    """Steps 1-3 of the protocol for ``tenant`` (in service, no journal) under the
+    caller's fleet lock: stage ``url`` at ``at`` (or exactly at ``txid``), verify,
+    retire the live file, switch the copy in. ``failed``: the registry's failure
+    record to keep (a failed migration put back stays ``failed``, with its backoff).
+    Returns the verified copy (at the live path) and where the live file was retired.
+    Raises ``PermanentError`` when the tenant cannot be restored (nothing changed)."""
+    settings, registry = ctx.desired.settings, ctx.registry
+    latest, timeout = ctx.catalog.latest, settings.busy_timeout
+    row = registry.tenant(tenant)
+    if row is None or row.status in ("archived", "missing"):
+        state = row.status if row else "not registered"
+        raise PermanentError(f"{tenant} is {state}; `restore --at` replaces a file in "
+                             "service — use `--to FILE` then `restore --from FILE`")
+    journal = registry.journal_row(tenant)
+    if journal is not None:
+        raise PermanentError(f"{tenant} has an unfinished {journal.action} (phase "
+                             f"{journal.phase}); run `reconcile` to finish it first")
+    staging = settings.restore_dir
+    tenantdb.ensure_dir(staging)
+    _retire_leftovers(staging, tenant, settings.retired_dir)
+    staged = relocate.free_name(staging, tenant)
+    done = stage(url, staged, at, latest, timeout, txid)
+    if version is not None and done.version != version:
+        _retire_leftovers(staging, tenant, settings.retired_dir)
+        raise PermanentError(f"the replica's copy of {tenant} is at v{done.version}, "
+                             f"expected v{version} — not restored")
+    crash_point("pitr:after-stage")
+    live = Path(row.path)
+    retired = relocate.free_name(settings.retired_dir, f"{tenant}-{row.region}")
+    point: dict[str, object] = {"at": when, "lineage": lineage}
+    if txid is not None:
+        point["txid"] = txid
+    with registry.durable_transaction():
+        registry.journal_set(tenant, "pitr", "retire", source=str(staged), dest=str(live),
+                             detail={"region": row.region, "protected": row.protected,
+                                     "status": row.status, **point,
+                                     "retired_live": str(retired),
+                                     **({"failed": failed} if failed else {})})
+        registry.update_tenant(tenant, status="relocating")
+        record(ctx, "pitr", tenant, Outcome(tenant, "pitr", "ok", row.schema_version,
+                                            done.version, detail={
+                                                **point, "staged": str(staged)}),
+               level="warning")
+    crash_point("pitr:after-journal")
+    action = Action(Kind.RESTORE, tenant, row.region, path=live, source=staged,
+                    protected=row.protected, detail="point-in-time restore")
+    outcome = archive.restore(action, ctx)
+    if outcome.outcome != "ok":
+        raise PermanentError(f"restore of {tenant} stopped: {outcome.error or outcome}")
+    replication.sync_registrations(settings, registry, ctx.log)
+    return Verified(live, done.version, done.tables), retired
 
 
 def finish_retire(journal: JournalRow, ctx: Context) -> JournalRow:
@@ -281,7 +307,9 @@ def finish_retire(journal: JournalRow, ctx: Context) -> JournalRow:
                                  dest=str(live), temp=str(temp),
                                  detail={"region": detail.get("region"),
                                          "protected": detail.get("protected", False),
-                                         "pitr": detail.get("at")})
+                                         "pitr": detail.get("at"),
+                                         **({"failed": detail["failed"]}
+                                            if detail.get("failed") else {})})
     row = ctx.registry.journal_row(journal.tenant)
     assert row is not None
     return row

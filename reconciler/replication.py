@@ -6,11 +6,16 @@ module keeps its set of databases equal to the fleet's files in service, records
 file's replica location (a *lineage*, ``backup_lineages`` in ``central.db``), and turns
 what Litestream reports into observed state.
 
-How Litestream runs (see README, "Backups"): one ``litestream replicate`` process per
-fleet, a child of ``reconcile daemon`` (``Supervisor``: restarted with backoff when it
-exits), started with a config generated from the registry (one ``dbs:`` entry per
-tenant file — not directory watching), and kept in step between restarts through its
-control socket: a pass ``register``s new files and ``unregister``s retired ones.
+How Litestream runs (see README, "Backups"): ``litestream replicate`` processes,
+children of ``reconcile daemon`` (``Supervisor``), each restarted with backoff when it
+exits, each with a config generated from the registry (one ``dbs:`` entry per tenant
+file — not directory watching) and a control socket of its own; between restarts a pass
+``register``s new files and ``unregister``s retired ones through those sockets. A
+fleet is split across ``settings.backup.processes`` processes (default: enough that
+none holds more than ``backup.per_process`` files — one process runs out of file
+descriptors at ~4,000 databases), each tenant always in the process
+``backup.shard_of(tenant, n)``; the daemon records ``n`` beside ``central.db``
+(``.litestream-processes``) so one-shot commands address the same processes.
 
 Invariants:
 * a file leaves service (archive, the retirement of a relocation's source, a
@@ -22,6 +27,9 @@ Invariants:
   (retryable), the tenant keeps serving from its new file;
 * a new lineage never inherits Litestream's local state (the ``.NAME.db-litestream``
   directory) of an earlier file at the same path: that is moved to ``_retired/``;
+* a file is registered in one process only: the process of its tenant's shard (a file
+  found in another — the process count changed — is unregistered there first);
+  ``release`` asks every running process, so it holds whatever the count;
 * nothing here stops the fleet: Litestream down or a replica unreachable only makes
   backups lag, which observation reports.
 """
@@ -31,21 +39,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sqlite3
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from reconciler import backup as backup_rules
 from reconciler import litestream, tenantdb
 from reconciler.backup import BackupSettings, BackupState, lag_of, lineage_id, lineage_url
 from reconciler.context import Logger
 from reconciler.desired import Desired, Settings
-from reconciler.errors import LockHeld, ReconcileError, RetryableError
-from reconciler.lock import FleetLock
+from reconciler.errors import ReconcileError, RetryableError
 from reconciler.registry import Registry, utcnow
 from reconciler.state import Snapshot
 
@@ -83,7 +89,7 @@ def meta_dir(path: Path) -> Path:
     return path.with_name(f".{path.name}{META_SUFFIX}")
 
 
-def _inode(path: Path) -> int | None:
+def inode_of(path: Path) -> int | None:
     try:
         return os.stat(path).st_ino
     except OSError:
@@ -104,7 +110,7 @@ def lineage_for(registry: Registry, settings: Settings, backup: BackupSettings,
                 tenant: str, path: Path, current: Mapping[str, Lineage]) -> Lineage | None:
     """The lineage of the file now at ``path`` (started, and recorded, if it is new).
     None when there is no file. Call inside a registry transaction."""
-    inode = _inode(path)
+    inode = inode_of(path)
     if inode is None:
         return None
     old = current.get(tenant)
@@ -137,41 +143,75 @@ def end_lineage(registry: Registry, tenant: str) -> None:
                           "ended_at IS NULL", (utcnow(), tenant))
 
 
-def control(settings: Settings) -> litestream.Control | None:
-    """The fleet's Litestream, if one is running (its socket exists), else None."""
-    sock = litestream.socket_path(settings.central)
-    return litestream.Control(sock) if os.path.exists(sock) else None
+PROCESSES_FILE = ".litestream-processes"  # the daemon's process count, beside central.db
 
 
-def _served(snapshot: Snapshot) -> dict[str, Path]:
+def process_total(settings: Settings) -> int:
+    """How many Litestream processes the daemon runs for this fleet (1 when it never
+    recorded a count)."""
+    try:
+        return max(1, int((settings.central.parent / PROCESSES_FILE).read_text()))
+    except (OSError, ValueError):
+        return 1
+
+
+def controls(settings: Settings) -> dict[int, litestream.Control]:
+    """The fleet's running Litestream processes (their sockets exist), by shard."""
+    out = {}
+    for shard in range(process_total(settings)):
+        sock = litestream.socket_path(settings.central, shard)
+        if os.path.exists(sock):
+            out[shard] = litestream.Control(sock)
+    return out
+
+
+def control(settings: Settings, tenant: str = "") -> litestream.Control | None:
+    """The Litestream process that replicates ``tenant`` (its shard), if it is running
+    (its socket exists), else None."""
+    shard = backup_rules.shard_of(tenant, process_total(settings))
+    return controls(settings).get(shard)
+
+
+def in_service(snapshot: Snapshot) -> dict[str, Path]:
     return {name: Path(row.path) for name, row in snapshot.tenants.items()
             if row.status in REPLICATED and name not in snapshot.journal}
 
 
 def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> int:
     """Make Litestream's databases the fleet's files in service: register new files
-    (recording their lineage), unregister the rest. Returns how many changed.
-    No-op when backups are off or Litestream is not running. Under the fleet lock."""
-    backup, ctl = settings.backup, control(settings)
-    if backup is None or ctl is None:
+    (recording their lineage) in their tenant's process, unregister the rest. Returns
+    how many changed. No-op when backups are off or Litestream is not running; a
+    process that does not answer keeps its registrations until a later pass. Under the
+    fleet lock."""
+    backup, ctls = settings.backup, controls(settings)
+    if backup is None or not ctls:
         return 0
-    try:
-        running = ctl.databases()
-    except RetryableError as exc:
-        log.warning("backups: litestream not answering; registrations wait", error=str(exc))
+    count = process_total(settings)
+    running: dict[str, int] = {}  # path -> the process holding it
+    for shard, ctl in ctls.items():
+        try:
+            running.update(dict.fromkeys(ctl.paths(), shard))
+        except RetryableError as exc:
+            log.warning("backups: litestream not answering; registrations wait",
+                        process=shard, error=str(exc))
+            ctls = {k: c for k, c in ctls.items() if k != shard}
+    if not ctls:
         return 0
     snapshot = registry.snapshot()
-    want = _served(snapshot)
+    want = in_service(snapshot)
     busy = {str(Path(r.path)) for n, r in snapshot.tenants.items()
             if n not in want and (r.status == "relocating" or n in snapshot.journal)}
     changed = 0
     current = {lin.tenant: lin for lin in lineages(registry)}
     todo = []
     for tenant, path in sorted(want.items()):
-        old, inode = current.get(tenant), _inode(path)
-        if inode is not None and (old is None or str(path) not in running or
+        old, shard = current.get(tenant), backup_rules.shard_of(tenant, count)
+        if shard not in ctls:
+            continue  # its process is down: it registers its files when it starts
+        inode = inode_of(path)
+        if inode is not None and (old is None or running.get(str(path)) != shard or
                                   not same_file(old, path, inode, backup)):
-            todo.append((tenant, path))
+            todo.append((tenant, path, shard))
     wanted_paths = {str(p) for p in want.values()}
     # (the registry itself is replicated by a region agent: never a tenant file to drop)
     extra = sorted(set(running) - wanted_paths - busy - {str(settings.central)})
@@ -180,71 +220,106 @@ def sync_registrations(settings: Settings, registry: Registry, log: Logger) -> i
              row.status in ("archived", "missing")}
     if not (todo or extra or ended):
         return 0  # the steady state: no registry transaction
+    pending: dict[int, list[tuple[str, Path, str]]] = {}  # per process, to register
     with registry.transaction():
-        for tenant, path in todo:
+        for tenant, path, shard in todo:
             try:
-                if str(path) in running:  # a new file under a path Litestream holds
-                    ctl.unregister(path)
+                holder = running.get(str(path))
+                if holder is not None and holder in ctls:  # a new file at a held path,
+                    ctls[holder].unregister(path)          # or held by another process
                 lin = lineage_for(registry, settings, backup, tenant, path, current)
                 if lin is None:
                     continue
                 litestream.ensure_bucket(lin.url)
-                ctl.register(path, lin.url)
-                changed += 1
+                pending.setdefault(shard, []).append((tenant, path, lin.url))
             except ReconcileError as exc:
                 log.warning("backups: cannot register", tenant=tenant, error=str(exc))
         for gone in extra:
-            with contextlib.suppress(ReconcileError):
-                ctl.unregister(Path(gone))
-                changed += 1
+            if running[gone] in ctls:
+                with contextlib.suppress(ReconcileError):
+                    ctls[running[gone]].unregister(Path(gone))
+                    changed += 1
         for tenant in ended:
             end_lineage(registry, tenant)
+    done, failed = _register_all(ctls, pending)
+    changed += done
+    for tenant, error in failed:
+        log.warning("backups: cannot register", tenant=tenant, error=error)
     if changed:
         log.info("backups: litestream databases updated", changed=changed,
-                 replicated=len(want))
+                 replicated=len(want), processes=count)
     return changed
 
 
+def _register_all(ctls: Mapping[int, litestream.Control],
+                  pending: Mapping[int, list[tuple[str, Path, str]]]
+                  ) -> tuple[int, list[tuple[str, str]]]:
+    """Register each process's new files, the processes in parallel (one thread each,
+    its files one request after another): a pass that created thousands of tenants
+    waits for the slowest process, not for all of them in turn. Returns how many were
+    registered and the (tenant, error) of those that were not."""
+    def one(shard: int) -> tuple[int, list[tuple[str, str]]]:
+        n, failed = 0, []
+        for tenant, path, url in pending[shard]:
+            try:
+                ctls[shard].register(path, url)
+                n += 1
+            except ReconcileError as exc:
+                failed.append((tenant, str(exc)))
+        return n, failed
+    if len(pending) <= 1:
+        results = [one(k) for k in pending]
+    else:
+        with ThreadPoolExecutor(max_workers=len(pending),
+                                thread_name_prefix="litestream-register") as pool:
+            results = list(pool.map(one, pending))
+    return sum(n for n, _ in results), [f for _, fs in results for f in fs]
+
+
 def release(settings: Settings, path: Path, wait: float = 15.0) -> None:
-    """Before ``path`` leaves service: Litestream syncs what it captured and lets go.
-    Nothing to do when backups are off or Litestream is not running; when it is
-    starting (socket present, not answering yet) wait up to ``wait`` seconds, then
-    raise ``RetryableError`` — the action is retried, nothing was moved."""
-    ctl = control(settings) if settings.backup is not None else None
-    if ctl is None:
+    """Before ``path`` leaves service: Litestream syncs what it captured and lets go —
+    every running process is asked (unregistering a file a process does not hold is a
+    no-op), so the file is let go whichever process held it. Nothing to do when backups
+    are off or Litestream is not running; when a process is starting (socket present,
+    not answering yet) wait up to ``wait`` seconds, then raise ``RetryableError`` —
+    the action is retried, nothing was moved."""
+    if settings.backup is None:
         return
     deadline = time.monotonic() + wait
-    while True:
-        try:
-            ctl.unregister(path)
-            return
-        except litestream.LitestreamDown as exc:
-            if not exc.listening:
-                return  # no Litestream runs (a stale socket): nothing holds the file
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    for ctl in controls(settings).values():
+        while True:
+            try:
+                ctl.unregister(path)
+                break
+            except litestream.LitestreamDown as exc:
+                if not exc.listening:
+                    break  # no Litestream runs there (a stale socket): it holds nothing
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def handover(settings: Settings, registry: Registry, tenant: str, new: Path, old: Path,
              timeout: int = 30) -> None:
     """A relocation's new file is replicated (registered, synced) before ``old`` is
-    released. Raises ``RetryableError`` when Litestream runs but cannot confirm."""
-    backup, ctl = settings.backup, control(settings)
-    if backup is None or ctl is None:
+    released. Raises ``RetryableError`` when Litestream runs but cannot confirm. The
+    tenant's process not running: nothing to hand over (it registers the new file when
+    it starts); the old file is still released from any other process."""
+    backup, ctl = settings.backup, control(settings, tenant)
+    if backup is None:
         return
-    current = {lin.tenant: lin for lin in lineages(registry)}
-    with registry.transaction():
-        lin = lineage_for(registry, settings, backup, tenant, new, current)
-    if lin is not None:
+    if ctl is not None:
+        current = {lin.tenant: lin for lin in lineages(registry)}
+        with registry.transaction():
+            lin = lineage_for(registry, settings, backup, tenant, new, current)
         try:
-            litestream.ensure_bucket(lin.url)
-            ctl.register(new, lin.url)
-            ctl.sync(new, timeout)
+            if lin is not None:
+                litestream.ensure_bucket(lin.url)
+                ctl.register(new, lin.url)
+                ctl.sync(new, timeout)
         except litestream.LitestreamDown as exc:
             if exc.listening:
                 raise  # running but not answering: the retirement waits
-            return  # not running: nothing to hand over, nothing holds the old file
     release(settings, old)
 
 
@@ -255,178 +330,32 @@ def observe(desired: Desired, snapshot: Snapshot, now: float
     settings = desired.settings
     if settings.backup is None:
         return None
-    want = _served(snapshot)
-    ctl = control(settings)
+    want = in_service(snapshot)
+    ctls, count = controls(settings), process_total(settings)
     running: dict[str, litestream.Replicated] = {}
-    down = "replication is not running (start `reconcile daemon`)"
-    if ctl is not None:
+    down: dict[int, str] = {}  # shard -> why its tenants' state is unknown
+    for shard, ctl in ctls.items():
         try:
-            running, down = ctl.databases(), ""
+            running.update(ctl.databases())
         except RetryableError as exc:
-            down = f"litestream is not answering ({exc})"
+            down[shard] = f"litestream is not answering ({exc})"
     out: dict[str, BackupState] = {}
     for tenant, path in want.items():
         rep = running.get(str(path))
         if rep is None:
-            out[tenant] = BackupState(tenant, None, error=down or "not replicated yet")
+            shard = backup_rules.shard_of(tenant, count)
+            why = down.get(shard) or ("not replicated yet" if shard in ctls else
+                                      "replication is not running (start `reconcile daemon`)")
+            out[tenant] = BackupState(tenant, None, error=why)
             continue
         out[tenant] = BackupState(tenant, None, rep.txid, rep.synced_at,
                                   lag_of(rep.synced_at, now), rep.error)
     return MappingProxyType(out)
 
 
-# --------------------------------------------------------------------------- supervisor
-
-RESTART_MIN, RESTART_MAX, STABLE_AFTER = 1.0, 60.0, 60.0
-
-
-class Supervisor:
-    """Runs ``litestream replicate`` for the daemon: generated config, restarted with
-    exponential backoff (1 s doubling to 60 s, reset after a minute up) whenever it
-    exits, each exit logged as an error and reported through ``on_event``."""
-
-    def __init__(self, settings: Settings, log: Logger,
-                 on_event: Callable[[str, dict[str, object]], None] | None = None,
-                 registry: str | None = None) -> None:
-        self.settings = settings
-        # issue 15: where a region agent's own central.db replicates (None: not at all)
-        self.registry = registry
-        self.log = log
-        self.on_event = on_event or (lambda _what, _detail: None)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def backup(self) -> BackupSettings:
-        assert self.settings.backup is not None
-        return self.settings.backup
-
-    def config(self) -> str:
-        sock = litestream.socket_path(self.settings.central)
-        dbs: list[tuple[Path, str]] = []
-        with Registry.reading(self.settings.central) as reg:
-            if reg is not None and reg.version >= 1 and _has_lineages(reg):
-                served = _served(reg.snapshot())
-                for lin in lineages(reg):
-                    p = served.get(lin.tenant)
-                    if p is not None and str(p) == lin.path and _inode(p) == lin.inode:
-                        dbs.append((p, lin.url))
-        if self.registry is not None and self.settings.central.exists():
-            dbs.append((self.settings.central, self.registry))
-        return litestream.config_text(self.backup, sock, dbs)
-
-    def start(self) -> Supervisor:
-        self._thread = threading.Thread(target=self._run, name="litestream", daemon=True)
-        self._thread.start()
-        return self
-
-    def _prepare(self) -> None:
-        """Before Litestream starts: record a lineage for every file in service that has
-        none, so the generated config lists the whole fleet and Litestream opens it at
-        start-up, rather than one ``register`` request per file afterwards (measured
-        ~5 files/s at several thousand on this machine). Skipped when a pass holds the
-        lock; that pass registers what is new when it ends."""
-        backup = self.backup
-
-        def record(registry: Registry) -> None:
-            snapshot = registry.snapshot()
-            current = {lin.tenant: lin for lin in lineages(registry)}
-            with registry.transaction():
-                for tenant, path in sorted(_served(snapshot).items()):
-                    old = current.get(tenant)
-                    if old is None or not same_file(old, path, _inode(path), backup):
-                        lineage_for(registry, self.settings, backup, tenant, path, current)
-        self._with_registry(record, "recording lineages before start")
-
-    def _with_registry(self, work: Callable[[Registry], object], what: str) -> None:
-        """``work`` on the registry under the fleet lock; skipped when a pass holds the
-        lock (the pass does the same at its end) or there is no registry yet."""
-        lock = FleetLock(self.settings.central)
-        try:
-            lock.acquire(wait=False)
-        except LockHeld:
-            return
-        try:
-            if not os.path.exists(self.settings.central):
-                return
-            registry = Registry.open(self.settings.central)
-            try:
-                work(registry)
-            finally:
-                registry.close()
-        except (ReconcileError, OSError, sqlite3.Error) as exc:
-            self.log.warning(f"backups: {what} failed", error=str(exc))
-        finally:
-            lock.release()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        self._prepare()
-        where = self.settings.central.parent / ".litestream.yml"
-        tenantdb.ensure_dir(where.parent)
-        with litestream.config_file(self.config(), where):
-            pass
-        for url in {u for u in _urls(self.config())}:
-            with contextlib.suppress(ReconcileError):
-                litestream.ensure_bucket(url)
-        return subprocess.Popen([litestream.binary(), "replicate", "-no-expand-env",
-                                 "-config", str(where)], stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=die_with_parent)
-
-    def _run(self) -> None:
-        delay = RESTART_MIN
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.proc = self._spawn()
-            except (ReconcileError, OSError) as exc:
-                self.log.error("backups: cannot start litestream", error=str(exc))
-                self.proc = None
-            else:
-                self.log.info("backups: litestream started", pid=self.proc.pid,
-                              restarts=self.restarts)
-                if self.wait_ready(10.0):
-                    self._register()
-                code = self.proc.wait()
-                if self._stop.is_set():
-                    return
-                self.restarts += 1
-                self.log.error("backups: litestream exited; restarting", exit_code=code,
-                               restarts=self.restarts, backoff_s=delay)
-                self.on_event("litestream-exit", {"exit_code": code,
-                                                  "restarts": self.restarts})
-            if time.monotonic() - started > STABLE_AFTER:
-                delay = RESTART_MIN
-            if self._stop.wait(delay):
-                return
-            delay = min(RESTART_MAX, delay * 2)
-
-    def _register(self) -> None:
-        """Bring a fresh Litestream up to date with the registry (files created while it
-        was down)."""
-        self._with_registry(lambda reg: sync_registrations(self.settings, reg, self.log),
-                            "registering after start")
-
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        ctl = litestream.Control(litestream.socket_path(self.settings.central))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ctl.alive():
-                return True
-            time.sleep(0.1)
-        return False
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (Litestream syncs what it captured), then wait; SIGKILL after
-        ``timeout``."""
-        self._stop.set()
-        if self.proc is not None:
-            litestream.terminate(self.proc, timeout)
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(litestream.socket_path(self.settings.central))
+def has_lineages(reg: Registry) -> bool:
+    return reg.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'backup_lineages'"
+                            ).fetchone() is not None
 
 
 def die_with_parent() -> None:
@@ -438,14 +367,3 @@ def die_with_parent() -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _has_lineages(reg: Registry) -> bool:
-    return reg.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'backup_lineages'"
-                            ).fetchone() is not None
-
-
-def _urls(config: str) -> Iterator[str]:
-    import json
-    for db in json.loads(config).get("dbs", []):
-        yield str(db["replica"]["url"])

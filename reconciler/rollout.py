@@ -23,7 +23,9 @@ Invariants:
 * a busy tenant (an application holds its write lock beyond ``busy_timeout``) is
   retried later in the same pass, and is never marked failed for being busy;
 * with ``rollout.snapshot`` a tenant whose migration or health gate fails is restored
-  from its copy (see ``snapshot``); copies are removed once a rollout passes;
+  from its copy (see ``snapshot``); copies are removed once a rollout passes; with
+  ``rollout.snapshot: replica`` it is put back from its Litestream replica by the
+  calling thread once its failure is recorded (see ``putback``);
 * a wave's tenants are ``migrating`` in the registry before their files change, and
   ``active``, ``failed`` or ``pending`` (busy, or held by a halt) once it is recorded:
   a pass killed in between leaves ``migrating``, which the planner re-gates;
@@ -42,7 +44,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from reconciler import context, snapshot, steprun, tenantdb
+from reconciler import context, putback, snapshot, steprun, tenantdb
 from reconciler.context import FAILED, OK, PENDING, RETRY, Context, Outcome, Timer, record
 from reconciler.errors import RetryableError, is_busy
 from reconciler.migrations import Catalog
@@ -62,6 +64,7 @@ class _Done:
     duration_ms: int
     busy: str | None = None
     not_started: bool = False  # ``stop_now`` was set before this tenant's turn
+    put_back: putback.ReplicaMark | None = None  # to restore from the replica (failed)
 
     @property
     def stopped(self) -> bool:
@@ -175,7 +178,26 @@ def _record_wave(ctx: Context, plan: Plan, w: _Finished, waves: int) -> list[Out
                wave=w.number, waves=waves, tenants=list(w.tenants), failed=w.failed,
                failures=w.failures, max_failures=settings.max_failures, halted=w.halted,
                pending=len(w.left) if w.halted else None)
-    return recorded
+    return _put_back(ctx, w.done, recorded)
+
+
+def _put_back(ctx: Context, done: list[_Done], recorded: list[Outcome]) -> list[Outcome]:
+    """Failed tenants with a replica mark go back to it (``rollout.snapshot:
+    replica``), one by one on the calling thread; their outcomes say so."""
+    marks = {d.action.tenant: d.put_back for d in done if d.put_back is not None}
+    if not marks:
+        return recorded
+    out = []
+    for o in recorded:
+        mark = marks.get(o.tenant)
+        if mark is None or not o.failed or o.from_version is None:
+            out.append(o)
+            continue
+        said = putback.put_back(ctx, mark, o.from_version)
+        back = said.startswith("put back")
+        out.append(replace(o, to_version=o.from_version if back else o.to_version,
+                           error=f"{o.error}; {said}"))
+    return out
 
 
 def _starting(ctx: Context, actions: list[Action]) -> None:
@@ -271,8 +293,9 @@ class _Wave:
         take = ctx.desired.settings.rollout.snapshot
         timeout = ctx.desired.settings.busy_timeout
         txn = ctx.desired.settings.rollout.transaction
-        self.calls = [partial(migrate_one, a, ctx.catalog, timeout, take, ctx.stop_now, txn)
-                      for a in actions]
+        mark = putback.marker(ctx, actions)
+        self.calls = [partial(migrate_one, a, ctx.catalog, timeout, take, ctx.stop_now, txn,
+                              mark) for a in actions]
         self.futures = None if pool is None else [pool.submit(c) for c in self.calls]
 
     def wait(self, tally: _Tally) -> list[_Done]:
@@ -292,9 +315,10 @@ class _Wave:
 
 def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: bool,
                 stop_now: Callable[[], bool] = context.never,
-                transaction: str = "step") -> _Done:
+                transaction: str = "step", marker: putback.Marker | None = None) -> _Done:
     """Worker: migrate, health-check and (on failure) restore one tenant. Touches only
-    this tenant's file and its snapshot; never the registry or the log."""
+    this tenant's file and its snapshot (and asks Litestream for its position, with
+    ``marker``); never the registry or the log."""
     assert action.path is not None and action.to_version is not None
     timer = Timer()
     start = action.from_version or 0
@@ -306,6 +330,7 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
         return _Done(action, tenantdb.MigrateResult(start, start, (),
                                                     f"{type(exc).__name__}: {exc}"), timer.ms)
     steps: steprun.StepConnection | None = None  # runs the steps; takes and restores the copy
+    put: putback.ReplicaMark | None = None
     try:
         steps = steprun.open_step(action.path, busy_timeout)
         if steps.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
@@ -316,6 +341,7 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
             steps.execute("PRAGMA synchronous = NORMAL")
             steps.remember_defaults()
         copy = _take(steps, action, busy_timeout) if take else None
+        mark, no_mark = _mark(steps, action, marker) if marker and not take else (None, "")
         context.crash_point("rollout:after-snapshot")
         result = tenantdb.migrate_conn(steps, catalog, action.to_version, stop_now, transaction)
         context.crash_point("rollout:after-migrate")
@@ -325,6 +351,17 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
                 result = replace(result, error=f"health gate: {problem}")
         if result.error is not None and copy is not None:
             result = _restore(steps, copy, result, busy_timeout)
+        elif result.error is not None and marker is not None and result.to_version != start:
+            if mark is None:
+                result = replace(result, error=f"{result.error}; not put back from the "
+                                 f"replica: no position was recorded ({no_mark})")
+            elif int(steps.execute("PRAGMA data_version").fetchone()[0]) != mark.data_version:
+                result = replace(result, error=f"{result.error}; not put back from the "
+                                 "replica: an application wrote to the tenant during the "
+                                 f"migration (its position before: txid {mark.txid}, "
+                                 f"{mark.when})")
+            else:
+                put = mark
         elif result.error is not None and snapshot.path_for(action.path).exists():
             result = replace(result, error=f"{result.error}; a snapshot from an earlier, "
                              f"interrupted attempt is kept at {snapshot.path_for(action.path)}"
@@ -340,7 +377,22 @@ def migrate_one(action: Action, catalog: Catalog, busy_timeout: float, take: boo
         if steps is not None:
             steps.close()
         conn.close()
-    return _Done(action, result, timer.ms)
+    return _Done(action, result, timer.ms, put_back=put)
+
+
+def _mark(conn: sqlite3.Connection, action: Action, marker: putback.Marker
+          ) -> tuple[putback.ReplicaMark | None, str]:
+    """The replica's position before the first step (Litestream synced it), with the
+    ``data_version`` that later tells whether an application wrote since; none when
+    the file is already at its target (a retry after a busy health gate)."""
+    assert action.to_version is not None
+    if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= action.to_version:
+        return None, "already at its target"
+    mark, why = marker(action, time.time())
+    if mark is None:
+        return None, why
+    return replace(mark, data_version=int(conn.execute("PRAGMA data_version").fetchone()[0])
+                   ), ""
 
 
 def _version(conn: sqlite3.Connection, default: int) -> int:

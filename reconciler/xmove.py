@@ -128,7 +128,7 @@ def handoff(action: Action, ctx: Context) -> Outcome:
     if row is None or action.region is None:
         raise PermanentError(f"handing off {name}: no registry row or no destination")
     path = Path(row.path)
-    ctl = replication.control(settings)
+    ctl = replication.control(settings, name)
     current = {lin.tenant: lin for lin in replication.lineages(ctx.registry)}
     lineage = current.get(name)
     if ctl is None or lineage is None or not ctl.alive():
@@ -197,7 +197,7 @@ def release(action: Action, ctx: Context) -> Outcome:
         crash_point("xmove:before-retire")
     else:
         retired = Path(retired_text)
-    ctl = replication.control(settings)
+    ctl = replication.control(settings, name)
     if ctl is not None and ctl.alive() and str(source) in ctl.databases():
         replication.release(settings, source)  # Litestream syncs what it has, lets go
     move_out(source, retired, settings.busy_timeout, "xmove:during-retire")
@@ -309,7 +309,7 @@ def _stage(h: Handoff, staging: Path, busy_timeout: float) -> None:
 
 def _replicate(ctx: Context, name: str, dest: Path) -> None:
     """The new file starts its own lineage at once (else at the end of the pass)."""
-    backup, ctl = ctx.desired.settings.backup, replication.control(ctx.desired.settings)
+    backup, ctl = ctx.desired.settings.backup, replication.control(ctx.desired.settings, name)
     if backup is None or ctl is None:
         return
     current = {lin.tenant: lin for lin in replication.lineages(ctx.registry)}
