@@ -552,8 +552,9 @@ def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
     with contextlib.suppress(InvalidInput):
         inputs = engine.load(engine.config_path(args.config))
         ownership.require_owner(inputs.desired.settings.central)
-    if inputs is not None and region is not None:
-        agent.check(inputs.desired, region)  # a wrong --region: at once, not every pass
+    if inputs is not None and (region is not None or inputs.region is not None):
+        # a wrong --region, or none on a region agent's registry: at once, not every pass
+        engine.load(engine.config_path(args.config), region, adopt=False)
     return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull,
                       metrics_addr=args.metrics_addr, region=region)
 

@@ -395,7 +395,7 @@ class Daemon:
         watch = self.watch_set
         before = watch.signature()
         try:
-            inputs = engine.load(self.config, self.region)
+            inputs = engine.load(self.config, self.region, adopt=False)
         except InvalidInput as exc:
             self._signature = before
             self._reject(exc.problems)

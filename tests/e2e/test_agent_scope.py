@@ -61,3 +61,47 @@ def test_commands_that_are_no_pass_refuse_region(declared: Fleet,
     assert result.returncode == 1
     assert f"`reconcile {command[0]}` does not take --region: it would be ignored" \
         in result.stderr
+
+
+def _region_host(declared: Fleet) -> Fleet:
+    """``declared`` after one pass of eu's agent: its registry's agent row names eu."""
+    result = declared.run("apply", "--region", "eu", timeout=120)
+    assert result.returncode in (0, 2), result.stderr
+    assert declared.registry("SELECT region FROM agent") == [("eu",)]
+    return declared
+
+
+@pytest.mark.parametrize("command", [(), ("apply",), ("plan",), ("--dry-run",)])
+def test_a_command_without_region_on_a_region_host_acts_as_that_regions_agent(
+        declared: Fleet, command: tuple[str, ...]) -> None:
+    # a plain `reconcile` on eu's host once created empty copies of us's tenants there
+    host = _region_host(declared)
+    result = host.run(*command, timeout=120)
+    assert "Traceback" not in result.stderr
+    assert "acme" not in result.stdout  # us's tenant is not this host's business
+    assert host.registry("SELECT name FROM tenants WHERE region = 'us'") == []
+    assert not (host.root / "data" / "us").exists()
+
+
+@pytest.mark.parametrize("command", [("apply",), ("plan",), ("daemon",)])
+def test_another_region_on_a_region_agents_registry_is_refused(
+        declared: Fleet, command: tuple[str, ...]) -> None:
+    host = _region_host(declared)
+    before = listing(host.root / "data")
+    result = host.run(*command, "--region", "us", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "is the registry of region eu's agent, not us's" in result.stderr
+    assert "run it with `--region eu` on this host" in result.stderr
+    assert listing(host.root / "data") == before
+
+
+def test_a_daemon_without_region_on_a_region_agents_registry_is_refused_at_once(
+        declared: Fleet) -> None:
+    host = _region_host(declared)
+    before = listing(host.root / "data")
+    result = host.run("daemon", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "is the registry of region eu's agent: the daemon on this host serves that " \
+           "region only" in result.stderr
+    assert "run it with `--region eu` on this host" in result.stderr
+    assert listing(host.root / "data") == before
