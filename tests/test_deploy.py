@@ -37,6 +37,16 @@ def exec_start() -> list[str]:
     return shlex.split(directives(UNIT.read_text())["ExecStart"][0])
 
 
+def exposure(unit: Path) -> float:
+    """``systemd-analyze security``'s overall exposure of ``unit`` (0 best, 10 worst)."""
+    out = subprocess.run([ANALYZE, "security", "--offline=yes", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
+    assert found, out.stdout
+    return float(found.group(1))
+
+
 @needs_analyze
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify insists the ExecStart binary exists: point it at the installed console script
@@ -52,12 +62,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 @needs_analyze
 def test_unit_security_exposure_is_at_most_2() -> None:
-    out = subprocess.run([ANALYZE, "security", "--offline=yes", str(UNIT)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
-    assert found, out.stdout
-    assert float(found.group(1)) <= 2.0, out.stdout
+    assert exposure(UNIT) <= 2.0
 
 
 def test_unit_runs_the_daemon_as_systemd_expects() -> None:
@@ -108,12 +113,7 @@ def test_region_unit_passes_systemd_analyze_verify_as_an_instance(tmp_path: Path
 def test_region_unit_security_exposure_is_at_most_2(tmp_path: Path) -> None:
     instance = tmp_path / "tenant-reconciler@eu.service"
     instance.write_text(REGION_UNIT.read_text())
-    out = subprocess.run([ANALYZE, "security", "--offline=yes", str(instance)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
-    assert found, out.stdout
-    assert float(found.group(1)) <= 2.0, out.stdout
+    assert exposure(instance) <= 2.0
 
 
 def test_region_unit_is_the_single_host_unit_plus_its_region_pull_mode_and_credentials(
