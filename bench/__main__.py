@@ -60,6 +60,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="parallel settings tried besides 1; the best is reported")
     p.add_argument("--idle", type=float, default=30.0,
                    help="seconds the idle daemon is watched (CPU is scaled to 30 s)")
+    p.add_argument("--follow-minutes", type=float, default=0.0,
+                   help="follow scenario: also measure a follower after this many minutes "
+                   "of 1 s heartbeats (per store; default 0: skipped)")
     p.add_argument("--root", type=Path, default=fleets.DEFAULT_ROOT,
                    help=f"where generated fleets live (default {fleets.DEFAULT_ROOT}, "
                    "env RECONCILER_BENCH_ROOT)")
@@ -118,7 +121,8 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
                                            args.root)))
     if "follow" in only:  # registries followed across hosts, bare restore (issue 15)
         for size in sizes:
-            out.append(("follow", partial(follow.run, size, args.repeats, args.root)))
+            out.append(("follow", partial(follow.run, size, args.repeats, args.root,
+                                          minutes=args.follow_minutes)))
     return out
 
 

@@ -29,6 +29,9 @@ Measurements, per replica store (``file://`` and ``nats://``, a real ``nats-serv
   registry is written once a second (an agent's heartbeat, SPEC-15), then of the
   follower alone once replication stopped (its region's agent down); on NATS, the bytes
   each one's connection moved meanwhile (the server's ``/connz`` counters).
+* **history** (``minutes`` > 0, ``--follow-minutes``) — the same follower cost at the
+  start and after that many minutes of a registry written once a second: Litestream
+  keeps level-0 files for minutes, so what a follower lists grows meanwhile.
 * **bare restore of a tenant file** — ``litestream restore`` of one ``TENANT_MB`` MB
   WAL tenant file from the store against ``cp`` + ``fsync`` of the same file: the
   floor the cross-host relocation (handoff → restore → verify → register) is compared
@@ -349,6 +352,19 @@ def rate(cost: tuple[float, float | None]) -> str:
     return f"CPU {cpu:.2f} s/min{net}"
 
 
+def scratch_registry(central: Path, here: Path) -> Path:
+    """A copy of ``central`` under ``here`` (Litestream adds its tables to what it
+    replicates), its mark at 1."""
+    primary = here / "primary" / "central.db"
+    copy_db(central, primary)
+    conn = sqlite3.connect(primary)
+    try:
+        mark(conn, 1)
+    finally:
+        conn.close()
+    return primary
+
+
 def follow_rows(central: Path, size: int, store: str, base: Path, nats: str | None,
                 monitor: str | None, repeats: int, writes: int) -> list[Row]:
     per = f"{size // 1000}k" if size >= 1000 else str(size)
@@ -357,11 +373,7 @@ def follow_rows(central: Path, size: int, store: str, base: Path, nats: str | No
     restored: list[float] = []
     for k, (sync, every, looks) in enumerate(INTERVALS):
         here = base / f"intervals-{k}"
-        primary = here / "primary" / "central.db"
-        copy_db(central, primary)
-        with sqlite3.connect(primary) as conn:
-            mark(conn, 1)
-        conn.close()
+        primary = scratch_registry(central, here)
         url = store_url(store, here, nats, f"_registry-{REGION}-{k}")
         with replicating(primary, url, sync, looks) as replicate:
             if not restored:
@@ -477,10 +489,51 @@ def restore_rows(store: str, base: Path, nats: str | None, repeats: int,
     return rows
 
 
-def run(size: int, repeats: int, root: Path, writes: int = 0,
+def history_rows(central: Path, where: str, store: str, base: Path, nats: str | None,
+                 monitor: str | None, minutes: float) -> list[Row]:
+    """A registry written once a second (an agent's heartbeat) for ``minutes``: what
+    its follower (and its replicating process) cost at the start and at the end.
+    Litestream keeps level-0 files for minutes, so the replica's history grows first."""
+    here = base / "history"
+    primary = scratch_registry(central, here)
+    url = store_url(store, here, nats, f"_registry-{REGION}-history")
+    with replicating(primary, url) as replicate:
+        mine = set(connz(monitor))
+        with following(url, here / "_follow" / f"{REGION}.db", FOLLOW,
+                       here / "follower.log") as (follower, _):
+            cids = {"replicate": mine, "follower": set(connz(monitor)) - mine}
+            pids = {"replicate": replicate.pid, "follower": follower.pid}
+            start = window(pids, cids, monitor, primary)
+            beat = sqlite3.connect(primary, isolation_level=None)
+            try:
+                end, n = time.monotonic() + max(0.0, minutes * 60 - 2 * IDLE), 2_000_000
+                while time.monotonic() < end:
+                    n += 1
+                    mark(beat, n)
+                    time.sleep(1.0)
+            finally:
+                beat.close()
+            last = window(pids, cids, monitor, primary)
+    files = sum(1 for f in (here / "replica").rglob("*") if f.is_file()) if not nats else 0
+    held = f"; the replica holds {files} files" if files else ""
+    rows = [Row(f"follower CPU after {minutes:g} min of 1 s heartbeats, {where}",
+                "litestream restore -f, at the end", last["follower"][0], "at the start",
+                start["follower"][0], unit="s CPU/min",
+                note=f"replicate {rate(start['replicate'])} → {rate(last['replicate'])}"
+                + held)]
+    begin, now = start["follower"][1], last["follower"][1]
+    if begin is not None and now is not None:
+        rows.append(Row(f"follower store traffic after {minutes:g} min of 1 s heartbeats, "
+                        f"{where}", "litestream restore -f, at the end", now / 1024,
+                        "at the start", begin / 1024, unit="KiB/s"))
+    return rows
+
+
+def run(size: int, repeats: int, root: Path, writes: int = 0, minutes: float = 0.0,
         relocate: Callable[[ReplicatedTenant], float] | None = None) -> list[Row]:
     """Every measurement above at ``size`` tenants; ``writes`` timed writes per store
-    (default 6 × ``repeats``, at least 20)."""
+    (default 6 × ``repeats``, at least 20); ``minutes`` > 0 adds the follower's cost
+    after that many minutes of heartbeats (``history_rows``)."""
     writes = writes or max(20, 6 * repeats)
     central = registry(size, root)
     per = f"{size // 1000}k" if size >= 1000 else str(size)
@@ -510,9 +563,15 @@ def run(size: int, repeats: int, root: Path, writes: int = 0,
                     rows += follow_rows(central, size, store, base, nats, monitor, repeats,
                                         writes)
                     rows += restore_rows(store, base, nats, repeats, relocate)
+                    if minutes:
+                        rows += history_rows(central, f"{per}-tenant registry, nats://",
+                                             store, base, nats, monitor, minutes)
             else:
                 rows += follow_rows(central, size, store, base, None, None, repeats, writes)
                 rows += restore_rows(store, base, None, repeats, relocate)
+                if minutes:
+                    rows += history_rows(central, f"{per}-tenant registry, file://", store,
+                                         base, None, None, minutes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return rows
