@@ -19,12 +19,12 @@ from functools import partial
 from pathlib import Path
 
 import reconciler
-from bench import backups, daemon, drift, fleets, migrate, noop, relocate, routing, scrape
+from bench import backups, daemon, drift, fleets, follow, migrate, noop, relocate, routing, scrape
 from bench.timing import Row, markdown, print_row
 
-SIZES = {"1k": 1_000, "10k": 10_000, "100k": 100_000}
+SIZES = {"1k": 1_000, "10k": 10_000, "50k": 50_000, "100k": 100_000}
 SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon", "scrape",
-             "backups")
+             "backups", "follow")
 
 
 def machine() -> str:
@@ -46,8 +46,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="under a minute: 1k fleets, 100 WAL tenants migrated, 3 repeats, "
                    "10 idle daemon seconds, no relocation (1 GB per run)")
     p.add_argument("--size", default="1k",
-                   help="fleet sizes for the no-op, routing and daemon scenarios, comma "
-                   "separated: 1k, 10k, 100k (default 1k)")
+                   help="fleet sizes for the no-op, routing, daemon and follow scenarios, "
+                   "comma separated: 1k, 10k, 50k, 100k (default 1k)")
     p.add_argument("--only", default=",".join(SCENARIOS),
                    help=f"scenarios to run, comma separated (default: all of {SCENARIOS})")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per contender")
@@ -60,6 +60,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="parallel settings tried besides 1; the best is reported")
     p.add_argument("--idle", type=float, default=30.0,
                    help="seconds the idle daemon is watched (CPU is scaled to 30 s)")
+    p.add_argument("--follow-minutes", type=float, default=0.0,
+                   help="follow scenario: also measure a follower after this many minutes "
+                   "of 1 s heartbeats (per store; default 0: skipped)")
     p.add_argument("--root", type=Path, default=fleets.DEFAULT_ROOT,
                    help=f"where generated fleets live (default {fleets.DEFAULT_ROOT}, "
                    "env RECONCILER_BENCH_ROOT)")
@@ -77,7 +80,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             args.only = "noop,migrate,routing,daemon,scrape"
     bad = [s for s in args.size.split(",") if s not in SIZES]
     if bad:
-        p.error(f"unknown size {bad[0]!r}; use 1k, 10k or 100k")
+        p.error(f"unknown size {bad[0]!r}; use 1k, 10k, 50k or 100k")
     unknown = [s for s in args.only.split(",") if s not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
@@ -116,6 +119,10 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
         for size in sizes:
             out.append(("backups", partial(backups.run, size, min(3, args.repeats),
                                            args.root)))
+    if "follow" in only:  # registries followed across hosts, bare restore (issue 15)
+        for size in sizes:
+            out.append(("follow", partial(follow.run, size, args.repeats, args.root,
+                                          minutes=args.follow_minutes)))
     return out
 
 
