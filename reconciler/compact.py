@@ -80,7 +80,8 @@ def status_lines(fleet: FleetCounts, rows: Sequence[StatusRow], *, target: int,
     lines = [f"Fleet: {plural(fleet.total, 'tenant')} in "
              f"{plural(len(fleet.by_region), 'region')}, target schema v{target}"]
     lines.extend("  " + line for line in _version_table(fleet))
-    lines.append("  " + " · ".join(_painted_count(label, n, style) for label, n in fleet.counts))
+    lines.append("  " + " · ".join(_painted_count(label, n, style) for label, n in fleet.counts
+                                   if n or label != "waiting"))  # only region agents wait
     if show_all:
         lines.extend(_every_row(rows, style))
         return lines
@@ -101,7 +102,11 @@ def status_lines(fleet: FleetCounts, rows: Sequence[StatusRow], *, target: int,
             f"{count(len(ts))} to {kind} ({names(ts, 4)})" if kind != "pending" else
             f"{count(len(ts))} pending a halted rollout ({names(ts, 4)})"
             for kind, ts in by_kind.items()) + " — `reconcile --dry-run` shows the plan")
-    if not attention and not changing:
+    waiting = [r for r in rows if "wait" in r.kinds]
+    if waiting:  # a region agent's (issue 15): e.g. another region's hand-off or view
+        lines.append(f"Waiting ({count(len(waiting))}): "
+                     f"{names([r.tenant for r in waiting], 4)} — `reconcile plan` says why")
+    if not attention and not changing and not waiting:
         lines.append(style.paint("Every tenant is in sync.", "green"))
     else:
         lines.append("(`reconcile status --all` lists every tenant)")

@@ -395,7 +395,7 @@ class Daemon:
         watch = self.watch_set
         before = watch.signature()
         try:
-            inputs = engine.load(self.config, self.region, adopt=False)
+            inputs = engine.load(self.config, self.region, adopt=False, held=True)
         except InvalidInput as exc:
             self._signature = before
             self._reject(exc.problems)
@@ -548,9 +548,11 @@ class Daemon:
     def _next_backoff(self, inputs: engine.Inputs) -> float | None:
         """When the earliest failed tenant's backoff expires (monotonic clock)."""
         try:
-            at = Registry.read(inputs.desired.settings.central,
-                               lambda reg: reg.next_retry_at(time.time()), None)
-        except ReconcileError:  # raised only by opening (next_retry_at raises none)
+            # ``reading``, not ``read``: a region agent's heartbeat holds the registry open
+            # in this process, and closing ``read``'s raw descriptor would drop its locks
+            with Registry.reading(inputs.desired.settings.central) as reg:
+                at = reg.next_retry_at(time.time()) if reg is not None else None
+        except (ReconcileError, sqlite3.Error):  # opening (next_retry_at raises none)
             return None
         if at is None:
             return None

@@ -14,13 +14,14 @@ import dataclasses
 import gc
 import os
 import socket
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import agent, drift, ownership, peers, replication, xplan
+from reconciler import agent, drift, follow, ownership, peers, replication, xplan
 from reconciler import desired as desired_mod
 from reconciler import fleet as fleet_mod
 from reconciler import migrations as migrations_mod
@@ -35,6 +36,7 @@ from reconciler.plan import Kind, Plan, plan
 from reconciler.registry import Registry, Snapshot, utcnow
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
+from reconciler.state import AgentRow
 from reconciler.wording import plural
 
 DEFAULT_CONFIG = "tenants.yaml"
@@ -56,7 +58,8 @@ def config_path(arg: str | None) -> Path:
     return Path(arg or os.environ.get("RECONCILE_CONFIG") or DEFAULT_CONFIG)
 
 
-def load(config: Path, region: str | None = None, *, adopt: bool = True) -> Inputs:
+def load(config: Path, region: str | None = None, *, adopt: bool = True,
+         held: bool = False) -> Inputs:
     """Validate ``tenants.yaml`` and the migrations together. Raises ``InvalidInput``
     listing every problem in both. ``region``: the agent's (``--region``), checked
     against tenants.yaml (``agent.check``) and the desired state scoped to it.
@@ -65,11 +68,12 @@ def load(config: Path, region: str | None = None, *, adopt: bool = True) -> Inpu
     region: without ``region`` a command on that host acts as that region's agent
     (``adopt``) — a plain ``reconcile`` there must never create the other regions'
     tenants — or, for the daemon (``adopt=False``), is refused; another ``region`` is
-    refused (``InvalidInput``)."""
+    refused (``InvalidInput``). ``held``: this process may hold the registry open (the
+    daemon's heartbeat), see ``_registry_region``."""
     with collector_paused():  # the YAML node tree: 2.5 s → 0.9 s at 100k tenants
         inputs = _load(config)
     central = inputs.desired.settings.central
-    owner = _registry_region(central)
+    owner = _registry_region(central, in_daemon=held)
     if owner is not None and region != owner and (region is not None or not adopt):
         raise InvalidInput([Problem(
             agent.OPTION, None, None,
@@ -87,13 +91,22 @@ def load(config: Path, region: str | None = None, *, adopt: bool = True) -> Inpu
                   inputs.revision, region, inputs.desired)
 
 
-def _registry_region(central: Path) -> str | None:
+def _registry_region(central: Path, in_daemon: bool) -> str | None:
     """The region whose agent wrote the registry at ``central`` (its ``agent`` row), or
     None: a host serving every region, no registry yet, or one that cannot be read (the
-    command then reports that itself)."""
+    command then reports that itself). ``in_daemon``: this process may hold the registry
+    open (the heartbeat's connection), so read through SQLite's own connection, whose
+    close keeps that connection's POSIX locks (``Registry.reading``); commands read
+    without leaving a byte behind (``Registry.read``)."""
+    def agent_row(reg: Registry | None) -> AgentRow | None:
+        return reg.agent() if reg is not None else None
     try:
-        row = Registry.read(central, lambda reg: reg.agent(), None)
-    except (PermanentError, OSError):
+        if in_daemon:
+            with Registry.reading(central) as reg:
+                row = agent_row(reg)
+        else:
+            row = Registry.read(central, agent_row, None)
+    except (PermanentError, OSError, sqlite3.Error):
         return None
     return row.region if row is not None else None
 
@@ -255,6 +268,10 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
             with registry.transaction():
                 registry.set_agent(inputs.region, socket.gethostname(), inputs.revision,
                                    time.time())
+                # and where the other regions' registries are followed, so routing and
+                # `route` on this host say "cannot tell" rather than "not found"
+                registry.set_regions(follow.region_rows(inputs.whole or inputs.desired,
+                                                        inputs.region))
         with collector_paused():
             the_plan, observed = _plan_from(inputs, registry.snapshot(), retry_failed)
         ctx = Context(inputs.desired, inputs.catalog, registry, inputs.revision,
@@ -281,8 +298,12 @@ def summary(result: Result) -> str:
     failed = {o.tenant for o in result.failed}
     waiting = {o.tenant for o in result.unfinished} - failed  # halted, busy or stopped
     problems = {a.tenant for a in plan_.problems} - failed - waiting
-    in_sync = len(set(plan_.declared) - failed - waiting - problems)
+    # a region agent's waits (issue 15: another region's hand-off or registry view)
+    held = {a.tenant for a in plan_.actions if a.kind is Kind.WAIT} - failed - waiting - problems
+    in_sync = len(set(plan_.declared) - failed - waiting - problems - held)
     parts = [f"{in_sync} in sync"]
+    if held:
+        parts.append(f"{len(held)} waiting")
     if failed:
         parts.append(f"{len(failed)} failed")
     if waiting:

@@ -57,7 +57,9 @@ def rows(desired: Desired, observed: Observed, plan: Plan, catalog: Catalog) -> 
         file_version = None
         if row is not None and row.status != "archived":
             file_version = observed.file(Path(row.path)).user_version
-        actions = [a for a in plan.for_tenant(name) if a.is_change or a.is_problem]
+        # a region agent's wait (issue 15) is neither change nor problem, but not in sync
+        actions = [a for a in plan.for_tenant(name)
+                   if a.is_change or a.is_problem or a.kind is Kind.WAIT]
         pending = "; ".join(a.kind.value for a in actions)
         problems = [a for a in actions if a.is_problem and a.kind is not Kind.PENDING]
         out.append(StatusRow(
@@ -106,6 +108,7 @@ COUNTS: tuple[tuple[str, Callable[[StatusRow], bool]], ...] = (
     ("orphaned", lambda r: r.status == "orphaned" or "orphaned" in r.kinds),
     ("suspended", lambda r: r.status == "suspended"),
     ("drifted", lambda r: bool(r.drift)),
+    ("waiting", lambda r: "wait" in r.kinds),  # region agents: e.g. for another's hand-off
 )
 
 

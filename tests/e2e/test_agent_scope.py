@@ -105,3 +105,20 @@ def test_a_daemon_without_region_on_a_region_agents_registry_is_refused_at_once(
            "region only" in result.stderr
     assert "run it with `--region eu` on this host" in result.stderr
     assert listing(host.root / "data") == before
+
+
+def test_status_and_route_on_a_region_host_say_what_waits_and_what_cannot_be_told(
+        declared: Fleet) -> None:
+    # eu's agent cannot know whether us holds aaron (no copy of us's registry yet): aaron
+    # waits, which is not "in sync", and us's tenant is "cannot tell", never "not found"
+    host = _region_host(declared)
+    result = host.run("apply", "--region", "eu", timeout=120)
+    assert "0 in sync, 1 waiting" in result.stdout + result.stderr
+    status = host.run("status", timeout=60)
+    assert "waiting 1" in status.stdout
+    assert "Waiting (1): aaron — `reconcile plan` says why" in status.stdout
+    assert "Every tenant is in sync" not in status.stdout
+    route = host.run("route", "acme.yoursaas.com", timeout=60)
+    assert route.returncode == 1
+    assert "cannot tell where acme.yoursaas.com lives: region us's registry view is " \
+           "missing" in route.stderr

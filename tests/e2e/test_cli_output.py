@@ -225,7 +225,7 @@ def test_status_opens_with_the_fleet_in_numbers_then_lists_only_who_needs_a_pers
                                                       "us": {"v3": 14, "none": 1}},
                              "counts": {"in sync": 1, "pending": 28, "pinned": 1, "failed": 0,
                                         "missing": 1, "orphaned": 0, "suspended": 0,
-                                        "drifted": 0}}
+                                        "drifted": 0, "waiting": 0}}
     assert len(data["tenants"]) == 30
     assert [t["tenant"] for t in data["tenants"] if t["needs_person"]] == ["t005"]
 
