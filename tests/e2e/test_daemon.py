@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import RECONCILE, Fleet
+from tests.conftest import RECONCILE, Fleet, wait_delivered
 
 CONVERGE = 8.0  # "within a few seconds", with room for a loaded CI machine
 PATIENCE = 20.0  # for waits that prove nothing by their speed (start-up, a pass summary)
@@ -96,21 +96,9 @@ class Daemon:
                                     and text in m, timeout)
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` and return once the kernel delivered it (no longer pending in
-        /proc/PID/status), so a loaded machine cannot reorder it after the test's next
-        step; the daemon's handler then runs at its next Python instruction."""
+        """Send ``signum``; return once it is delivered (``wait_delivered``)."""
         self.proc.send_signal(signum)
-        bit = 1 << (signum - 1)
-        deadline = time.monotonic() + PATIENCE
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            try:
-                fields = dict(line.split(":", 1) for line in
-                              Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
-            except (OSError, ValueError):
-                return
-            if not (int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)) & bit:
-                return
-            time.sleep(0.005)
+        wait_delivered(self.proc.pid, signum)
 
     def exited(self, timeout: float = 20) -> int:
         """Wait for the daemon to exit on its own (no further signal), then clean up."""
