@@ -99,8 +99,11 @@ def test_sigkill_at_each_relocation_phase_then_rerun_converges_with_every_row(
     assert len(retired) == 1 and content(fleet, retired[0]) == before["aaron"]
 
 
-@pytest.mark.parametrize("point", ["relocate:during-copy", "relocate:after-verify",
-                                   "relocate:after-switch"])
+# the default run kills the four workers when the first is mid-copy; the slow run adds two
+# later phases (each also killed, one relocation at a time, by the default test above)
+@pytest.mark.parametrize("point", ["relocate:during-copy",
+                                   pytest.param("relocate:after-verify", marks=pytest.mark.slow),
+                                   pytest.param("relocate:after-switch", marks=pytest.mark.slow)])
 def test_sigkill_while_relocations_run_at_once_then_rerun_converges(
         fleet: Fleet, point: str) -> None:
     """Four relocations in flight together (``parallel: 4``): the first worker to reach
