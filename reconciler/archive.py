@@ -159,7 +159,10 @@ def _start_restore(action: Action, ctx: Context) -> JournalRow:
                              f"archive {action.source} too; keep one — move the other away "
                              "— nothing was changed")
     temp = dest.with_name(f".{dest.name}.restoring")
-    tenantdb.fresh_file(temp)  # proves the destination is writable before anything is journaled
+    # proves the destination is writable before anything is journaled; the temp itself
+    # is created only once the journal names it (a kill between would orphan it)
+    tenantdb.prove_writable(dest.parent)
+    crash_point("restore:before-journal")
     with ctx.registry.durable_transaction():
         ctx.registry.journal_set(name, "restore", "copy", source=str(action.source),
                                  dest=str(dest), temp=str(temp),

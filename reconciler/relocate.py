@@ -491,9 +491,10 @@ def _start(action: Action, ctx: Context) -> Outcome:
         raise PermanentError(f"relocating {name}: a file already exists at {dest}; move it "
                              "away (or `reconcile restore` it) — nothing was changed")
     temp = dest.with_name(f".{dest.name}.relocating")
-    # over a leftover of a killed run that journaled nothing; proves the destination is
-    # writable (copy_into starts it afresh)
-    tenantdb.fresh_file(temp)
+    # the temp itself is created only once the journal names it (copy_into): a kill
+    # between the two would leave a file no later run accounts for
+    tenantdb.prove_writable(dest.parent)
+    crash_point("relocate:before-journal")
     previous = row.status if row.status != "relocating" else "active"  # restored on roll back
     detail = {"from_region": row.region, "to_region": action.region, "status": previous}
     with ctx.registry.durable_transaction():

@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -219,6 +220,27 @@ def fresh_file(path: Path) -> None:
     under that name (a temp or copy of ours, by name never in service)."""
     remove_quietly(path)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    os.close(fd)
+
+
+def prove_writable(directory: Path) -> None:
+    """Raise ``OSError`` (naming ``directory``) unless a file can be created in it, and
+    leave no name behind, not even when killed meanwhile.
+
+    Why: a temp created *before* the journal row that names it is a file no run accounts
+    for when a ``SIGKILL`` lands in between. An unnamed ``O_TMPFILE`` file (Linux ≥ 3.11,
+    open(2)) proves the same right and vanishes with the process. Where the filesystem
+    cannot make one (``EOPNOTSUPP``; ``EISDIR`` on kernels before it), nothing is proved
+    here and the first write after the journal row says it instead."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return
+    try:
+        fd = os.open(directory, flag | os.O_WRONLY, FILE_MODE)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return
+        raise
     os.close(fd)
 
 

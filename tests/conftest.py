@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,26 @@ def fleet(tmp_path: Path) -> Fleet:
     f.root.mkdir()
     f.use_shipped_migrations()
     return f
+
+
+def wait_delivered(pid: int, signum: int, timeout: float = 20.0) -> None:
+    """Return once the kernel delivered ``signum`` to process ``pid`` (it is no longer
+    pending in /proc/PID/status), or the process is gone: a test that sends a signal and
+    then acts cannot have its next step overtake the signal on a loaded machine. The
+    process's Python handler runs at its next instruction after delivery."""
+    bit = 1 << (signum - 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fields = dict(line.split(":", 1) for line in
+                          Path(f"/proc/{pid}/status").read_text().splitlines())
+        except (OSError, ValueError):
+            return
+        if fields.get("State", "").strip().startswith("Z"):
+            return
+        if not (int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)) & bit:
+            return
+        time.sleep(0.005)
 
 
 def make_db(path: Path, version: int, rows: int = 0, wal: bool = False) -> Path:

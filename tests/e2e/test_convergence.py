@@ -233,10 +233,13 @@ def test_migration_failing_on_one_tenants_data_is_isolated_and_converges_once_fi
 
 SLOW_0004 = """\
 import time
+from pathlib import Path
 
 
 def migrate(conn):
-    time.sleep(3)
+    deadline = time.monotonic() + 60
+    while Path({hold!r}).exists() and time.monotonic() < deadline:  # the test releases it
+        time.sleep(0.02)
     conn.execute("CREATE TABLE slow_marker (x)")
 """
 
@@ -244,10 +247,13 @@ def migrate(conn):
 def test_two_reconcilers_never_both_act(fleet: Fleet) -> None:
     fleet.declare({"aaron": {"region": "eu"}})
     assert fleet.run("apply").returncode == 0
-    fleet.write_migration("0004_slow.py", SLOW_0004)
+    hold = fleet.root.parent / "hold"
+    hold.write_text("")
+    fleet.write_migration("0004_slow.py", SLOW_0004.format(hold=str(hold)))
     env = {**os.environ, "RECONCILE_CONFIG": str(fleet.config)}
     first = subprocess.Popen([RECONCILE, "apply"], cwd=fleet.root, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    waiting: subprocess.Popen[str] | None = None
     try:
         lock = fleet.data / "central.db.lock"
         deadline = time.time() + 20
@@ -256,10 +262,25 @@ def test_two_reconcilers_never_both_act(fleet: Fleet) -> None:
         second = fleet.run("apply", "--no-wait")
         assert second.returncode == 1
         assert f"pid {first.pid}" in second.stderr
-        waiting = fleet.run("apply")  # waits for the first, then finds nothing to do
-        assert waiting.returncode == 0, waiting.stdout + waiting.stderr
-        assert "migrate" not in waiting.stdout
+        # waits for the first (it says so), then finds nothing to do
+        said = fleet.root.parent / "waiting.err"
+        with open(said, "w") as err_file:
+            waiting = subprocess.Popen([RECONCILE, "apply"], cwd=fleet.root, env=env,
+                                       text=True, stdout=subprocess.PIPE, stderr=err_file)
+        deadline = time.time() + 30
+        while "waiting for lock" not in said.read_text():
+            assert time.time() < deadline and waiting.poll() is None, said.read_text()
+            time.sleep(0.05)
+        hold.unlink()  # the first pass may finish now
+        out, _ = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, out + said.read_text()
+        assert "migrate" not in out
     finally:
+        if hold.exists():
+            hold.unlink()
+        if waiting is not None and waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, out + err
     assert fleet.registry("SELECT count(*) FROM events WHERE action='migrate'") == [(1,)]

@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import Fleet
-from tests.e2e.test_daemon import Daemon, config_text, eventually, git, gitops, registered
+from tests.e2e.test_daemon import (
+    PATIENCE,
+    Daemon,
+    config_text,
+    eventually,
+    git,
+    gitops,
+    registered,
+)
 from tests.e2e.test_daemon import start as start  # the fixture
 from tests.receiver import Receiver, get, samples, value
 
@@ -37,7 +45,7 @@ def launch(start: Callable[..., Daemon], fleet: Fleet, *args: str,
                  env={"NOTIFY_SOCKET": "", **(env or {})})
 
 
-def url_of(d: Daemon, timeout: float = 20.0) -> str:
+def url_of(d: Daemon, timeout: float = PATIENCE) -> str:
     """The endpoint's URL, from the daemon's log (it binds port 0: the OS picks one)."""
     def found() -> str | None:
         for e in d.log_events():
@@ -53,7 +61,7 @@ def scrape(url: str) -> str:
     return text
 
 
-def until(url: str, check: Callable[[str], bool], what: str, timeout: float = 20.0) -> str:
+def until(url: str, check: Callable[[str], bool], what: str, timeout: float = PATIENCE) -> str:
     """Scrape until ``check`` holds; returns that exposition text."""
     return str(eventually(lambda: (lambda t: t if check(t) else None)(scrape(url)),
                           timeout, what))
@@ -178,7 +186,7 @@ def test_readyz_turns_unready_when_passes_stop_succeeding_and_ready_again(
     declare(fleet, interval="1s")
     d = launch(start, fleet)
     url = url_of(d)
-    eventually(lambda: get(url + "/readyz")[0] == 200, 20, "ready after the first pass")
+    eventually(lambda: get(url + "/readyz")[0] == 200, PATIENCE, "ready after the first pass")
     assert get(url + "/livez") == (200, "ok\n")
     code, body = get(url + "/readyz?verbose")
     assert code == 200 and "[+]pass ok" in body and "[+]registry ok" in body
@@ -187,7 +195,7 @@ def test_readyz_turns_unready_when_passes_stop_succeeding_and_ready_again(
     lock = os.open(f"{fleet.central}.lock", os.O_RDWR)
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        eventually(lambda: get(url + "/readyz")[0] == 503, 20, "unready (3 × interval)")
+        eventually(lambda: get(url + "/readyz")[0] == 503, PATIENCE, "unready (3 × interval)")
         code, body = get(url + "/readyz?verbose")
         assert code == 503
         assert "[-]pass failed: the last pass that ran to completion ended" in body
@@ -199,7 +207,7 @@ def test_readyz_turns_unready_when_passes_stop_succeeding_and_ready_again(
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         os.close(lock)
-    eventually(lambda: get(url + "/readyz")[0] == 200, 20, "ready again")
+    eventually(lambda: get(url + "/readyz")[0] == 200, PATIENCE, "ready again")
     assert get(url + "/nothing")[0] == 404
     assert d.stop() == 0
 
@@ -291,7 +299,7 @@ def test_alertmanager_format_from_a_credentials_file_and_event_filter(
          "events": ["tenant_missing"]},
         {"name": "unused", "url_env": "OPS_WEBHOOK_URL", "events": ["rollout_finished"]}])
     d = start(fleet, env={"CREDENTIALS_DIRECTORY": str(creds), "NOTIFY_SOCKET": ""})
-    eventually(lambda: receiver.accepted(), 20, "an alert")
+    eventually(lambda: receiver.accepted(), PATIENCE, "an alert")
     time.sleep(1.0)
     (alerts,) = receiver.accepted()
     assert isinstance(alerts, list) and len(alerts) == 1
@@ -339,7 +347,7 @@ def test_a_refused_git_pull_is_notified_once_and_shown_in_metrics(
     d = launch(start, clone, "--git-pull", env={"OPS_WEBHOOK_URL": receiver.url})
     url = url_of(d)
     push({"aaron": {"region": "eu"}, "beta": {"region": "us"}}, "add beta")
-    eventually(lambda: registered(clone, "beta") == (3, "active"), 20, "beta applied")
+    eventually(lambda: registered(clone, "beta") == (3, "active"), PATIENCE, "beta applied")
     git(dev, "reset", "-q", "--hard", "HEAD~1")
     push({"aaron": {"region": "eu"}, "gamma": {"region": "eu"}}, "rewrite", force=True)
     refused = receiver.wait_for("git_pull_refused")
@@ -423,7 +431,7 @@ def test_a_real_alertmanager_takes_the_alert_and_resolves_it(
          "--cluster.listen-address="], stdout=log, stderr=log)
     api = f"http://127.0.0.1:{port}/api/v2"
     try:
-        eventually(lambda: get(f"{api}/status")[0] == 200, 30, "Alertmanager is up")
+        eventually(lambda: get(f"{api}/status")[0] == 200, PATIENCE, "Alertmanager is up")
         declare(fleet, interval="1h", schema=3)
         assert fleet.run("apply").returncode == 0
         copy = tmp_path / "a2-copy.db"
@@ -439,7 +447,7 @@ def test_a_real_alertmanager_takes_the_alert_and_resolves_it(
             return [a for a in json.loads(body)
                     if a["labels"]["alertname"] == "TenantReconcilerTenantMissing"]
 
-        (alert,) = eventually(alerts, 30, "the alert reached Alertmanager")
+        (alert,) = eventually(alerts, PATIENCE, "the alert reached Alertmanager")
         assert alert["status"]["state"] == "active"
         assert alert["labels"]["severity"] == "critical"
         assert "tenant a2 is missing" in alert["annotations"]["description"]
@@ -447,7 +455,7 @@ def test_a_real_alertmanager_takes_the_alert_and_resolves_it(
         restored = fleet.run("restore", "a2", "--from", str(copy))
         assert restored.returncode == 0, restored.stderr
         d.signal(signal.SIGHUP)  # the next pass sees it back: the alert is resolved
-        eventually(lambda: not alerts(), 30, "resolved in Alertmanager")
+        eventually(lambda: not alerts(), PATIENCE, "resolved in Alertmanager")
         assert d.stop() == 0
     finally:
         am.terminate()

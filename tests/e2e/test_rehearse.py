@@ -200,7 +200,9 @@ def migrate(conn):
     copy = Path(conn.execute("PRAGMA database_list").fetchone()[2])
     if copy.stem:  # not the in-memory reference build
         (Path({markers!r}) / copy.stem).write_text("started")
-        time.sleep(3)
+        deadline = time.monotonic() + 30
+        while (Path({markers!r}).parent / "hold").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the test has sent its signal
 '''
 
 
@@ -210,9 +212,10 @@ def test_sigterm_lets_the_tenants_in_flight_finish_starts_no_more_and_removes_th
     import subprocess
     import time
 
-    from tests.conftest import RECONCILE
+    from tests.conftest import RECONCILE, wait_delivered
     markers = tmp_path / "started"
     markers.mkdir()
+    (tmp_path / "hold").write_text("")
     staged.write_migration("0003_slow.py", SLOW.format(markers=str(markers)))
     before = staged.tenant_digests()
     env = {**os.environ, "RECONCILE_CONFIG": str(staged.config), "TMPDIR": str(tmp_path / "tmp")}
@@ -227,6 +230,9 @@ def test_sigterm_lets_the_tenants_in_flight_finish_starts_no_more_and_removes_th
             time.sleep(0.05)
         assert os.listdir(tmp_path / "tmp")  # its private folder, holding a copy
         proc.send_signal(signal.SIGTERM)
+        wait_delivered(proc.pid, signal.SIGTERM)
+        time.sleep(0.3)  # its handler runs at once (the main thread waits in Python)
+        (tmp_path / "hold").unlink()
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
