@@ -190,7 +190,7 @@ def test_routing_status_and_the_app_see_the_whole_fleet_and_a_lagging_view_is_sa
         assert "STALE" in eu.run("status").stdout
 
         # the store is back: the view catches up and "not found" can be said again
-        NatsServer(nats.store, nats.port)
+        nats.proc = NatsServer(nats.store, nats.port).proc  # the fixture stops it
         wait_for(lambda: not _stale(eu, "us"), timeout=60, what="eu's view of us fresh")
         with pytest.raises(TenantNotFound):
             router.resolve("initech.yoursaas.com")
