@@ -28,6 +28,7 @@ tenant "007" (not the integer 7) and ``no`` is the region "no" (not ``False``).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import stat
@@ -266,6 +267,15 @@ class _Where:
 
     path: Path
     node: yaml.Node | None
+
+
+def _endpoint_host(host: str) -> bool:
+    """An endpoint's host: an IP address, or DNS labels (``localhost`` included)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return len(host) <= 253 and all(LABEL.match(label) for label in host.split("."))
 
 
 class _Checker(NotifyChecker):
@@ -678,8 +688,9 @@ class _Checker(NotifyChecker):
         return out
 
     def endpoint(self, node: yaml.Node, what: str) -> str | None:
-        """``regions.<name>.endpoint`` (issue 15): an absolute http(s) URL with a host,
-        no credentials, query or fragment; returned without a trailing slash."""
+        """``regions.<name>.endpoint`` (issue 15): an absolute http(s) URL whose host is a
+        hostname (RFC 1123, ASCII: IDNs in their xn-- form) or an IP address, without
+        spaces, credentials, query or fragment; returned without a trailing slash."""
         hint = "write the URL applications of that region are served at, for example " \
                "https://eu.example.com"
         text = self.text_of(node, what, hint)
@@ -690,7 +701,9 @@ class _Checker(NotifyChecker):
             parts.port  # noqa: B018 (raises ValueError for a bad port)
         except ValueError:
             parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+                or not text.isascii() or any(c.isspace() for c in text) \
+                or not _endpoint_host(parts.hostname):
             self.error(node, f"{what} {text!r} is not an http or https URL", hint)
             return None
         if parts.username or parts.password or parts.query or parts.fragment:

@@ -102,6 +102,14 @@ def test_endpoint_and_stale_after_are_read_and_the_follow_dir_is_fenced(
     assert fleet.fence(d).holds(follow / "us.db")
 
 
+@pytest.mark.parametrize("url", ["http://localhost:8080", "http://127.0.0.1:8080/x",
+                                 "https://[::1]:8443", "https://xn--u-0fa.example.com"])
+def test_an_endpoint_may_be_a_single_label_an_ip_address_or_an_idn_in_ascii(
+        tmp_path: Path, url: str) -> None:
+    text = CONFIG.replace('"http://us.example.com:8080"', f'"{url}"')
+    assert load(tmp_path, text).regions["us"].endpoint == url
+
+
 @pytest.mark.parametrize(("line", "message", "hint"), [
     ('  us: {endpoint: "ftp://us.example.com"}', "is not an http or https URL",
      "https://eu.example.com"),
@@ -109,6 +117,10 @@ def test_endpoint_and_stale_after_are_read_and_the_follow_dir_is_fenced(
     ('  us: {endpoint: "https://u:p@us.example.com"}', "credentials", "scheme, host"),
     ('  us: {endpoint: ""}', "is empty", "https://"),
     ('  us: {endpoint: "http://us.example.com:99999"}', "not an http", "https://"),
+    # a space or a non-ASCII host makes no URL an application can redirect to
+    ('  us: {endpoint: "https://us example.com"}', "not an http", "https://"),
+    ('  us: {endpoint: "https://ëu.example.com"}', "not an http", "https://"),
+    ('  us: {endpoint: "https://us.example.com/a b"}', "not an http", "https://"),
 ])
 def test_a_bad_endpoint_names_its_line_and_column_and_what_to_write(
         tmp_path: Path, line: str, message: str, hint: str) -> None:

@@ -160,7 +160,7 @@ def test_fleet_counts_per_region_and_version_and_each_named_count() -> None:
                                ("us", ((2, 1), (3, 1), (None, 1))))
     assert dict(fleet.counts) == {"in sync": 2, "pending": 1, "pinned": 1, "failed": 1,
                                   "missing": 1, "orphaned": 0, "suspended": 0,
-                                  "drifted": 0}
+                                  "drifted": 0, "waiting": 0}
     assert status.counts_json(fleet)["regions"] == {"eu": {"v2": 1, "v3": 1},
                                                     "us": {"v2": 1, "v3": 1, "none": 1}}
     lines = compact.status_lines(fleet, rows, target=3, show_all=False)

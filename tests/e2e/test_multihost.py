@@ -142,6 +142,8 @@ def test_routing_status_and_the_app_see_the_whole_fleet_and_a_lagging_view_is_sa
     wait_for(lambda: eu.followed("us", "SELECT name FROM tenants") == [("acme",)],
              what="eu's copy of us's registry")
     wait_for(lambda: eu.registry("SELECT count(*) FROM regions") == [(2,)], what="regions")
+    wait_for(lambda: eu.registry("SELECT status FROM tenants WHERE name = 'aaron'")
+             == [("active",)], what="aaron created on eu (once its view of us is fresh)")
 
     router = Router(eu.central, stale_after=5.0)
     with router.connect("aaron.yoursaas.com") as db:  # local: served here
