@@ -19,12 +19,24 @@ from functools import partial
 from pathlib import Path
 
 import reconciler
-from bench import backups, daemon, drift, fleets, follow, migrate, noop, relocate, routing, scrape
+from bench import (
+    backups,
+    daemon,
+    drift,
+    fleets,
+    follow,
+    migrate,
+    noop,
+    relocate,
+    routing,
+    scrape,
+    xmove,
+)
 from bench.timing import Row, markdown, print_row
 
 SIZES = {"1k": 1_000, "10k": 10_000, "50k": 50_000, "100k": 100_000}
 SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon", "scrape",
-             "backups", "follow")
+             "backups", "follow", "xmove")
 
 
 def machine() -> str:
@@ -63,6 +75,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--follow-minutes", type=float, default=0.0,
                    help="follow scenario: also measure a follower after this many minutes "
                    "of 1 s heartbeats (per store; default 0: skipped)")
+    p.add_argument("--xmove-rows", type=int, default=100_000,
+                   help="xmove scenario: rows of ~220 bytes in the moved tenant "
+                   "(default 100k, ~30 MB)")
     p.add_argument("--root", type=Path, default=fleets.DEFAULT_ROOT,
                    help=f"where generated fleets live (default {fleets.DEFAULT_ROOT}, "
                    "env RECONCILER_BENCH_ROOT)")
@@ -123,6 +138,9 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
         for size in sizes:
             out.append(("follow", partial(follow.run, size, args.repeats, args.root,
                                           minutes=args.follow_minutes)))
+    if "xmove" in only:  # a tenant moved between two region hosts (issue 15)
+        out.append(("xmove", partial(xmove.run, args.xmove_rows, min(3, args.repeats),
+                                     args.root)))
     return out
 
 
