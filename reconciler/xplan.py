@@ -130,7 +130,11 @@ def _absent(spec: TenantSpec, peers: Mapping[str, PeerView], stale_after: float,
                           detail=f"{view.region} → {spec.region} at txid {handoff.txid}, "
                           f"generation {handoff.generation}")
         return _wait(name, spec.region, f"waiting for {view.region} to hand off {name} "
-                     f"(held there at generation {tenant.generation}, {tenant.status})")
+                     f"(held there at generation {tenant.generation}, {tenant.status}; its "
+                     f"view is {_age(view)}"
+                     + ("" if view.fresh(stale_after) else
+                        f", stale past {stale_after:g} s: is {view.region}'s agent or the "
+                        "replica store down?") + ")")
     unsure = [v for v in sorted(peers.values(), key=lambda v: v.region)
               if not v.fresh(stale_after)]
     if unsure:

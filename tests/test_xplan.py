@@ -76,6 +76,15 @@ def test_held_by_a_peer_without_a_handoff_it_waits_for_that_peer() -> None:
     assert acts(p) == {"aaron": "wait"}
     assert "waiting for us to hand off aaron (held there at generation 4" in \
         p.actions[0].detail
+    assert "its view is 1 s old)" in p.actions[0].detail
+
+
+def test_waiting_on_a_stale_view_says_it_is_stale_and_what_may_be_down() -> None:
+    p = agent_plan({"aaron": {"region": "eu"}},
+                   with_peers(observed(), peer(age=65.0, tenants={"aaron": (4, "active")})))
+    assert acts(p) == {"aaron": "wait"}
+    assert "its view is 65 s old, stale past 30 s: is us's agent or the replica store " \
+           "down?" in p.actions[0].detail
 
 
 def test_a_stale_view_that_shows_the_tenant_still_forbids_creating_it() -> None:
