@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import socket
 import sqlite3
 import sys
 import time
@@ -518,13 +519,15 @@ class Registry:
     def event(self, *, revision: str, tenant: str | None, action: str, outcome: str,
               detail: Mapping[str, Any] | None = None, duration_ms: int | None = None) -> None:
         """Record an event, naming the agent from the ``agent`` row (``<region>@<host>``,
-        ``*@<host>`` for the agent of every region; NULL before any agent was recorded)."""
+        ``*@<host>`` for the agent of every region); before any agent row was recorded (a
+        one-shot pass on a single host), ``*@<this host>``."""
         self.conn.execute(
             "INSERT INTO events (at, revision, tenant, action, outcome, detail, duration_ms, "
-            "agent) VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(region, '*') || '@' || "
-            "COALESCE(host, '?') FROM agent WHERE id = 1))",
+            "agent) VALUES (?, ?, ?, ?, ?, ?, ?, COALESCE((SELECT COALESCE(region, '*') || "
+            "'@' || COALESCE(host, '?') FROM agent WHERE id = 1), ?))",
             (utcnow(), revision, tenant, action, outcome,
-             json.dumps(dict(detail or {}), sort_keys=True, default=str), duration_ms))
+             json.dumps(dict(detail or {}), sort_keys=True, default=str), duration_ms,
+             f"*@{socket.gethostname()}"))
 
     # ---------------------------------------------------------------- agents (issue 15)
     def set_agent(self, region: str | None, host: str, revision: str | None,

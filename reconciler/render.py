@@ -349,12 +349,13 @@ def attention_lines(result: Result, per_kind: int | None = None) -> list[str]:
 
 
 def history_lines(events: Sequence[dict[str, Any]]) -> list[str]:
-    """``reconcile history``: one row per event, newest first, its detail in words."""
+    """``reconcile history``: one row per event, newest first, its detail in words, and
+    the agent that recorded it (``eu@host-eu``; ``-`` for events older than issue 15)."""
     return table(
-        ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "DETAIL"),
+        ("ID", "AT", "REVISION", "TENANT", "ACTION", "OUTCOME", "MS", "AGENT", "DETAIL"),
         ((e["id"], e["at"], short(e["revision"] or ""), e["tenant"] or "-", e["action"],
           e["outcome"], e["duration_ms"] if e["duration_ms"] is not None else "",
-          event_detail(e)) for e in events))
+          e.get("agent") or "-", event_detail(e)) for e in events))
 
 
 def event_detail(e: dict[str, Any]) -> str:

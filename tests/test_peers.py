@@ -5,6 +5,7 @@ copies — real registries written by ``Registry`` in tmp_path, read back read-o
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def test_registry_upgrade_adds_generation_agent_regions_handoffs_and_event_agent
                          RegionRow("us", None, False, "/x/_follow/us.db")])
     assert reg.conn.execute("SELECT generation FROM tenants").fetchone() == (1,)
     agents = [r[0] for r in reg.conn.execute("SELECT agent FROM events ORDER BY id")]
-    assert agents == [None, "eu@box1"]
+    # before any agent row (a one-shot pass on a single host): the agent of every region
+    assert agents == [f"*@{socket.gethostname()}", "eu@box1"]
     reg.heartbeat(123.5)
     assert reg.agent() == ("eu", "box1", "r1", 123.5)
     with reg.transaction():

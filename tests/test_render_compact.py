@@ -228,3 +228,6 @@ def test_history_names_regions_and_versions_once_when_they_did_not_change() -> N
     head, row = render.history_lines([event("create", region="eu")])
     assert head.split()[2] == "REVISION"
     assert row.split()[2] == "0123456"
+    assert head.split()[7] == "AGENT" and row.split()[7] == "-"  # recorded before issue 15
+    _, row = render.history_lines([{**event("create", region="eu"), "agent": "eu@host-eu"}])
+    assert row.split()[7] == "eu@host-eu"

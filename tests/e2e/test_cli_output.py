@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import select
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -183,8 +184,8 @@ def test_a_small_run_on_a_terminal_still_lists_each_action_naming_regions(fleet:
     assert run.code == 0, run.out + run.err
     assert content_lines(run.out)[0] == "  ok       relocate  globex eu → us v3"
     history = piped(fleet, "history", "globex").out.splitlines()
-    assert history[1].split()[3:] == ["globex", "relocate", "ok", history[1].split()[6], "eu",
-                                      "→", "us;", "v3"]
+    assert history[1].split()[3:] == ["globex", "relocate", "ok", history[1].split()[6],
+                                      f"*@{socket.gethostname()}", "eu", "→", "us;", "v3"]
     assert history[-1].split()[4:6] == ["create", "ok"]
     assert history[-1].endswith("  eu; v0 → v3")
 
