@@ -130,7 +130,7 @@ def verify(path: Path, latest: int, busy_timeout: float) -> Verified:
         for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table' "
                                     "AND name NOT LIKE 'sqlite_%' ORDER BY name").fetchall():
             n = 0
-            for _row in conn.execute(f'SELECT * FROM "{name.replace(chr(34), chr(34) * 2)}"'):
+            for _row in conn.execute(f"SELECT * FROM {relocate.quote(name)}"):
                 n += 1  # reads every column of every row
             if name not in LITESTREAM_TABLES:
                 tables[name] = n

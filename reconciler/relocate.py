@@ -99,7 +99,8 @@ class Fingerprint:
         return out
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
+    """``name`` as an SQL identifier, always quoted (keywords such as ``order`` too)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -132,7 +133,7 @@ def fingerprint(conn: sqlite3.Connection, content: bool = True) -> Fingerprint:
     h.update(repr(schema).encode())
     counts = []
     for name in _tables(schema):
-        q = _quote(name)
+        q = quote(name)
         if not content:
             counts.append((name, int(conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0])))
             continue
@@ -141,7 +142,7 @@ def fingerprint(conn: sqlite3.Connection, content: bool = True) -> Fingerprint:
             cursor = conn.execute(f"SELECT rowid, * FROM {q} ORDER BY rowid")
         else:
             cursor = conn.execute(f"SELECT * FROM {q} ORDER BY "
-                                  + ", ".join(_quote(c) for c in key))
+                                  + ", ".join(quote(c) for c in key))
         n = 0
         h.update(f"\x00table {name}\x00".encode())
         while batch := cursor.fetchmany(1000):
@@ -161,7 +162,7 @@ def _rows_differ(conn: sqlite3.Connection, name: str) -> bool:
     has a copy row with the same key and the same values" means the tables are equal.
     Values are compared by type and bytes (COLLATE BINARY), so neither a collation nor
     1 = 1.0 can hide a difference. All of it runs inside SQLite."""
-    q = _quote(name)
+    q = quote(name)
     cols = [r[1] for r in conn.execute(f"PRAGMA main.table_info({q})")]
     key = _key(conn, q)
     if key is None:
@@ -172,11 +173,11 @@ def _rows_differ(conn: sqlite3.Connection, name: str) -> bool:
             return _digest_differs(conn, name, cols)
         on, missing = f"a.{alias} = b.{alias}", f"b.{alias} IS NULL"
     else:
-        on = " AND ".join(f"a.{_quote(c)} = b.{_quote(c)}" for c in key)
-        missing = f"b.{_quote(key[0])} IS NULL"
+        on = " AND ".join(f"a.{quote(c)} = b.{quote(c)}" for c in key)
+        missing = f"b.{quote(key[0])} IS NULL"
     differs = " OR ".join(
         f"typeof(a.{c}) IS NOT typeof(b.{c}) OR a.{c} IS NOT b.{c} COLLATE BINARY"
-        for c in (_quote(col) for col in cols))
+        for c in (quote(col) for col in cols))
     sql = (f"SELECT 1 FROM src.{q} AS a LEFT JOIN main.{q} AS b ON {on} "
            f"WHERE {missing}{' OR ' + differs if differs else ''} LIMIT 1")
     return conn.execute(sql).fetchone() is not None
@@ -185,8 +186,8 @@ def _rows_differ(conn: sqlite3.Connection, name: str) -> bool:
 def _digest_differs(conn: sqlite3.Connection, name: str, cols: list[str]) -> bool:
     """Fallback when every rowid alias is a column name: hash both sides' rows in the
     order of all their columns (a total order: tied rows are identical)."""
-    q = _quote(name)
-    order = ", ".join(_quote(c) for c in cols)
+    q = quote(name)
+    order = ", ".join(quote(c) for c in cols)
     digests = []
     for schema in ("main", "src"):
         h = hashlib.sha256()

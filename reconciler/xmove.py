@@ -51,7 +51,7 @@ from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError, ReconcileError, RetryableError
 from reconciler.plan import Action
 from reconciler.registry import utcnow
-from reconciler.relocate import free_name, move_out, write_locked
+from reconciler.relocate import free_name, move_out, quote, write_locked
 from reconciler.state import Handoff
 from reconciler.xplan import HANDED_OFF, IN, OUT, RETIRE, handoff_of
 
@@ -59,10 +59,6 @@ SIDECARS = ("-wal", "-shm")
 
 
 # ------------------------------------------------------------------------- digest
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def digest(conn: sqlite3.Connection) -> str:
     """Hex SHA-256 of a database's schema and every row of every table, Litestream's
     own tables (``backup.LITESTREAM_TABLES``) excluded, rows in key order — equal for
@@ -76,11 +72,11 @@ def digest(conn: sqlite3.Connection) -> str:
     for kind, name, _tbl, sql in schema:
         if kind != "table" or (sql or "").upper().startswith("CREATE VIRTUAL"):
             continue
-        q = _quote(name)
+        q = quote(name)
         try:
             cursor = conn.execute(f"SELECT rowid, * FROM {q} ORDER BY rowid")
         except sqlite3.OperationalError:  # WITHOUT ROWID: every column orders it
-            cols = ", ".join(_quote(r[1]) for r in conn.execute(f"PRAGMA table_info({q})"))
+            cols = ", ".join(quote(r[1]) for r in conn.execute(f"PRAGMA table_info({q})"))
             cursor = conn.execute(f"SELECT * FROM {q} ORDER BY {cols}")
         h.update(f"\x00table {name}\x00".encode())
         while batch := cursor.fetchmany(1000):
