@@ -368,26 +368,24 @@ class Daemon:
             self._replication.wait_ready(10.0)  # the first pass sees it replicating
 
     def _ensure_peers(self) -> None:
-        """Issue 15: a region agent keeps its heartbeat beating and follows every other
-        region's registry; every agent records its row and the declared regions."""
+        """Issue 15: a region agent keeps its heartbeat beating (its ``agent`` row and the
+        declared regions) and follows every other region's registry. A single host
+        serving every region needs none of it: no pass of its writes an agent row (its
+        events name ``*@<host>`` without one), so its no-op pass writes nothing more."""
         inputs = self.inputs
-        if inputs is None:
+        if inputs is None or self.region is None:
             return
         whole = inputs.whole or inputs.desired
         settings = whole.settings
         if not settings.central.exists():
-            self._create_registry(settings.central)  # so the first pass's events name us
+            self._create_registry(settings.central)  # Litestream replicates it from start
         if self._heartbeat.central != settings.central:
             self._heartbeat.stop()
-            self._heartbeat = follow.Heartbeat(settings.central, self.region, self.log)
-            if self.region is not None:
-                self._heartbeat.start()
+            self._heartbeat = follow.Heartbeat(settings.central, self.region,
+                                               self.log).start()
         self._heartbeat.update(inputs.revision, follow.region_rows(whole, self.region))
         self._heartbeat.write(time.time())
-        if self.region is None:
-            self._heartbeat.close()  # between passes this daemon holds no connection
-        if self.region is not None:
-            self._followers.update(settings, [r for r in whole.regions if r != self.region])
+        self._followers.update(settings, [r for r in whole.regions if r != self.region])
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -521,13 +519,9 @@ class Daemon:
                             "registry not created before the first pass")
 
     def _after_pass(self, inputs: engine.Inputs) -> None:
-        """Issue 15: the agent row and regions are current after every pass (a region
-        agent's heartbeat thread keeps them so; the agent of every region writes them
-        here), and a region agent's registry is replicated once it exists."""
-        if self.region is None:
-            self._heartbeat.write(time.time())
-            self._heartbeat.close()  # between passes this daemon holds no connection
-        elif self._replication is not None:
+        """Issue 15: a region agent's registry is replicated once it exists (its
+        heartbeat thread keeps the agent row and regions current)."""
+        if self.region is not None and self._replication is not None:
             follow.ensure_registry_replicated(inputs.desired.settings, self.region, self.log)
 
     def _observed(self, result: Result | None) -> None:
