@@ -90,10 +90,11 @@ def marker(ctx: Context, actions: Iterable[Action]) -> Marker | None:
     return mark
 
 
-def put_back(ctx: Context, mark: ReplicaMark, version: int) -> str:
+def put_back(ctx: Context, mark: ReplicaMark, version: int) -> tuple[bool, str]:
     """Calling thread, under the pass's lock, after the failure was recorded: restore
     the tenant from its replica at ``mark`` (exactly its txid), keeping its failure
-    record. Returns what happened, for the migration's error text."""
+    record. Returns whether it was put back and what happened, for the migration's
+    error text."""
     from reconciler import pitr  # (pitr builds on the engine, which runs rollouts)
 
     row = ctx.registry.tenant(mark.tenant)
@@ -116,4 +117,4 @@ def put_back(ctx: Context, mark: ReplicaMark, version: int) -> str:
         ok = True
     with ctx.registry.transaction():
         record(ctx, "putback", mark.tenant, OK if ok else FAILED, message=said, **point)
-    return said
+    return ok, said

@@ -193,8 +193,7 @@ def _put_back(ctx: Context, done: list[_Done], recorded: list[Outcome]) -> list[
         if mark is None or not o.failed or o.from_version is None:
             out.append(o)
             continue
-        said = putback.put_back(ctx, mark, o.from_version)
-        back = said.startswith("put back")
+        back, said = putback.put_back(ctx, mark, o.from_version)
         out.append(replace(o, to_version=o.from_version if back else o.to_version,
                            error=f"{o.error}; {said}"))
     return out
