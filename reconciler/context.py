@@ -101,8 +101,15 @@ def record(ctx: Context, action: Action | str, tenant: str | None, outcome: Outc
 
 
 def crash_point(name: str) -> None:
-    """Test-only: die by SIGKILL at a named point when RECONCILE_CRASH_AT names it.
+    """Test-only: die by SIGKILL at a named point when RECONCILE_CRASH_AT names it, or
+    create the file ``PATH`` there when RECONCILE_MARK_AT is ``name:PATH`` (a test then
+    acts at that exact point, e.g. holds the next commit's fsync, see
+    tests/e2e/hold_wal_sync.c).
 
-    Inert unless that variable is set, which only the crash-safety tests do."""
+    Inert unless those variables are set, which only the crash-safety tests do."""
     if os.environ.get("RECONCILE_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    mark = os.environ.get("RECONCILE_MARK_AT")
+    if mark is not None and mark.startswith(name + ":"):
+        with open(mark[len(name) + 1:], "a"):
+            pass

@@ -34,8 +34,9 @@ from reconciler.state import AgentRow, Handoff, PeerTenant, PeerView
 if TYPE_CHECKING:  # (routing imports this module: applications need no YAML parser)
     from reconciler.desired import Desired, Settings
 
-#: the registry version (``registry.UPGRADES``) that added ``generation`` and ``agent``
-PEER_SCHEMA = 8
+#: the registry version (``registry.UPGRADES``) a peer's copy must have: 8 added
+#: ``generation`` and ``agent``, 9 the ``seq`` that confirms a row (``PeerView.confirmed``)
+PEER_SCHEMA = 9
 DEFAULT_BUSY_TIMEOUT = 2.0
 T = TypeVar("T")
 
@@ -94,14 +95,19 @@ def _whole(conn: sqlite3.Connection) -> tuple[Any, ...]:
         raise sqlite3.DatabaseError(f"its registry is at version {version}: upgrade that "
                                     "region's agent" if version else "no registry in it yet")
     beat, host, revision = heartbeat(conn)
-    tenants = {r[0]: PeerTenant(r[0], r[1], r[2], int(r[3]), r[4], int(r[5]))
+    found = conn.execute("SELECT seq FROM agent WHERE id = 1").fetchone()
+    seq = int(found[0]) if found is not None else 0
+    tenants = {r[0]: PeerTenant(r[0], r[1], r[2], int(r[3]), r[4], int(r[5]), int(r[6]),
+                                r[7])
                for r in conn.execute("SELECT name, region, path, schema_version, status, "
-                                     "generation FROM tenants")}
+                                     "generation, seq, taken_digest FROM tenants")}
     domains = dict(conn.execute("SELECT domain, tenant FROM domains").fetchall())
-    handoffs = {r[0]: Handoff(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], int(r[6]))
+    handoffs = {r[0]: Handoff(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], int(r[6]),
+                              int(r[7]))
                 for r in conn.execute("SELECT tenant, to_region, replica_url, txid, "
-                                      "schema_version, digest, generation FROM handoffs")}
-    return beat, host, revision, tenants, domains, handoffs
+                                      "schema_version, digest, generation, seq FROM "
+                                      "handoffs")}
+    return beat, host, revision, tenants, domains, handoffs, seq
 
 
 def read_view(path: Path, region: str, endpoint: str | None, now: float,
@@ -114,11 +120,12 @@ def read_view(path: Path, region: str, endpoint: str | None, now: float,
     found, problem = _in_copy(path, busy_timeout, _whole)
     if found is None:
         return PeerView(region, endpoint, None, problem=problem)
-    beat, host, revision, tenants, domains, handoffs = found
+    beat, host, revision, tenants, domains, handoffs, seq = found
     age = age_of(beat, now)
     return PeerView(region, endpoint, age, revision, MappingProxyType(tenants),
                     MappingProxyType(domains), MappingProxyType(handoffs), host,
-                    None if age is not None else "its agent never recorded a heartbeat")
+                    None if age is not None else "its agent never recorded a heartbeat",
+                    seq)
 
 
 def read_views(desired: Desired, own_region: str, now: float) -> Mapping[str, PeerView]:

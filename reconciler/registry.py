@@ -32,6 +32,7 @@ from reconciler import ownership, readonly
 from reconciler.errors import PermanentError, RetryableError, is_busy
 from reconciler.state import STATUSES as STATUSES
 from reconciler.state import AgentRow as AgentRow
+from reconciler.state import Handoff
 from reconciler.state import JournalRow as JournalRow
 from reconciler.state import RegionRow as RegionRow
 from reconciler.state import Snapshot as Snapshot
@@ -192,8 +193,26 @@ UPGRADES: tuple[str, ...] = (
     );
     ALTER TABLE events ADD COLUMN agent TEXT;
     """,
+    # issue 15: a fact another region acts on must be *confirmed*. Litestream ships WAL
+    # frames as soon as they are in the -wal file; a writer killed between writing a
+    # commit's frames and publishing them in the wal-index leaves a transaction that
+    # the replica (and every follower) has and that SQLite here then discards: the next
+    # writer overwrites those frames (see ``confirm``). ``agent.seq`` grows with every
+    # heartbeat and every ``confirm``; a fact row records the ``seq`` it was written at,
+    # so a follower's copy that shows ``agent.seq`` past it shows a later commit of the
+    # same registry, which this one's frames could not have been overwritten before.
+    # ``taken_digest``: the content digest of the handoff a takeover registered.
+    """
+    ALTER TABLE agent ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tenants ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tenants ADD COLUMN taken_digest TEXT;
+    ALTER TABLE handoffs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 VERSION = len(UPGRADES)
+#: SQL for the agent row's ``seq`` now (0 without one): the ``seq`` a row peers act on is
+#: written at (see ``Registry.confirm``)
+_SEQ_NOW = "COALESCE((SELECT seq FROM agent WHERE id = 1), 0)"
 
 
 def _has_table(conn: sqlite3.Connection, table: str) -> bool:
@@ -464,10 +483,10 @@ class Registry:
         now = utcnow()
         self.conn.execute(
             "INSERT INTO tenants (name, region, path, schema_version, status, created_at, "
-            "updated_at, protected) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"updated_at, protected, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {_SEQ_NOW}) "
             "ON CONFLICT(name) DO UPDATE SET region=excluded.region, path=excluded.path, "
             "schema_version=excluded.schema_version, status=excluded.status, "
-            "updated_at=excluded.updated_at, protected=excluded.protected",
+            "updated_at=excluded.updated_at, protected=excluded.protected, seq=excluded.seq",
             (name, region, str(path), schema_version, status, now, now, int(protected)))
 
     def update_tenant(self, name: str, **fields: Any) -> None:
@@ -536,14 +555,61 @@ class Registry:
         its heartbeat (unix seconds). One short statement: the caller's transaction or
         autocommit."""
         self.conn.execute(
-            "INSERT INTO agent (id, region, host, revision, heartbeat_at) VALUES "
-            "(1, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET region=excluded.region, "
+            "INSERT INTO agent (id, region, host, revision, heartbeat_at, seq) VALUES "
+            "(1, ?, ?, ?, ?, 1) ON CONFLICT(id) DO UPDATE SET region=excluded.region, "
             "host=excluded.host, revision=COALESCE(excluded.revision, revision), "
-            "heartbeat_at=excluded.heartbeat_at", (region, host, revision, heartbeat_at))
+            "heartbeat_at=excluded.heartbeat_at, seq=seq + 1",
+            (region, host, revision, heartbeat_at))
+
+    def confirm(self) -> None:
+        """Commit a later transaction than the caller's last one (autocommitted; the
+        caller holds none): ``agent.seq`` + 1.
+
+        Why (issue 15): Litestream replicates WAL frames as they reach the -wal file,
+        before SQLite publishes the commit in the wal-index; a writer killed in between
+        leaves a transaction that followers have and this registry then loses (SQLite
+        keeps the wal-index of a live connection, e.g. Litestream's, and the next writer
+        overwrites the frames: https://www.sqlite.org/walformat.html). A row written at
+        ``seq`` s is therefore trusted by peers only once their copy shows ``seq`` > s
+        (``PeerView.confirmed``): that commit began after this one was published. The
+        heartbeat also bumps ``seq`` (``set_agent``); this makes the wait one commit
+        instead of one beat. A registry without an agent row (one host) is unchanged."""
+        self.conn.execute("UPDATE agent SET seq = seq + 1 WHERE id = 1")
+
+    def truncate_wal(self) -> bool:
+        """``PRAGMA wal_checkpoint(TRUNCATE)``: every published commit into the file and
+        the -wal emptied. True when it completed (False: a reader kept it from finishing).
+
+        Why: run before Litestream starts on the registry (``replicators``). A writer
+        killed between writing a commit's frames and publishing them leaves those frames
+        in the -wal, where Litestream may already have shipped them (see ``confirm``);
+        Litestream 0.5.17 then stops replicating the file when that commit had grown it
+        ("sync: write ltx from db: read database page N: EOF", restarting it does not
+        help). Started on an emptied -wal, it takes a new snapshot and catches up (the
+        workaround in https://github.com/benbjohnson/litestream/issues/875)."""
+        row = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return row is not None and int(row[0]) == 0
+
+    def put_handoff(self, h: Handoff) -> None:
+        """Publish ``h`` for its destination (caller holds a transaction; ``confirm``
+        after it commits)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO handoffs (tenant, to_region, replica_url, txid, "
+            f"schema_version, digest, generation, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+            f"{_SEQ_NOW})", (h.tenant, h.to_region, h.replica_url, h.txid,
+                             h.schema_version, h.digest, h.generation, utcnow()))
+
+    def took_over(self, h: Handoff) -> None:
+        """Stamp the tenant row just registered by a takeover with ``h``'s generation and
+        content digest (caller holds a transaction; ``confirm`` after it commits)."""
+        self.conn.execute("UPDATE tenants SET generation = ?, taken_digest = ? WHERE "
+                          "name = ?", (h.generation, h.digest, h.tenant))
 
     def heartbeat(self, at: float) -> None:
-        """Refresh the agent row's ``heartbeat_at`` (unix seconds), autocommitted."""
-        self.conn.execute("UPDATE agent SET heartbeat_at = ? WHERE id = 1", (at,))
+        """Refresh the agent row's ``heartbeat_at`` (unix seconds), autocommitted: a
+        commit like any other, so it also confirms (``confirm``) what came before it."""
+        self.conn.execute("UPDATE agent SET heartbeat_at = ?, seq = seq + 1 WHERE id = 1",
+                          (at,))
 
     def agent(self) -> AgentRow | None:
         """The ``agent`` row, or None (never recorded, or an older registry)."""

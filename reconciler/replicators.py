@@ -215,6 +215,9 @@ class _Process:
                     old = current.get(tenant)
                     if old is None or not same_file(old, path, inode_of(path), backup):
                         lineage_for(registry, self.settings, backup, tenant, path, current)
+            if self.registry is not None and not registry.truncate_wal():
+                self.log.warning("backups: the registry's -wal was not emptied before "
+                                 "Litestream started (a reader held it)")
         self._with_registry(record, "recording lineages before start")
 
     def _with_registry(self, work: Callable[[Registry], object], what: str) -> None:

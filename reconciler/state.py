@@ -123,6 +123,8 @@ class PeerTenant:
     schema_version: int
     status: str
     generation: int
+    seq: int = 0  # the registry's ``agent.seq`` when the row was registered
+    taken_digest: str | None = None  # the handoff's digest, when a takeover registered it
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,9 @@ class Handoff:
     schema_version: int
     digest: str
     generation: int
+    # the source registry's ``agent.seq`` when the row was written (0 when not read from
+    # a registry): not part of what is handed off, so never compared
+    seq: int = field(default=0, compare=False)
 
 
 _NO_TENANTS: Mapping[str, PeerTenant] = MappingProxyType({})
@@ -153,7 +158,8 @@ class PeerView:
     the copy (None: no readable copy — nothing can be claimed about that region);
     ``revision``: the tenants.yaml revision its agent last applied; ``host``: where its
     agent runs; ``tenants``: name → row; ``domains``: domain → tenant; ``handoffs``:
-    tenant → handoff row. Empty mappings when the copy is missing."""
+    tenant → handoff row; ``seq``: the copy's ``agent.seq`` (see ``confirmed``). Empty
+    mappings when the copy is missing."""
 
     region: str
     endpoint: str | None
@@ -164,10 +170,18 @@ class PeerView:
     handoffs: Mapping[str, Handoff] = field(default_factory=lambda: _NO_HANDOFFS)
     host: str | None = None
     problem: str | None = None  # why there is no usable copy (age None), for people
+    seq: int = 0
 
     def fresh(self, stale_after: float) -> bool:
         """Whether the view may be trusted: read, and at most ``stale_after`` s old."""
         return self.age is not None and self.age <= stale_after
+
+    def confirmed(self, seq: int) -> bool:
+        """Whether a row of this copy written at ``seq`` (``PeerTenant.seq``,
+        ``Handoff.seq``) is certainly committed in that region's registry: the copy
+        shows a later commit of it. A row without one may still vanish there (its writer
+        killed before SQLite published it; ``registry.Registry.confirm``)."""
+        return seq < self.seq
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,6 @@ from reconciler.backup import LITESTREAM_TABLES
 from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError, ReconcileError, RetryableError
 from reconciler.plan import Action
-from reconciler.registry import utcnow
 from reconciler.relocate import free_name, move_out, quote, write_locked
 from reconciler.state import Handoff
 from reconciler.xplan import HANDED_OFF, IN, OUT, RETIRE, handoff_of
@@ -112,7 +111,7 @@ def verify(path: Path, handoff: Handoff, busy_timeout: float) -> None:
 # ------------------------------------------------------------------------- source side
 def _detail(h: Handoff, **extra: Any) -> dict[str, Any]:
     d = dataclasses.asdict(h)
-    del d["tenant"]
+    del d["tenant"], d["seq"]  # seq: where a registry wrote it, not what is handed off
     return {**d, **extra}
 
 
@@ -155,13 +154,10 @@ def handoff(action: Action, ctx: Context) -> Outcome:
     with ctx.registry.durable_transaction():
         ctx.registry.journal_set(name, OUT, HANDED_OFF, detail=_detail(
             h, from_region=row.region, status=_previous(ctx, name)))
-        ctx.registry.conn.execute(
-            "INSERT OR REPLACE INTO handoffs (tenant, to_region, replica_url, txid, "
-            "schema_version, digest, generation, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, h.to_region, h.replica_url, h.txid, h.schema_version, h.digest,
-             h.generation, utcnow()))
+        ctx.registry.put_handoff(h)
         record(ctx, action, name, outcome)
     crash_point("xmove:after-handoff")
+    ctx.registry.confirm()  # the destination acts on the row once a later commit shows
     return outcome
 
 
@@ -273,14 +269,14 @@ def takeover(action: Action, ctx: Context) -> Outcome:
     with ctx.registry.durable_transaction():
         ctx.registry.upsert_tenant(name, action.region, dest, h.schema_version, "active",
                                    action.protected)
-        ctx.registry.conn.execute("UPDATE tenants SET generation = ? WHERE name = ?",
-                                  (h.generation, name))
+        ctx.registry.took_over(h)
         for domain, tenant in ctx.desired.domains().items():
             if tenant == name:
                 ctx.registry.set_domain(domain, name)
         ctx.registry.journal_clear(name)
         record(ctx, action, name, outcome)
     crash_point("xmove:after-register")
+    ctx.registry.confirm()  # the source retires its copy once a later commit shows
     _replicate(ctx, name, dest)
     return outcome
 

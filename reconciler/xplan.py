@@ -27,8 +27,14 @@ Rules (SPEC-15 "Agents and cross-host relocation"):
   ``handed-off``), else once the destination's view is fresh, at this revision and
   without the tenant (its agent has seen the same desired state, so it will not take
   the tenant over).
-* A takeover journaled here whose handoff the source no longer shows (cancelled) →
-  ``abandon`` (its staged copy is discarded; nothing was registered).
+* A takeover journaled here whose handoff the source no longer shows (cancelled), or
+  whose tenant is now declared in another region → ``abandon`` (its staged copy is
+  kept aside; nothing was registered).
+* Confirmed facts only (``PeerView.confirmed``): a handoff is taken over, and a
+  destination's registration retires the source's copy, only once the copy shows a
+  later commit of that registry — Litestream may ship a commit its writer's crash then
+  discards. A registration at the handoff's generation must also carry the handoff's
+  content digest (else both copies are kept and the wait says so).
 Waits are actions of kind ``wait``: reported, never errors, never a change.
 """
 
@@ -75,7 +81,9 @@ def plan_agent(whole: Desired, scoped: Desired, observed: Observed, catalog: Cat
     for name, journal in reg.journal.items():
         if journal.action == IN and name not in reg.tenants:
             owned.add(name)
-            moves.append(_arriving(name, journal, peers, stale_after))
+            spec = whole.tenants.get(name)
+            moves.append(_arriving(name, journal, spec.region if spec else None, peers,
+                                   stale_after))
     for name, spec in scoped.tenants.items():
         if name in owned or name in reg.tenants:
             continue
@@ -122,6 +130,13 @@ def _absent(spec: TenantSpec, peers: Mapping[str, PeerView], stale_after: float,
     if held is not None:
         view, tenant = held
         handoff = view.handoffs.get(name)
+        if (handoff is not None and handoff.to_region == spec.region
+                and not view.confirmed(handoff.seq)):
+            return _wait(name, spec.region, f"{view.region} shows a handoff of {name} at "
+                         f"txid {handoff.txid} that no later commit of its registry has "
+                         "confirmed yet (its agent may have been killed while writing it:"
+                         " taken over once confirmed, within a heartbeat; its view is "
+                         f"{_age(view)})")
         if handoff is not None and handoff.to_region == spec.region:
             return Action(Kind.TAKEOVER, name, spec.region, from_region=view.region,
                           from_version=handoff.schema_version,
@@ -168,6 +183,21 @@ def _leaving(name: str, here: str, version: int, status: str, spec: TenantSpec |
         dest = peers.get(handed.to_region)
         there = dest.tenants.get(name) if dest is not None else None
         if there is not None and there.generation >= handed.generation:
+            assert dest is not None
+            if not dest.confirmed(there.seq):
+                return dataclasses.replace(
+                    base, region=handed.to_region, handoff=handed, detail=f"{handed.to_region}"
+                    f" shows {name} at generation {there.generation}, not yet "
+                    "confirmed by a later commit of its registry (its agent may have been "
+                    "killed while writing it): retired here once confirmed")
+            if (there.generation == handed.generation and there.taken_digest is not None
+                    and there.taken_digest != handed.digest):  # None: an older agent's
+                return dataclasses.replace(
+                    base, region=handed.to_region, handoff=handed, detail=f"{handed.to_region}"
+                    f" holds {name} at generation {there.generation} with content"
+                    f" {there.taken_digest[:12]}, not this handoff's "
+                    f"{handed.digest[:12]} (txid {handed.txid}): both copies are kept; an "
+                    "operator compares them (README: cross-host relocation)")
             return dataclasses.replace(
                 base, kind=Kind.RELEASE, region=handed.to_region, status="archived",
                 handoff=handed, detail=f"{handed.to_region} holds it at generation "
@@ -208,10 +238,13 @@ def _leaving(name: str, here: str, version: int, status: str, spec: TenantSpec |
         detail=f"{here} → {to}" + (f" (resume, phase {out.phase})" if out else ""))
 
 
-def _arriving(name: str, journal: JournalRow, peers: Mapping[str, PeerView],
-              stale_after: float) -> Action:
+def _arriving(name: str, journal: JournalRow, declared: str | None,
+              peers: Mapping[str, PeerView], stale_after: float) -> Action:
     """A takeover journaled here and not registered: resumed while the source still
-    shows its handoff, abandoned once the source (fresh) shows it no more."""
+    shows its handoff and the tenant is still ``declared`` in this region; abandoned
+    once it is declared elsewhere (the source cancels its handoff once this agent's
+    view is at that revision without the tenant: registering it then would make two
+    live copies) or the source (fresh) shows the handoff no more."""
     handed = handoff_of(journal)
     source = journal.details().get("from_region")
     view = peers.get(source) if isinstance(source, str) else None
@@ -220,6 +253,11 @@ def _arriving(name: str, journal: JournalRow, peers: Mapping[str, PeerView],
                   from_version=handed.schema_version, to_version=handed.schema_version,
                   status="active", handoff=handed,
                   detail=f"resume takeover (phase {journal.phase})")
+    if declared != handed.to_region:
+        return dataclasses.replace(base, kind=Kind.ABANDON, status=None,
+                                   detail=f"{name} is now declared "
+                                   f"{'in ' + declared if declared else 'nowhere'} — staged"
+                                   " copy discarded, not registered")
     if shown == handed:
         return base
     if view is not None and view.fresh(stale_after):

@@ -4,6 +4,7 @@ copies — real registries written by ``Registry`` in tmp_path, read back read-o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -15,7 +16,7 @@ from reconciler import backup, desired, fleet, peers
 from reconciler.desired import Desired
 from reconciler.errors import InvalidInput
 from reconciler.registry import VERSION, Registry
-from reconciler.state import PeerView, RegionRow
+from reconciler.state import Handoff, PeerView, RegionRow
 
 CONFIG = """\
 version: 1
@@ -79,7 +80,38 @@ def test_registry_upgrade_adds_generation_agent_regions_handoffs_and_event_agent
     assert reg.regions() == [RegionRow("eu", None, True, None)]
     cols = [r[1] for r in reg.conn.execute("PRAGMA table_info(handoffs)")]
     assert cols == ["tenant", "to_region", "replica_url", "txid", "schema_version",
-                    "digest", "generation", "at"]
+                    "digest", "generation", "at", "seq"]
+    reg.close()
+
+
+def test_rows_peers_act_on_are_confirmed_only_by_a_later_commit_of_their_registry(
+        tmp_path: Path) -> None:
+    central = tmp_path / "central.db"
+    reg = Registry.open(central)
+    with reg.transaction():
+        reg.set_agent("eu", "box1", "r1", 100.0)  # every beat is a commit: seq 1
+    handoff = Handoff("aaron", "us", "file:///r/aaron", 42, 3, "d1g", 2)
+    with reg.transaction():
+        reg.upsert_tenant("aaron", "eu", tmp_path / "eu" / "aaron.db", 3, "relocating")
+        reg.put_handoff(handoff)
+
+    def view() -> PeerView:
+        return peers.read_view(central, "eu", None, 101.0)
+
+    before = view()
+    assert before.seq == 1 and before.handoffs["aaron"].seq == 1
+    assert before.tenants["aaron"].seq == 1
+    assert not before.confirmed(before.handoffs["aaron"].seq)  # its writer may lose it
+    reg.confirm()
+    after = view()
+    assert after.seq == 2 and after.confirmed(after.handoffs["aaron"].seq)
+    assert after.handoffs["aaron"] == handoff  # seq is not part of what is handed off
+    reg.heartbeat(102.0)
+    assert view().seq == 3
+    with reg.transaction():
+        reg.took_over(dataclasses.replace(handoff, generation=5, digest="d2g"))
+    t = view().tenants["aaron"]
+    assert (t.generation, t.taken_digest, t.seq) == (5, "d2g", 1)  # registration's seq
     reg.close()
 
 
@@ -166,12 +198,15 @@ def test_a_copy_with_a_handoff_is_read_whole(tmp_path: Path) -> None:
     path = peer_registry(d.settings.follow_dir / "us.db", "us", 50.0, {"acme": 1})
     conn = sqlite3.connect(path)
     conn.execute("INSERT INTO handoffs VALUES ('acme', 'eu', 'file:///r/acme/1', 42, 3, "
-                 "'d1g', 2, 'now')")
+                 "'d1g', 2, 'now', 5)")
+    conn.execute("UPDATE agent SET seq = 6")
     conn.commit()
     conn.close()
-    [h] = peers.read_views(d, "eu", 50.0)["us"].handoffs.values()
-    assert (h.tenant, h.to_region, h.txid, h.schema_version, h.digest, h.generation) == \
-        ("acme", "eu", 42, 3, "d1g", 2)
+    view = peers.read_views(d, "eu", 50.0)["us"]
+    [h] = view.handoffs.values()
+    assert (h.tenant, h.to_region, h.txid, h.schema_version, h.digest, h.generation,
+            h.seq) == ("acme", "eu", 42, 3, "d1g", 2, 5)
+    assert view.seq == 6 and view.confirmed(h.seq)
 
 
 def test_unreadable_or_unfinished_copies_have_no_age_and_never_raise(tmp_path: Path) -> None:

@@ -18,13 +18,15 @@ HANDOFF = Handoff("aaron", "us", "file:///replica/eu/aaron", 42, 3, "d1g", 2)
 
 
 def peer(region: str = "us", age: float | None = 1.0, tenants: dict[str, tuple[int, str]]
-         | None = None, handoffs: tuple[Handoff, ...] = (), revision: str = "rev"
-         ) -> PeerView:
-    """``tenants``: name → (generation, status) held in ``region``."""
-    held = {n: PeerTenant(n, region, f"/{region}/{n}.db", 3, status, gen)
+         | None = None, handoffs: tuple[Handoff, ...] = (), revision: str = "rev",
+         seq: int = 1, taken: str | None = None) -> PeerView:
+    """``tenants``: name → (generation, status) held in ``region``, registered at seq 0
+    with content ``taken``; ``seq``: the copy's ``agent.seq`` (1: every row confirmed)."""
+    held = {n: PeerTenant(n, region, f"/{region}/{n}.db", 3, status, gen, 0, taken)
             for n, (gen, status) in (tenants or {}).items()}
     return PeerView(region, None, age, revision, MappingProxyType(held),
-                    MappingProxyType({}), MappingProxyType({h.tenant: h for h in handoffs}))
+                    MappingProxyType({}), MappingProxyType({h.tenant: h for h in handoffs}),
+                    seq=seq)
 
 
 def with_peers(obs: Observed, *views: PeerView) -> Observed:
@@ -105,6 +107,21 @@ def test_a_handoff_to_this_region_is_taken_over_from_the_highest_generation() ->
     assert held is not None and held[0].region == "us"
 
 
+def test_a_handoff_no_later_commit_confirmed_is_not_taken_over_yet() -> None:
+    # Litestream may ship a commit whose writer was killed before SQLite published it;
+    # the source's registry then loses it: only a row a later commit follows is acted on
+    h = dataclasses.replace(HANDOFF, to_region="eu", generation=6, seq=7)
+    held = {"aaron": (5, "relocating")}
+    for seq, kind in ((7, "wait"), (8, "takeover")):
+        p = agent_plan({"aaron": {"region": "eu"}}, with_peers(
+            observed(), peer("us", tenants=held, handoffs=(h,), seq=seq)))
+        assert acts(p) == {"aaron": kind}
+    p = agent_plan({"aaron": {"region": "eu"}}, with_peers(
+        observed(), peer("us", tenants=held, handoffs=(h,), seq=7)))
+    assert "no later commit of its registry has confirmed yet" in p.actions[0].detail
+    assert "txid 42" in p.actions[0].detail and p.is_empty
+
+
 def test_holder_is_the_highest_generation_never_the_first_region() -> None:
     views = {"ap": peer("ap", tenants={"aaron": (2, "active")}),
              "us": peer("us", tenants={"aaron": (3, "active")}),
@@ -161,6 +178,26 @@ def test_handed_off_waits_until_the_destination_holds_it_then_releases() -> None
     assert done.actions[0].handoff == HANDOFF
 
 
+def test_the_source_retires_its_copy_only_for_a_confirmed_registration_of_this_handoff(
+        ) -> None:
+    rows = [row("aaron", status="relocating")]
+    j = {"aaron": journal(OUT, HANDED_OFF)}
+
+    def decided(view: PeerView) -> tuple[str, str]:
+        p = agent_plan({"aaron": {"region": "us"}}, with_peers(
+            observed(rows, files={"eu/aaron.db": 3}, journal=j), view))
+        return acts(p)["aaron"], p.actions[0].detail
+
+    held = {"aaron": (2, "active")}
+    kind, why = decided(peer(tenants=held, seq=0))  # registered at seq 0, copy at 0
+    assert kind == "wait" and "not yet confirmed by a later commit" in why
+    assert decided(peer(tenants=held, taken="d1g"))[0] == "release"
+    kind, why = decided(peer(tenants=held, taken="other"))  # another handoff's content
+    assert kind == "wait" and "not this handoff's d1g (txid 42)" in why
+    assert decided(peer(tenants={"aaron": (3, "active")}, taken="other"))[0] == "release"
+    assert decided(peer(tenants=held, taken=None))[0] == "release"  # an older agent's row
+
+
 def test_declared_back_before_anything_was_published_is_cancelled_at_once() -> None:
     obs = with_peers(observed([row("aaron", status="relocating")], files={"eu/aaron.db": 3},
                               journal={"aaron": journal(OUT, "sync")}), peer(age=None))
@@ -196,6 +233,19 @@ def test_an_interrupted_takeover_resumes_while_the_source_still_hands_it_off() -
     unknown = agent_plan({"aaron": {"region": "eu"}}, with_peers(
         observed(journal=j), peer(age=None)))
     assert acts(unknown) == {"aaron": "wait"}
+
+
+def test_an_interrupted_takeover_is_abandoned_once_the_tenant_is_declared_elsewhere(
+        ) -> None:
+    # the source cancels once this agent's view is at the new revision without the
+    # tenant; registering it after that would leave two live copies
+    h = dataclasses.replace(HANDOFF, to_region="eu")
+    j = {"aaron": journal(IN, "verified", h, from_region="us")}
+    for declared in ({"aaron": {"region": "us"}}, {}):
+        p = agent_plan(declared, with_peers(
+            observed(journal=j), peer(tenants={"aaron": (1, "relocating")}, handoffs=(h,))))
+        assert acts(p) == {"aaron": "abandon-takeover"}
+        assert "staged copy discarded, not registered" in p.actions[0].detail
 
 
 def test_tenants_of_this_region_at_rest_are_planned_as_on_one_host() -> None:

@@ -48,8 +48,11 @@ class Host:
     def path(self, tenant: str) -> Path:
         return self.fleet.path(tenant, self.region)
 
-    def start(self, crash_at: str | None = None) -> None:
-        env = {**os.environ, "RECONCILE_CONFIG": str(self.fleet.config)}
+    def start(self, crash_at: str | None = None, env: dict[str, str] | None = None
+              ) -> None:
+        """Start the agent; ``crash_at``: its RECONCILE_CRASH_AT; ``env``: more of its
+        environment (e.g. a test's LD_PRELOAD)."""
+        env = {**os.environ, "RECONCILE_CONFIG": str(self.fleet.config), **(env or {})}
         env.pop("RECONCILE_CRASH_AT", None)
         if crash_at:
             env["RECONCILE_CRASH_AT"] = crash_at
