@@ -181,6 +181,7 @@ class BackupState:
     synced_at: float | None = None
     lag: float | None = None
     error: str | None = None
+    synced_offset: int | None = None  # Litestream's last synced -wal offset, bytes
 
     def good(self, threshold: float) -> bool:
         return self.lag is not None and self.lag <= threshold and self.synced_at is not None

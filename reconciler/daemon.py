@@ -76,6 +76,9 @@ DEBOUNCE_MS = 1000  # most time one burst of changes is grouped over
 STEP_MS = 200  # quiet time that ends a burst; also the watcher's sleep granularity
 RETRY_MIN, RETRY_MAX = 2.0, 60.0  # re-run after a pass that could not run
 PROGRESS_EVERY = 1.0  # seconds between STATUS= updates during a pass
+#: seconds between looks whether Litestream stopped on a commit its writer never
+#: finished (replication.unstick: one read of each replicated file's -shm)
+WAL_CHECK_EVERY = 30.0
 
 
 class ForcedStop(BaseException):
@@ -228,6 +231,7 @@ class Daemon:
         self._replication: replicators.Supervisor | None = None  # Litestream (issue 14)
         # issue 15: this agent's row in its registry, and the other regions' registries
         self._heartbeat = follow.Heartbeat(Path(), region, log)  # replaced once loaded
+        self._wal_checked = -WAL_CHECK_EVERY  # monotonic s: replication.unstick's look
         self._followers = follow.Followers(log)
 
     # ------------------------------------------------------------------ settings
@@ -484,10 +488,13 @@ class Daemon:
         self.in_pass = True
         if self.telemetry is not None:
             self.telemetry.pass_starting()
+        check_wal = started - self._wal_checked >= WAL_CHECK_EVERY
+        if check_wal:
+            self._wal_checked = started
         try:
             result = engine.run_pass(inputs, self.log, wait=False, stop=self._stopping,
                                      stop_now=self._stopping_now, progress=self._progress,
-                                     note=note)
+                                     note=note, check_wal=check_wal)
         except LockHeld as exc:
             self._could_not_run("another reconciler holds the lock", holder=exc.holder)
             return

@@ -255,13 +255,14 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
              stop: Callable[[], bool] | None = None,
              stop_now: Callable[[], bool] | None = None,
              progress: Callable[[str, int, int, int], None] | None = None,
-             note: str = "") -> Result:
+             note: str = "", check_wal: bool = True) -> Result:
     """Observe, plan and apply under the fleet lock; record the pass in ``runs``.
 
     ``stop``: no new action starts once true; ``stop_now``: no new transaction starts
     (see ``context.Context``). ``note``: appended to the recorded summary (the
     daemon's "tenants.yaml invalid — still applying rev X" or "pull refused: …"), so
-    ``reconcile status`` shows it."""
+    ``reconcile status`` shows it. ``check_wal``: look whether Litestream stopped on a
+    commit its writer never finished (``replication.unstick``; one read per file)."""
     with locked_registry(inputs, log, wait) as registry:
         started = utcnow()
         if inputs.region is not None:  # issue 15: which agent writes this registry, alive
@@ -283,6 +284,12 @@ def run_pass(inputs: Inputs, log: Logger, *, wait: bool = True, retry_failed: bo
                           if a.kind in (Kind.DRIFT, Kind.DRIFT_WARN) and a.path})
         result = apply(the_plan, ctx)
         if inputs.desired.settings.backup is not None:  # issue 14: Litestream follows
+            for tenant in replication.unstick(inputs.desired.settings, registry,
+                                              observed.backups, log, check_wal=check_wal):
+                registry.event(revision=inputs.revision, tenant=tenant, action="backup",
+                               outcome="restarted", detail={
+                                   "reason": "Litestream stopped on a commit its writer "
+                                   "never finished (-wal emptied, registered again)"})
             replication.sync_registrations(inputs.desired.settings, registry, log)
         registry.record_run(started, inputs.revision,
                             summary(result) + (f"; {note}" if note else ""),

@@ -120,6 +120,8 @@ class Replicated:
     synced_at: float | None
     txid: int = 0
     error: str | None = None
+    # where in the -wal its last sync ended (``last_synced_wal_offset``; None: unknown)
+    synced_offset: int | None = None
 
 
 def _epoch(text: str | None) -> float | None:
@@ -175,7 +177,8 @@ class Control:
             extra = diag.get(path) or {}
             out[path] = Replicated(path, str(d.get("status", "")),
                                    _epoch(d.get("last_sync_at")),
-                                   int(extra.get("txid") or 0), extra.get("error") or None)
+                                   int(extra.get("txid") or 0), extra.get("error") or None,
+                                   extra.get("last_synced_wal_offset"))
         return out
 
     def paths(self) -> list[str]:

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import sqlite3
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +49,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from reconciler import backup as backup_rules
-from reconciler import litestream, tenantdb
+from reconciler import litestream, tenantdb, walindex
 from reconciler.backup import BackupSettings, BackupState, lag_of, lineage_id, lineage_url
 from reconciler.context import Logger
 from reconciler.desired import Desired, Settings
@@ -349,8 +351,98 @@ def observe(desired: Desired, snapshot: Snapshot, now: float
             out[tenant] = BackupState(tenant, None, error=why)
             continue
         out[tenant] = BackupState(tenant, None, rep.txid, rep.synced_at,
-                                  lag_of(rep.synced_at, now), rep.error)
+                                  lag_of(rep.synced_at, now), rep.error, rep.synced_offset)
     return MappingProxyType(out)
+
+
+#: Litestream 0.5.17's error once the last commit it shipped of a file was never
+#: published there and had grown it (see ``unstick``)
+_STUCK = re.compile(r"read database page \d+: EOF")
+#: seconds between the two looks that must both find Litestream past what SQLite published
+RECHECK = 2.0
+
+
+def _ahead(states: Mapping[str, BackupState], want: Mapping[str, Path]) -> set[str]:
+    """Tenants whose Litestream has synced past the end of what SQLite published."""
+    out = set()
+    for tenant, state in states.items():
+        path = want.get(tenant)
+        if path is None or state.synced_offset is None:
+            continue
+        end = walindex.published_end(path)
+        if end is not None and state.synced_offset > end:
+            out.add(tenant)
+    return out
+
+
+def unstick(settings: Settings, registry: Registry,
+            backups: Mapping[str, BackupState] | None, log: Logger, *,
+            check_wal: bool = True) -> list[str]:
+    """Restart the replication of each file in service that Litestream has stopped
+    replicating because of a commit its writer never finished; the tenants it did.
+
+    Why: Litestream reads the -wal file, not SQLite's wal-index, so it can ship a commit
+    whose frames are written but not yet published; when the writer (an application) is
+    killed in that gap while another connection keeps the wal-index alive (Litestream's
+    own), SQLite never publishes it and the next commits overwrite it. Litestream 0.5.17
+    then stops replicating the file: silently, its last synced -wal offset past the end
+    SQLite published (``walindex``; checked when ``check_wal``: one read of each file's
+    -shm, so the daemon does it every ``WAL_CHECK_EVERY`` s, and twice ``RECHECK`` s
+    apart, a commit in flight being the same for a moment), or failing every sync when
+    that commit had grown the file ("read database page N: EOF"). Unregistered, its -wal
+    emptied (``PRAGMA wal_checkpoint(TRUNCATE)``) and registered again
+    (``sync_registrations``, which runs after this in the same pass), it takes a new
+    snapshot and catches up (the workaround of
+    https://github.com/benbjohnson/litestream/issues/875). Nothing acknowledged is lost:
+    the commit that vanished was never acknowledged to its writer, and the replica's
+    history keeps it only before the new snapshot. Under the fleet lock, with no tenant
+    file open in this process; never raises for one file (tried again next time)."""
+    if settings.backup is None or not backups:
+        return []
+    stuck = {t for t, b in backups.items() if _STUCK.search(b.error or "")}
+    if not (stuck or check_wal):
+        return []  # the steady state: nothing read
+    want = in_service(registry.snapshot())
+    if check_wal and (ahead := _ahead(backups, want)):
+        time.sleep(RECHECK)
+        again = observe_paths(settings, {t: want[t] for t in ahead})
+        stuck |= _ahead(again, want)
+    done = []
+    for tenant in sorted(stuck):
+        path, ctl = want.get(tenant), control(settings, tenant)
+        if path is None or ctl is None:
+            continue
+        with contextlib.suppress(ReconcileError):  # it cannot sync what it captured
+            ctl.unregister(path, timeout=5)
+        try:
+            conn = tenantdb.connect(path, settings.busy_timeout)
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            log.warning("backups: cannot empty the -wal of a file Litestream stopped on",
+                        tenant=tenant, error=str(exc))
+            continue
+        log.warning("backups: Litestream had stopped on a commit its writer never "
+                    "finished; -wal emptied, registered again", tenant=tenant,
+                    emptied=row is not None and int(row[0]) == 0,
+                    error=backups[tenant].error)
+        done.append(tenant)
+    return done
+
+
+def observe_paths(settings: Settings, paths: Mapping[str, Path]
+                  ) -> Mapping[str, BackupState]:
+    """Litestream's state of these tenants' files now (those it does not answer for are
+    left out)."""
+    running: dict[str, litestream.Replicated] = {}
+    for ctl in controls(settings).values():
+        with contextlib.suppress(RetryableError):
+            running.update(ctl.databases())
+    return {t: BackupState(t, None, rep.txid, rep.synced_at, None, rep.error,
+                           rep.synced_offset)
+            for t, p in paths.items() if (rep := running.get(str(p))) is not None}
 
 
 def has_lineages(reg: Registry) -> bool:
