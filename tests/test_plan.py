@@ -8,8 +8,9 @@ from types import MappingProxyType
 from typing import Any
 
 from reconciler.desired import Desired, Region, Rollout, Settings, TenantSpec
-from reconciler.migrations import Catalog, Migration, Statement
+from reconciler.migrations import Catalog, Migration
 from reconciler.plan import Kind, Plan, fingerprint, plan, waves
+from reconciler.sqltext import Statement
 from reconciler.state import FileState, Observed, RegionState, Snapshot, TenantRow
 
 DATA = Path("/fleet/data")
