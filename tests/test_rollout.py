@@ -18,11 +18,12 @@ import structlog
 
 from reconciler import migrations as migrations_mod
 from reconciler import progress, rollout, snapshot, sqltext
+from reconciler.actions import Action, Kind
 from reconciler.desired import Desired
 from reconciler.errors import RetryableError
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed
-from reconciler.plan import Action, Kind, plan, rollout_key, waves
+from reconciler.plan import plan, rollout_key, waves
 from tests.test_plan import catalog, desired, observed, row
 
 # -------------------------------------------------------------------------- waves
