@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from reconciler import engine, log
-from reconciler.migrations import split_statements
+from reconciler.sqltext import split_statements
 
 BENCH = Path(__file__).resolve().parent
 MIGRATIONS = BENCH / "migrations"

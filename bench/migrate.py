@@ -29,7 +29,7 @@ from pathlib import Path
 from bench import fleets
 from bench.noop import RECONCILE
 from bench.timing import Contender, Row, measure, median
-from reconciler.migrations import split_statements
+from reconciler.sqltext import split_statements
 
 SCRIPTS = tuple(tuple(st.sql for st in split_statements(p.read_text()))
                 for p in sorted(fleets.MIGRATIONS.glob("*.sql")))

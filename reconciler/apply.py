@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reconciler import archive, fleet, relocate, rollout, tenantdb, xmove
+from reconciler.actions import Action, Kind, Plan
 from reconciler.context import (
     FAILED,
     OK,
@@ -44,7 +45,6 @@ from reconciler.context import (
     record,
 )
 from reconciler.errors import PermanentError, RetryableError
-from reconciler.plan import Action, Kind, Plan
 from reconciler.registry import Registry
 
 

@@ -27,9 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from reconciler import fleet, relocate, replication, tenantdb
+from reconciler.actions import Action, Kind
 from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError
-from reconciler.plan import Action, Kind
 from reconciler.registry import JournalRow
 
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.actions import Action
 from reconciler.desired import Desired
 from reconciler.migrations import Catalog
-from reconciler.plan import Action
 from reconciler.registry import Registry
 
 Logger = Any  # a structlog bound logger

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from reconciler import engine
+from reconciler.driftpolicy import drift_of
 from reconciler.errors import InvalidInput, Problem
 from reconciler.observe import observe
-from reconciler.plan import drift_of
 from reconciler.registry import Registry, Snapshot
 from reconciler.schema import Difference, summary
 

@@ -25,6 +25,7 @@ from reconciler import agent, drift, follow, ownership, peers, replication, xpla
 from reconciler import desired as desired_mod
 from reconciler import fleet as fleet_mod
 from reconciler import migrations as migrations_mod
+from reconciler.actions import Kind, Plan
 from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
@@ -32,7 +33,7 @@ from reconciler.errors import InvalidInput, PermanentError, Problem
 from reconciler.lock import FleetLock
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed, observe
-from reconciler.plan import Kind, Plan, plan
+from reconciler.plan import plan
 from reconciler.registry import Registry, Snapshot, utcnow
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short

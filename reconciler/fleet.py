@@ -50,11 +50,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from reconciler.actions import Action, Plan
 from reconciler.context import OK, Context, Outcome
 from reconciler.context import record as ctx_record
 from reconciler.desired import Desired
 from reconciler.errors import PermanentError
-from reconciler.plan import Action, Plan
 from reconciler.registry import Registry
 from reconciler.state import Fence, FleetState, JournalRow, Snapshot, TenantRow
 

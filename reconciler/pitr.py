@@ -34,12 +34,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler import archive, litestream, relocate, replication, tenantdb
+from reconciler.actions import Action, Kind
 from reconciler.backup import LITESTREAM_TABLES
 from reconciler.context import Context, Logger, crash_point, record
 from reconciler.context import Outcome as Outcome
 from reconciler.engine import Inputs, locked_registry
 from reconciler.errors import InvalidInput, PermanentError, Problem, RetryableError
-from reconciler.plan import Action, Kind
 from reconciler.registry import JournalRow, Registry
 
 

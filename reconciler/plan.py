@@ -2,7 +2,9 @@
 
 Why a pure function: every decision the reconciler makes about customers' data is
 made here, so it must be testable exhaustively and fast, with no files, clocks or
-processes involved. ``apply`` only carries a plan out.
+processes involved. ``apply`` only carries a plan out. What a plan is made of (``Kind``,
+``Action``, ``Plan``) lives in ``actions``; the drift policy it applies in ``driftpolicy``;
+both are as pure as this module.
 
 Rules that protect data (DESIGN §5), enforced here:
 * a registered tenant whose file is gone is reported ``missing``, never recreated;
@@ -25,127 +27,16 @@ Rules that protect data (DESIGN §5), enforced here:
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from fnmatch import fnmatchcase
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from reconciler.actions import Action, Kind, Plan, RegistryChange
 from reconciler.desired import Desired, TenantSpec
+from reconciler.driftpolicy import with_drift
 from reconciler.migrations import Catalog
-from reconciler.schema import Difference
-from reconciler.schema import summary as drift_summary
-from reconciler.state import FileStates, Handoff, JournalRow, Observed, Snapshot, TenantRow
+from reconciler.state import FileStates, JournalRow, Observed, Snapshot, TenantRow
 from reconciler.versions import unknown_version, unknown_version_hint
-
-
-class Kind(StrEnum):
-    CREATE = "create"
-    ADOPT = "adopt"
-    RESTORE = "restore"
-    RELOCATE = "relocate"
-    MIGRATE = "migrate"
-    ARCHIVE = "archive"
-    CORRECT = "correct"
-    REROOT = "reroot"  # the registry names a file outside the fleet's directories (fleet.py)
-    SUSPEND = "suspend"  # declared suspended: routing answers 503 from now on
-    UNSUSPEND = "unsuspend"  # no longer suspended: back in service
-    # reports: nothing is done to the tenant's file
-    MISSING = "missing"
-    ORPHANED = "orphaned"
-    DOWNGRADE = "downgrade"
-    SUSPENDED = "suspended"
-    FAILED = "failed"
-    INVALID = "invalid"
-    PENDING = "pending"  # would migrate, but its rollout halted (see ``rollout_key``)
-    RETIRED = "retired"  # undeclared and acknowledged under ``retired:``: kept, not routed
-    DRIFT = "drift"  # schema differs from its version's reference; settings.drift: block
-    DRIFT_WARN = "drift-warn"  # the same with settings.drift: warn (migrated anyway)
-    NO_BACKUP = "no-backup"  # settings.backup on, and this tenant has no current backup
-    # a region agent's cross-host moves (issue 15, see xplan): the source fences and hands
-    # off, the destination takes over, the source releases (retires) its copy or cancels
-    HANDOFF = "handoff"
-    TAKEOVER = "takeover"
-    RELEASE = "release"
-    CANCEL = "cancel-handoff"
-    ABANDON = "abandon-takeover"
-    WAIT = "wait"  # reported, not a problem: e.g. cannot know yet whether a peer holds it
-
-
-CHANGES = (Kind.CREATE, Kind.ADOPT, Kind.RESTORE, Kind.RELOCATE, Kind.MIGRATE, Kind.ARCHIVE,
-           Kind.CORRECT, Kind.REROOT, Kind.SUSPEND, Kind.UNSUSPEND, Kind.HANDOFF, Kind.TAKEOVER,
-           Kind.RELEASE, Kind.CANCEL, Kind.ABANDON)
-PROBLEMS = (Kind.MISSING, Kind.ORPHANED, Kind.DOWNGRADE, Kind.FAILED, Kind.INVALID,
-            Kind.PENDING, Kind.DRIFT, Kind.NO_BACKUP)
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: Kind
-    tenant: str
-    region: str | None = None
-    from_region: str | None = None
-    from_version: int | None = None
-    to_version: int | None = None
-    path: Path | None = None  # where the tenant's file is to be (or is)
-    source: Path | None = None  # where it is now, when that differs
-    detail: str = ""
-    status: str | None = None  # registry status this action leaves behind
-    key: str = ""  # fingerprint of the desired state for failure bookkeeping
-    protected: bool = False
-    drift: tuple[Difference, ...] = ()  # DRIFT/DRIFT_WARN: how the schema differs
-    handoff: Handoff | None = None  # TAKEOVER/RELEASE/CANCEL: the cross-host handoff (xplan)
-
-    @property
-    def is_change(self) -> bool:
-        return self.kind in CHANGES
-
-    @property
-    def is_problem(self) -> bool:
-        return self.kind in PROBLEMS
-
-
-@dataclass(frozen=True)
-class RegistryChange:
-    """Bookkeeping the registry needs: a global setting or a routed domain."""
-
-    table: str  # "settings" | "domains" | "fleet" (key "copied"/"moved": where from → here)
-    key: str
-    old: str | None
-    new: str | None
-
-
-@dataclass(frozen=True)
-class Plan:
-    revision: str
-    target: int
-    tenant_count: int
-    actions: tuple[Action, ...]
-    registry: tuple[RegistryChange, ...] = ()
-    waves: tuple[tuple[str, ...], ...] = ()
-    notes: tuple[str, ...] = field(default=())
-    declared: tuple[str, ...] = ()
-    rollout_key: str = ""  # set when tenants migrate (or wait on a halted rollout)
-
-    @property
-    def changes(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.is_change)
-
-    @property
-    def problems(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.is_problem)
-
-    @property
-    def is_empty(self) -> bool:
-        """Nothing to change (problems may remain: they need a human)."""
-        return not self.changes and not self.registry
-
-    def count(self, kind: Kind) -> int:
-        return Counter(a.kind for a in self.actions)[kind]
-
-    def for_tenant(self, name: str) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.tenant == name)
 
 
 def _a(base: Action, kind: Kind, **changes: Any) -> Action:
@@ -245,7 +136,7 @@ def plan(desired: Desired, observed: Observed, catalog: Catalog, *, revision: st
         # failed its health gate at the target waits for --retry-failed, backoff or not)
         planned = _plan_declared(desired, observed, catalog, spec, row, retry_failed)
         if drifted and not spec.suspended:
-            planned = _with_drift(planned, desired, observed, spec, row)
+            planned = with_drift(planned, desired, observed, spec, row)
         actions.extend(planned)
 
     for name in sorted(desired.retired - reg.tenants.keys()):
@@ -423,46 +314,6 @@ def _plan_declared(desired: Desired, observed: Observed, catalog: Catalog, spec:
                           to_version=version, source=current, status="active",
                           detail=f"{row.region} → {region}"))
     return out + _then_migrate(None, version, target, row, retry_failed, base, observed.now)
-
-
-def drift_of(desired: Desired, observed: Observed, name: str,
-             row: TenantRow | None) -> tuple[Difference, ...]:
-    """The tenant's schema drift as policy sees it: differences from the reference for
-    its file's version whose object names match no ``settings.drift_ignore`` pattern
-    (a column matches as ``table.column`` or by its table's name)."""
-    path = (row.path if row is not None and row.status != "archived"
-            else observed.declared.get(name))
-    diffs = observed.drift.get(path, ()) if path is not None else ()
-    ignore = desired.settings.drift_ignore
-    if not diffs or not ignore:
-        return diffs
-    return tuple(d for d in diffs if not any(
-        fnmatchcase(d.name, p) or fnmatchcase(d.name.split(".", 1)[0], p) for p in ignore))
-
-
-def _with_drift(planned: list[Action], desired: Desired, observed: Observed, spec: TenantSpec,
-                row: TenantRow | None) -> list[Action]:
-    """Drift policy (``settings.drift``): ``block`` — a drifted tenant is not migrated
-    (its next migration was never tested against its real shape) and is a problem;
-    ``warn`` — migrated anyway, and reported."""
-    diffs = drift_of(desired, observed, spec.name, row)
-    if not diffs:
-        return planned
-    path = row.path if row is not None and row.status != "archived" else \
-        observed.declared[spec.name]
-    version = observed.version_at(path)
-    text = drift_summary(diffs)
-    migrate = next((a for a in planned if a.kind is Kind.MIGRATE), None)
-    base = Action(Kind.DRIFT, spec.name, spec.region, from_version=version,
-                  to_version=migrate.to_version if migrate else version, path=Path(path),
-                  drift=diffs, protected=spec.protected)
-    if desired.settings.drift == "warn":
-        tail = " — migrated anyway (drift: warn)" if migrate else ""
-        return [*planned, replace(base, kind=Kind.DRIFT_WARN, detail=text + tail)]
-    tail = (f" — not migrated to v{migrate.to_version} (drift: block); repair it (`reconcile "
-            f"drift {spec.name}`) or set settings.drift: warn") if migrate else ""
-    return [*[a for a in planned if a.kind is not Kind.MIGRATE],
-            replace(base, detail=text + tail)]
 
 
 _RESUMABLE = {"relocate": Kind.RELOCATE, "archive": Kind.ARCHIVE, "restore": Kind.RESTORE,

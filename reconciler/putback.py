@@ -36,9 +36,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import replication
+from reconciler.actions import Action
 from reconciler.context import FAILED, OK, Context, record
 from reconciler.errors import ReconcileError
-from reconciler.plan import Action
 
 SYNC_TIMEOUT = 30  # seconds Litestream may take to upload the pre-migration state
 

@@ -36,11 +36,11 @@ from pathlib import Path
 from types import FrameType
 
 from reconciler import context, rollout
+from reconciler.actions import Action, Kind, Plan
 from reconciler.context import Timer
 from reconciler.drift import open_for_reading
 from reconciler.errors import InvalidInput, Problem
 from reconciler.migrations import Catalog
-from reconciler.plan import Action, Kind, Plan
 
 PREFIX = "reconcile-rehearse-"
 _OURS = re.compile(rf"^{PREFIX}(\d+)-")

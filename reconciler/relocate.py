@@ -53,9 +53,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import fleet, replication, tenantdb
+from reconciler.actions import Action
 from reconciler.context import OK, PENDING, Context, Outcome, crash_point, record
 from reconciler.errors import PermanentError, RetryableError, is_busy
-from reconciler.plan import Action
 from reconciler.registry import JournalRow
 
 # pages per backup step: at least 8 steps, so "during copy" is a real, observable state;

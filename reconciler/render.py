@@ -12,10 +12,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from reconciler.actions import Action, Kind, Plan, RegistryChange
 from reconciler.apply import Result
 from reconciler.context import Outcome
 from reconciler.desired import Rollout
-from reconciler.plan import Action, Kind, Plan, RegistryChange
 from reconciler.revision import short
 from reconciler.wording import count, names, plural
 

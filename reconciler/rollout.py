@@ -45,10 +45,10 @@ from functools import partial
 from typing import Any
 
 from reconciler import context, putback, snapshot, steprun, tenantdb
+from reconciler.actions import Action, Kind, Plan
 from reconciler.context import FAILED, OK, PENDING, RETRY, Context, Outcome, Timer, record
 from reconciler.errors import RetryableError, is_busy
 from reconciler.migrations import Catalog
-from reconciler.plan import Action, Kind, Plan
 
 BACKOFF_BASE = 30.0
 BACKOFF_CAP = 3600.0

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.actions import CHANGES, Kind, Plan
 from reconciler.desired import Desired
+from reconciler.driftpolicy import drift_of
 from reconciler.migrations import Catalog
-from reconciler.plan import CHANGES, Kind, Plan, drift_of
 from reconciler.schema import summary
 from reconciler.state import FileState, Observed, Snapshot
 

@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import litestream, replication, tenantdb
+from reconciler.actions import Action
 from reconciler.backup import LITESTREAM_TABLES
 from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError, ReconcileError, RetryableError
-from reconciler.plan import Action
 from reconciler.relocate import free_name, move_out, quote, write_locked
 from reconciler.state import Handoff
 from reconciler.xplan import HANDED_OFF, IN, OUT, RETIRE, handoff_of

@@ -44,9 +44,10 @@ import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from reconciler.actions import Action, Kind, Plan
 from reconciler.desired import Desired, TenantSpec
 from reconciler.migrations import Catalog
-from reconciler.plan import Action, Kind, Plan, plan
+from reconciler.plan import plan
 from reconciler.state import Handoff, JournalRow, Observed, PeerTenant, PeerView
 
 OUT, IN = "xmove-out", "xmove-in"  # journal actions: the source's and the destination's

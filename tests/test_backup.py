@@ -13,9 +13,10 @@ from types import MappingProxyType
 import pytest
 
 from reconciler import litestream, pitr
+from reconciler.actions import Kind
 from reconciler.backup import BackupSettings, BackupState, check_replica, lineage_url, nats_bucket
 from reconciler.errors import InvalidInput, PermanentError
-from reconciler.plan import Kind, plan
+from reconciler.plan import plan
 from tests.test_desired import BASE, load, problems
 from tests.test_plan import catalog, desired, observed, row
 

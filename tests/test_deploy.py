@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import cli
+from reconciler import commandline
 from tests.conftest import RECONCILE, REPO, Fleet
 
 DEPLOY = REPO / "deploy"
@@ -74,7 +74,7 @@ def test_unit_runs_the_daemon_as_systemd_expects() -> None:
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     args = exec_start()[1:]
     assert args[0] == "daemon"
-    parsed = cli.parser().parse_args(args)  # every option in the unit exists
+    parsed = commandline.parser().parse_args(args)  # every option in the unit exists
     assert parsed.command == "daemon" and parsed.log_format == "json"
     state = Path("/var/lib") / d["StateDirectory"][0]
     assert Path(parsed.config).is_relative_to(state)  # the one place it may write by default
@@ -131,7 +131,7 @@ def test_region_unit_is_the_single_host_unit_plus_its_region_pull_mode_and_crede
 
 def test_region_unit_runs_an_agent_the_cli_accepts(capsys: pytest.CaptureFixture[str]) -> None:
     try:
-        parsed = cli.parser().parse_args(region_exec_start("eu")[1:])
+        parsed = commandline.parser().parse_args(region_exec_start("eu")[1:])
     except SystemExit:
         if "unrecognized arguments: --region" in capsys.readouterr().err:
             pytest.skip("`reconcile daemon --region` arrives with issue 15 item 1")

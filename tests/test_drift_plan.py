@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from reconciler.plan import Kind, plan
+from reconciler.actions import Kind
+from reconciler.plan import plan
 from reconciler.schema import Difference
 from reconciler.state import Observed
 from tests.test_plan import DATA, catalog, desired, kinds, observed, row

@@ -10,9 +10,9 @@ import pytest
 import structlog
 
 from reconciler import archive, engine, relocate
+from reconciler.actions import Action, Kind
 from reconciler.context import Context
 from reconciler.errors import PermanentError
-from reconciler.plan import Action, Kind
 from reconciler.registry import Registry
 from tests.conftest import Fleet, make_db
 

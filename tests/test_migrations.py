@@ -17,8 +17,9 @@ import pytest
 
 from reconciler import engine, migrations
 from reconciler.errors import InvalidInput, Problem
-from reconciler.migrations import Catalog, MigrationError, Statement, split_statements
+from reconciler.migrations import Catalog, MigrationError
 from reconciler.registry import Registry
+from reconciler.sqltext import Statement, split_statements
 from tests.conftest import REPO, run_all
 
 OK = "CREATE TABLE t (a);\n"

@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 
 from reconciler import engine
+from reconciler.actions import Plan
 from reconciler.observe import FileState, Observed, observe, read_user_version, read_user_versions
-from reconciler.plan import Plan, plan
+from reconciler.plan import plan
 from reconciler.registry import Registry, Snapshot
 from tests.conftest import Fleet
 

@@ -16,6 +16,7 @@ from reconciler import backup, desired, fleet, peers
 from reconciler.desired import Desired
 from reconciler.errors import InvalidInput
 from reconciler.registry import VERSION, Registry
+from reconciler.settingsconfig import DEFAULT_STALE_AFTER
 from reconciler.state import Handoff, PeerView, RegionRow
 
 CONFIG = """\
@@ -130,7 +131,7 @@ def test_endpoint_and_stale_after_are_read_and_the_follow_dir_is_fenced(
     assert d.regions["ap"].endpoint is None
     assert d.settings.stale_after == 10.0
     assert load(tmp_path, CONFIG.replace("  stale_after: 10s\n", "")).settings.stale_after \
-        == desired.DEFAULT_STALE_AFTER
+        == DEFAULT_STALE_AFTER
     follow = d.settings.follow_dir
     assert follow == d.settings.data_dir / "_follow"
     assert fleet.fence(d).holds(follow / "us.db")

@@ -7,9 +7,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from reconciler.actions import Kind, Plan
 from reconciler.desired import Desired, Region, Rollout, Settings, TenantSpec
-from reconciler.migrations import Catalog, Migration, Statement
-from reconciler.plan import Kind, Plan, fingerprint, plan, waves
+from reconciler.migrations import Catalog, Migration
+from reconciler.plan import fingerprint, plan, waves
+from reconciler.sqltext import Statement
 from reconciler.state import FileState, Observed, RegionState, Snapshot, TenantRow
 
 DATA = Path("/fleet/data")

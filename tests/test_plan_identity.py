@@ -10,7 +10,8 @@ from types import MappingProxyType
 
 from reconciler import fleet as fleet_mod
 from reconciler import render
-from reconciler.plan import Kind, plan
+from reconciler.actions import Kind
+from reconciler.plan import plan
 from reconciler.state import FileState, FleetState, JournalRow, Observed, TenantRow
 from tests.test_plan import DATA, catalog, desired, kinds, observed, row
 

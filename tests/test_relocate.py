@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from reconciler import engine, log, relocate
+from reconciler.actions import Kind
 from reconciler.errors import PermanentError
-from reconciler.plan import Kind, plan
+from reconciler.plan import plan
 from reconciler.registry import JournalRow
 from tests.conftest import Fleet, make_db
 from tests.e2e.test_relocate_crash import content, fill, seed

@@ -9,9 +9,10 @@ import pty
 from pathlib import Path
 
 from reconciler import compact, render, status, terminal, wording
+from reconciler.actions import Action, Kind, Plan, RegistryChange
 from reconciler.apply import Result
 from reconciler.context import Outcome
-from reconciler.plan import Action, Kind, Plan, RegistryChange, waves
+from reconciler.plan import waves
 from reconciler.revision import short
 from reconciler.status import StatusRow
 

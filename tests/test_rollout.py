@@ -17,12 +17,13 @@ import pytest
 import structlog
 
 from reconciler import migrations as migrations_mod
-from reconciler import progress, rollout, snapshot
+from reconciler import progress, rollout, snapshot, sqltext
+from reconciler.actions import Action, Kind
 from reconciler.desired import Desired
 from reconciler.errors import RetryableError
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed
-from reconciler.plan import Action, Kind, plan, rollout_key, waves
+from reconciler.plan import plan, rollout_key, waves
 from tests.test_plan import catalog, desired, observed, row
 
 # -------------------------------------------------------------------------- waves
@@ -95,7 +96,7 @@ def test_rollout_key_changes_with_migrations_checks_and_desired_state_only() -> 
     assert rollout_key(d, edited) != rollout_key(d, cat)
     checked = replace(cat, checks=(migrations_mod.Check(
         3, Path("/fleet/migrations/checks/0003_x.sql"),
-        (migrations_mod.Statement(1, "SELECT 1 WHERE 0"),)),))
+        (sqltext.Statement(1, "SELECT 1 WHERE 0"),)),))
     assert rollout_key(d, checked) != rollout_key(d, cat)
     assert rollout_key(desired({"a": {"region": "us"}}), cat) != rollout_key(d, cat)
 

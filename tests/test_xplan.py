@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from reconciler import agent, render
-from reconciler.plan import Kind, Plan
+from reconciler.actions import Kind, Plan
 from reconciler.state import Handoff, JournalRow, Observed, PeerTenant, PeerView
 from reconciler.xplan import HANDED_OFF, IN, OUT, RETIRE, holder, plan_agent
 from tests.test_plan import DATA, catalog, desired, observed, row

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler import __version__, cli
+from reconciler import __version__, commandline
 from reconciler.lock import FleetLock
 from tests.conftest import RECONCILE, Fleet
 
@@ -305,7 +305,7 @@ def test_version_prints_the_installed_version(fleet: Fleet) -> None:
 
 def test_every_option_and_argument_of_every_command_has_help_text() -> None:
     missing = [f"{parser.prog}: {'/'.join(action.option_strings) or action.dest}"
-               for parser in cli._parsers(cli.parser()) for action in parser._actions
+               for parser in commandline.parsers(commandline.parser()) for action in parser._actions
                if not action.help or action.help == "==SUPPRESS=="]
     assert missing == []
 
