@@ -378,11 +378,11 @@ def _as_written_by_an_older_reconciler(f: Fleet) -> None:
     (the merge put identity's step after others and drift's and metrics' after it)."""
     at = next(i for i, step in enumerate(registry.UPGRADES) if "CREATE TABLE fleet" in step)
     conn = sqlite3.connect(f.central, isolation_level=None)
-    for step in registry.UPGRADES[at:]:
-        for table in re.findall(r"CREATE TABLE (\w+)", step):
-            conn.execute(f"DROP TABLE {table}")
+    for step in reversed(registry.UPGRADES[at:]):  # undone latest first
         for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", step):
             conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        for table in re.findall(r"CREATE TABLE (\w+)", step):
+            conn.execute(f"DROP TABLE {table}")
     conn.execute(f"PRAGMA user_version = {at}")
     conn.close()
 
