@@ -33,12 +33,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from reconciler import backup as backup_rules
-from reconciler import litestream, tenantdb
+from reconciler import litestream, lock, tenantdb
 from reconciler.backup import BackupSettings
 from reconciler.context import Logger
 from reconciler.desired import Settings
-from reconciler.errors import LockHeld, ReconcileError
-from reconciler.lock import FleetLock
+from reconciler.errors import ReconcileError
 from reconciler.registry import Registry
 from reconciler.replication import (
     PROCESSES_FILE,
@@ -215,23 +214,8 @@ class _Process(Respawned):
     def _with_registry(self, work: Callable[[Registry], object], what: str) -> None:
         """``work`` on the registry under the fleet lock; skipped when a pass holds the
         lock (the pass does the same at its end) or there is no registry yet."""
-        lock = FleetLock(self.settings.central)
-        try:
-            lock.acquire(wait=False)
-        except LockHeld:
-            return
-        try:
-            if not os.path.exists(self.settings.central):
-                return
-            registry = Registry.open(self.settings.central)
-            try:
-                work(registry)
-            finally:
-                registry.close()
-        except (ReconcileError, OSError, sqlite3.Error) as exc:
-            self.log.warning(f"backups: {what} failed", error=str(exc))
-        finally:
-            lock.release()
+        lock.if_free(self.settings.central, work, self.log, f"backups: {what} failed",
+                     create=False)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         if not self.prepared:
