@@ -10,6 +10,9 @@ process of its own.
 On a WAL fleet whose ``-wal`` files are present (applications hold the files open)
 the header may lag the WAL, so the only correct answer comes from SQLite: there the
 baseline is a bare ``connect`` + ``PRAGMA user_version`` + ``close`` loop.
+
+Every command first loads the desired state: what ``engine.load``'s read of the
+registry's agent row adds to that is measured beside it (``bench.load``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import fleets
+from bench import load as load_bench
 from bench.holder import Holders
 from bench.timing import Contender, Row, measure, median
 from reconciler import engine
@@ -109,6 +113,8 @@ def run(size: int, repeats: int, root: Path, cli: bool = True, wal_held_max: int
                         f"floor {per_tenant(median(t['floor']), size)}"))
         if profiled and mode == "delete":
             profile(inputs)
+        if mode == "delete":  # what every command's load adds: the agent-row read
+            rows.extend(load_bench.run(fleet, per, repeats))
         if cli and mode == "delete":
             with tempfile.NamedTemporaryFile("w", suffix=".txt") as listfile:
                 listfile.write("\n".join(fleet.paths))

@@ -58,13 +58,12 @@ from typing import Any
 
 import watchfiles
 
-from reconciler import engine, follow, gitpull, replicators
+from reconciler import engine, follow, gitpull, lock, replicators
 from reconciler.apply import Result
 from reconciler.backup import registry_url
 from reconciler.context import Logger
 from reconciler.desired import GitSettings
 from reconciler.errors import InvalidInput, LockHeld, Problem, ReconcileError
-from reconciler.lock import FleetLock
 from reconciler.notify import Notifier, watchdog_interval
 from reconciler.registry import Registry
 from reconciler.revision import revision as revision_of
@@ -614,22 +613,7 @@ class Daemon:
         """``work`` on the registry (opened, created if need be) under the fleet lock;
         False, doing nothing, when another reconciler holds the lock. A failure is
         logged as ``failed``."""
-        lock = FleetLock(central)
-        try:
-            lock.acquire(wait=False)
-        except LockHeld:
-            return False
-        try:
-            reg = Registry.open(central)
-            try:
-                work(reg)
-            finally:
-                reg.close()
-        except (ReconcileError, OSError, sqlite3.Error) as exc:
-            self.log.warning(failed, error=str(exc), **fields)
-        finally:
-            lock.release()
-        return True
+        return lock.if_free(central, work, self.log, failed, create=True, **fields)
 
     # ------------------------------------------------------------------ waiting
     def _timeout(self) -> float:

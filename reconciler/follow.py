@@ -37,7 +37,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,10 +47,15 @@ from reconciler.desired import Desired, Settings
 from reconciler.errors import ReconcileError
 from reconciler.registry import Registry
 from reconciler.replication import control, die_with_parent
+from reconciler.respawn import Backoff, Exit, Respawned, Respawner, Words
 from reconciler.state import RegionRow
 
 BEAT = 1.0  # seconds between heartbeats
-RESTART_MIN, RESTART_MAX, STABLE_AFTER = 1.0, 10.0, 60.0
+#: 1 s doubling to 10 s, back to 1 s after a minute up
+RESTARTS = Backoff(first=1.0, most=10.0, stable_after=60.0)
+WORDS = Words(started="registry follower started",
+              exited="registry follower exited; restarting",
+              cannot_start="cannot start registry follower", output="litestream")
 #: what ``litestream restore -f`` says when the copy on disk cannot be continued
 #: (0.5.17 cmd/litestream/restore.go: "cannot resume follow mode: ...")
 UNRESUMABLE = ("cannot resume", "delete ", "already exists")
@@ -187,8 +191,9 @@ def ensure_registry_replicated(settings: Settings, region: str, log: Logger) -> 
     return True
 
 
-class Follower:
-    """``litestream restore -f`` of one region's registry into this host's copy."""
+class Follower(Respawned):
+    """``litestream restore -f`` of one region's registry into this host's copy, kept
+    running by a ``respawn.Respawner`` (limits: ``RESTARTS``)."""
 
     def __init__(self, settings: Settings, region: str, log: Logger) -> None:
         assert settings.backup is not None
@@ -197,17 +202,11 @@ class Follower:
         self.url = registry_url(settings.backup.replica, region)
         self.copy = peers.copy_path(settings, region)
         self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
         self.retired: list[Path] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Follower:
-        self._thread = threading.Thread(target=self._run, name=f"follow-{self.region}",
-                                        daemon=True)
-        self._thread.start()
-        return self
+        self._respawn = Respawner(
+            f"follow-{region}", self._spawn,
+            log.bind(region=region, url=self.url, copy=str(self.copy)), RESTARTS, WORDS,
+            on_exit=self._exited, ignore=("applied updates",))
 
     def _command(self) -> list[str]:
         assert self.settings.backup is not None
@@ -215,61 +214,29 @@ class Follower:
         return [litestream.binary(), "restore", "-f", "-follow-interval",
                 f"{max(100, round(every * 1000))}ms", "-o", str(self.copy), self.url]
 
-    def _run(self) -> None:
-        delay = RESTART_MIN
-        while not self._stop.is_set():
-            started = time.monotonic()
-            tail = self._follow()
-            if self._stop.is_set():
-                return
-            if tail is not None:
-                self.restarts += 1
-                said = " | ".join(tail)
-                if self.copy.exists() and any(w in said for w in UNRESUMABLE):
-                    moved = self._retire()
-                    self.log.warning("registry copy cannot be resumed: retired, restoring "
-                                     "anew", region=self.region, retired=str(moved),
-                                     litestream=said)
-                    continue  # at once: there is nothing to wait for
-                self.log.error("registry follower exited; restarting", region=self.region,
-                               url=self.url, restarts=self.restarts, backoff_s=delay,
-                               litestream=said)
-            if time.monotonic() - started > STABLE_AFTER:
-                delay = RESTART_MIN
-            if self._stop.wait(delay):
-                return
-            delay = min(RESTART_MAX, delay * 2)
+    def _exited(self, ended: Exit) -> bool:
+        """A copy Litestream says it cannot resume is retired and restored anew at once
+        (True); any other exit waits for the backoff."""
+        if not (self.copy.exists() and any(w in ended.said for w in UNRESUMABLE)):
+            return False
+        self.log.warning("registry copy cannot be resumed: retired, restoring anew",
+                         region=self.region, retired=str(self._retire()),
+                         litestream=ended.said)
+        return True
 
-    def _follow(self) -> list[str] | None:
-        """Run one follower process to its end; the last lines it wrote (None if it
-        could not even start)."""
-        try:
-            tenantdb.ensure_dir(self.copy.parent)
-            with contextlib.suppress(ReconcileError):
-                litestream.ensure_bucket(self.url)  # restore from a bucket not made yet
-            ahead = self._ahead()
-            if ahead is not None:
-                self.log.warning("registry copy cannot be resumed: retired, restoring anew",
-                                 region=self.region, retired=str(self._retire()),
-                                 reason=ahead)
-            self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=die_with_parent)
-        except (ReconcileError, OSError) as exc:
-            self.log.error("cannot start registry follower", region=self.region,
-                           error=str(exc))
-            return None
-        self.log.info("registry follower started", region=self.region, url=self.url,
-                      copy=str(self.copy), pid=self.proc.pid, restarts=self.restarts)
-        tail: deque[str] = deque(maxlen=3)
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:  # drained, so it never blocks on a full pipe
-            line = raw.decode(errors="replace").strip()
-            if line and "applied updates" not in line:
-                tail.append(line)
-        code = self.proc.wait()
-        tail.append(f"exit {code}")
-        return list(tail)
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """One follower process, its output piped (``respawn`` reads it); a copy whose
+        saved position lies beyond the replica is retired first."""
+        tenantdb.ensure_dir(self.copy.parent)
+        with contextlib.suppress(ReconcileError):
+            litestream.ensure_bucket(self.url)  # restore from a bucket not made yet
+        ahead = self._ahead()
+        if ahead is not None:
+            self.log.warning("registry copy cannot be resumed: retired, restoring anew",
+                             region=self.region, retired=str(self._retire()), reason=ahead)
+        return subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=die_with_parent)
 
     def _ahead(self) -> str | None:
         """Why the copy cannot continue from the replica — its saved position
@@ -309,11 +276,7 @@ class Follower:
             self.proc.kill()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self.proc is not None:
-            litestream.terminate(self.proc, 5.0)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._respawn.stop(kill_after=5.0, join=10.0)
 
 
 class Followers:

@@ -4,6 +4,8 @@ Why: two reconcilers acting at once could both create, migrate or relocate the s
 tenant. ``flock`` is released by the kernel when the holder dies (even by SIGKILL), so
 a crashed run never leaves a stale lock behind. The lock file records the holder's pid
 and command line only to name it in messages; the lock itself is the ``flock``.
+``if_free`` is the daemon's way to touch the registry between passes: only when no one
+holds the lock, never waiting.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from reconciler.context import Logger
 from reconciler.errors import LockHeld, ReconcileError
 from reconciler.ownership import explain
+from reconciler.registry import Registry
 from reconciler.supervise import started_pid
 
 
@@ -110,3 +116,32 @@ class FleetLock:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def if_free(central: Path, work: Callable[[Registry], object], log: Logger, failed: str,
+            *, create: bool, **fields: Any) -> bool:
+    """``work(registry)`` under the fleet lock, for the daemon's chores outside a pass
+    (an event, lineages, registrations): never waits for the lock — False, doing
+    nothing, when another reconciler holds it (that one's pass does the same work). The
+    registry is opened for writing; a missing one is created (and upgraded) when
+    ``create``, else ``work`` is skipped. A failure (``ReconcileError``, ``OSError``,
+    ``sqlite3.Error``) is logged as the warning ``failed`` with its ``error`` and
+    ``fields``, never raised. True when the lock was taken. Raises ``ReconcileError``
+    when the lock file cannot be created."""
+    lock = FleetLock(central)
+    try:
+        lock.acquire(wait=False)
+    except LockHeld:
+        return False
+    try:
+        if create or os.path.exists(central):
+            registry = Registry.open(central)
+            try:
+                work(registry)
+            finally:
+                registry.close()
+    except (ReconcileError, OSError, sqlite3.Error) as exc:
+        log.warning(failed, error=str(exc), **fields)
+    finally:
+        lock.release()
+    return True

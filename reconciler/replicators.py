@@ -26,21 +26,18 @@ import contextlib
 import json
 import os
 import resource
-import signal
 import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from reconciler import backup as backup_rules
-from reconciler import litestream, tenantdb
+from reconciler import litestream, lock, tenantdb
 from reconciler.backup import BackupSettings
 from reconciler.context import Logger
 from reconciler.desired import Settings
-from reconciler.errors import LockHeld, ReconcileError
-from reconciler.lock import FleetLock
+from reconciler.errors import ReconcileError
 from reconciler.registry import Registry
 from reconciler.replication import (
     PROCESSES_FILE,
@@ -53,8 +50,13 @@ from reconciler.replication import (
     same_file,
     sync_registrations,
 )
+from reconciler.respawn import Backoff, Exit, Respawned, Respawner, Words
 
-RESTART_MIN, RESTART_MAX, STABLE_AFTER = 1.0, 60.0, 60.0
+#: 1 s doubling to 60 s, back to 1 s after a minute up
+RESTARTS = Backoff(first=1.0, most=60.0, stable_after=60.0)
+WORDS = Words(started="backups: litestream started",
+              exited="backups: litestream exited; restarting",
+              cannot_start="backups: cannot start litestream")
 
 
 class Supervisor:
@@ -152,11 +154,11 @@ def nofile_limit() -> int:
 NOFILE_WANT = backup_rules.PER_PROCESS_MAX * backup_rules.FDS_PER_DB + backup_rules.FD_RESERVE
 
 
-class _Process:
+class _Process(Respawned):
     """Runs one ``litestream replicate`` (shard ``shard`` of ``count``) for the daemon:
     generated config, restarted with exponential backoff (1 s doubling to 60 s, reset
-    after a minute up) whenever it exits, each exit logged as an error and reported
-    through ``on_event``."""
+    after a minute up: ``RESTARTS``, run by a ``respawn.Respawner``) whenever it exits,
+    each exit logged as an error and reported through ``on_event``."""
 
     def __init__(self, settings: Settings, log: Logger,
                  on_event: Callable[[str, dict[str, object]], None] | None = None,
@@ -166,11 +168,9 @@ class _Process:
         self.shard, self.count = shard, count
         self.log = log.bind(process=shard) if count > 1 else log
         self.on_event = on_event or (lambda _what, _detail: None)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.prepared = False  # lineages just recorded: the next spawn skips it
+        self._respawn = Respawner(f"litestream-{shard}", self._spawn, self.log, RESTARTS,
+                                  WORDS, on_start=self._started, on_exit=self._exited)
 
     @property
     def backup(self) -> BackupSettings:
@@ -192,12 +192,6 @@ class _Process:
         if self.registry is not None and self.settings.central.exists():
             dbs.append((self.settings.central, self.registry))
         return litestream.config_text(self.backup, sock, dbs)
-
-    def start(self) -> _Process:
-        self._thread = threading.Thread(target=self._run, name=f"litestream-{self.shard}",
-                                        daemon=True)
-        self._thread.start()
-        return self
 
     def prepare(self) -> None:
         """Before Litestream starts: record a lineage for every file in service that has
@@ -223,23 +217,8 @@ class _Process:
     def _with_registry(self, work: Callable[[Registry], object], what: str) -> None:
         """``work`` on the registry under the fleet lock; skipped when a pass holds the
         lock (the pass does the same at its end) or there is no registry yet."""
-        lock = FleetLock(self.settings.central)
-        try:
-            lock.acquire(wait=False)
-        except LockHeld:
-            return
-        try:
-            if not os.path.exists(self.settings.central):
-                return
-            registry = Registry.open(self.settings.central)
-            try:
-                work(registry)
-            finally:
-                registry.close()
-        except (ReconcileError, OSError, sqlite3.Error) as exc:
-            self.log.warning(f"backups: {what} failed", error=str(exc))
-        finally:
-            lock.release()
+        lock.if_free(self.settings.central, work, self.log, f"backups: {what} failed",
+                     create=False)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         if not self.prepared:
@@ -258,33 +237,14 @@ class _Process:
                                  "-config", str(where)], stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_child_setup)
 
-    def _run(self) -> None:
-        delay = RESTART_MIN
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.proc = self._spawn()
-            except (ReconcileError, OSError) as exc:
-                self.log.error("backups: cannot start litestream", error=str(exc))
-                self.proc = None
-            else:
-                self.log.info("backups: litestream started", pid=self.proc.pid,
-                              restarts=self.restarts)
-                if self.wait_ready(10.0):
-                    self._register()
-                code = self.proc.wait()
-                if self._stop.is_set():
-                    return
-                self.restarts += 1
-                self.log.error("backups: litestream exited; restarting", exit_code=code,
-                               restarts=self.restarts, backoff_s=delay)
-                self.on_event("litestream-exit", {"exit_code": code, "process": self.shard,
-                                                  "restarts": self.restarts})
-            if time.monotonic() - started > STABLE_AFTER:
-                delay = RESTART_MIN
-            if self._stop.wait(delay):
-                return
-            delay = min(RESTART_MAX, delay * 2)
+    def _started(self, _proc: subprocess.Popen[bytes]) -> None:
+        if self.wait_ready(10.0):
+            self._register()
+
+    def _exited(self, ended: Exit) -> bool:
+        self.on_event("litestream-exit", {"exit_code": ended.code, "process": self.shard,
+                                          "restarts": self.restarts})
+        return False  # restarted after the backoff, the exit logged
 
     def _register(self) -> None:
         """Bring a fresh Litestream up to date with the registry (files created while it
@@ -303,18 +263,12 @@ class _Process:
 
     def signal_stop(self) -> None:
         """SIGTERM (Litestream syncs what it captured); no restart after it."""
-        self._stop.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        self._respawn.signal_stop()
 
     def stop(self, timeout: float = 15.0) -> None:
         """``signal_stop``, then wait; SIGKILL after ``timeout``."""
         self.signal_stop()
-        if self.proc is not None:
-            litestream.terminate(self.proc, timeout)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._respawn.stop(timeout, timeout)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(litestream.socket_path(self.settings.central, self.shard))
 
