@@ -410,26 +410,43 @@ def unstick(settings: Settings, registry: Registry,
     done = []
     for tenant in sorted(stuck):
         path, ctl = want.get(tenant), control(settings, tenant)
-        if path is None or ctl is None:
-            continue
-        with contextlib.suppress(ReconcileError):  # it cannot sync what it captured
-            ctl.unregister(path, timeout=5)
-        try:
-            conn = tenantdb.connect(path, settings.busy_timeout)
-            try:
-                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            log.warning("backups: cannot empty the -wal of a file Litestream stopped on",
-                        tenant=tenant, error=str(exc))
-            continue
-        log.warning("backups: Litestream had stopped on a commit its writer never "
-                    "finished; -wal emptied, registered again", tenant=tenant,
-                    emptied=row is not None and int(row[0]) == 0,
-                    error=backups[tenant].error)
-        done.append(tenant)
+        if path is not None and ctl is not None and \
+                restart(settings, ctl, tenant, path, log, backups[tenant].error):
+            done.append(tenant)
     return done
+
+
+def past_published(ctl: litestream.Control, path: Path) -> bool:
+    """Whether Litestream has synced ``path`` past the end of what SQLite published
+    (see ``unstick``). For a file no writer can be committing to (fenced and quiesced):
+    one look is enough then. Raises ``RetryableError`` when Litestream does not answer."""
+    rep = ctl.databases().get(str(path))
+    end = walindex.published_end(path)
+    return (rep is not None and rep.synced_offset is not None and end is not None
+            and rep.synced_offset > end)
+
+
+def restart(settings: Settings, ctl: litestream.Control, tenant: str, path: Path,
+            log: Logger, error: str | None = None) -> bool:
+    """Unregister ``path`` from ``ctl`` and empty its -wal (see ``unstick``); the caller
+    (or the pass's ``sync_registrations``) registers it again. False when the -wal
+    could not be opened (logged; tried again later)."""
+    with contextlib.suppress(ReconcileError):  # it cannot sync what it captured
+        ctl.unregister(path, timeout=5)
+    try:
+        conn = tenantdb.connect(path, settings.busy_timeout)
+        try:
+            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("backups: cannot empty the -wal of a file Litestream stopped on",
+                    tenant=tenant, error=str(exc))
+        return False
+    log.warning("backups: Litestream had stopped on a commit its writer never finished; "
+                "-wal emptied, registered again", tenant=tenant,
+                emptied=row is not None and int(row[0]) == 0, error=error)
+    return True
 
 
 def observe_paths(settings: Settings, paths: Mapping[str, Path]

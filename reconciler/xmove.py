@@ -141,6 +141,11 @@ def handoff(action: Action, ctx: Context) -> Outcome:
         crash_point("xmove:after-fence")
     with write_locked(path, settings.busy_timeout):
         pass  # writers in flight finish; later ones see ``relocating`` at commit
+    if replication.past_published(ctl, path):
+        # an application killed inside a commit left Litestream with frames SQLite never
+        # published: the replica at any txid from now would not be this file (the
+        # destination's verify would refuse it for ever); a new snapshot first
+        replication.restart(settings, ctl, name, path, ctx.log)
     if str(path) not in ctl.databases():  # a restarted Litestream skips fenced files
         ctl.register(path, lineage.url)  # the same lineage, resumed from its own state
     txid = ctl.sync(path)  # RetryableError while the replica store is down: resumed

@@ -73,16 +73,18 @@ def test_a_file_litestream_stopped_on_after_its_writer_died_mid_commit_is_replic
         write(fleet, "aaron.yoursaas.com", "before")
         arm, held = tmp_path / "arm", tmp_path / "held"
         app = subprocess.Popen(
-            [sys.executable, "-c", APP, str(path), str(arm)],
+            [sys.executable, "-c", APP, str(path), str(arm)], stdout=subprocess.DEVNULL,
             env={**os.environ, "LD_PRELOAD": str(shim),
                  "HOLD_WAL_SYNC_PATH": os.path.realpath(f"{path}-wal"),
                  "HOLD_WAL_SYNC_ARM": str(arm), "HOLD_WAL_SYNC_HELD": str(held)})
-        wait_for(held.exists, what="the application held inside its commit")
-        before = daemon.control.databases()[str(path)].txid
-        wait_for(lambda: daemon.control.databases()[str(path)].txid > before,
-                 what="Litestream shipping the unpublished commit")
-        app.send_signal(signal.SIGKILL)
-        app.wait()
+        try:
+            wait_for(held.exists, what="the application held inside its commit")
+            before = daemon.control.databases()[str(path)].txid
+            wait_for(lambda: daemon.control.databases()[str(path)].txid > before,
+                     what="Litestream shipping the unpublished commit")
+        finally:
+            app.send_signal(signal.SIGKILL)
+            app.wait()
         write(fleet, "aaron.yoursaas.com", "after")  # overwrites the unpublished frames
         wait_for(lambda: restarted(fleet), what="the daemon restarting the replication")
         write(fleet, "aaron.yoursaas.com", "later")

@@ -24,11 +24,13 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from reconciler import litestream, walindex
 from tests.e2e.xmovekit import Host, Hosts, Writer, live_copies, settle, titles
 
 SHIM = Path(__file__).with_name("hold_wal_sync.c")
@@ -136,3 +138,71 @@ def test_an_unpublished_handoff_that_litestream_shipped_is_never_taken_over(
         # the handoff eu wrote while held never happened there: no such event, id reused
         assert eu.registry("SELECT count(*) FROM events WHERE action = 'handoff' AND "
                            "outcome = 'ok'") == [(0,)]
+
+
+# an application's commit that grows the file by ~400 pages, held inside it by the shim
+APP = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+conn.execute("PRAGMA synchronous=FULL")
+open(sys.argv[2], "w").close()  # arms the shim: this commit's -wal sync is held
+conn.execute("INSERT INTO notes (title) VALUES (?)", ("x" * 1_600_000,))
+"""
+
+
+def test_a_tenant_whose_application_died_inside_a_commit_still_moves_whole(
+        hosts: Hosts, tmp_path: Path) -> None:
+    # Litestream shipped the application's unpublished commit, then SQLite lost it: a
+    # handoff at any txid of that replica would not be the file (the destination's
+    # verify refuses it for ever) unless the source restarts its replication first
+    shim = build_shim(tmp_path)
+    arm, held = tmp_path / "arm", tmp_path / "held"
+    eu, us = hosts["eu"], hosts["us"]
+    hosts.declare({"aaron": "eu", "acme": "us"})
+    hosts.start()
+    settle(lambda: eu.status_of("aaron") == "active" and us.status_of("acme") == "active",
+           "both created")
+    path = eu.path("aaron")
+    control = litestream.Control(litestream.socket_path(eu.central))
+    writer = Writer(eu, "aaron.yoursaas.com").start()
+    settle(lambda: len(writer.acked) >= 20, "rows written on eu")
+    settle(lambda: replicated(control, path), "aaron replicated")
+    app = subprocess.Popen(
+        [sys.executable, "-c", APP, str(path), str(arm)], stdout=subprocess.DEVNULL,
+        env={**os.environ, "LD_PRELOAD": str(shim),
+             "HOLD_WAL_SYNC_PATH": os.path.realpath(f"{path}-wal"),
+             "HOLD_WAL_SYNC_ARM": str(arm), "HOLD_WAL_SYNC_HELD": str(held)})
+    try:
+        settle(held.exists, "the application held inside its commit")
+        settle(lambda: replication_past(control, path), "Litestream shipping what SQLite "
+               "has not published")
+    finally:
+        app.send_signal(signal.SIGKILL)
+        app.wait()
+    hosts.declare({"aaron": "us", "acme": "us"})
+    settle(lambda: us.status_of("aaron") == "active" and eu.status_of("aaron") is None,
+           "aaron moved to us", timeout=120)
+    acked = writer.stop()
+    found = titles(us.path("aaron"))
+    assert set(acked) <= set(found)
+    assert all(len(t) < 100 for t in found)  # the commit that never happened is not there
+    assert live_copies(hosts, "aaron") == ["us"]
+
+
+def replicated(control: litestream.Control, path: Path) -> bool:
+    try:
+        rep = control.databases().get(str(path))
+    except litestream.LitestreamDown:
+        return False
+    return rep is not None and rep.txid > 0 and rep.synced_offset is not None
+
+
+def replication_past(control: litestream.Control, path: Path) -> bool:
+    """Litestream's last sync of ``path`` ended past what SQLite published."""
+    try:
+        rep = control.databases().get(str(path))
+    except litestream.LitestreamDown:
+        return False
+    end = walindex.published_end(path)
+    return (rep is not None and rep.synced_offset is not None and end is not None
+            and rep.synced_offset > end)
