@@ -13,26 +13,13 @@ and the replica must then hold every row the application was told was committed.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from reconciler import litestream
 from tests.conftest import Fleet
 from tests.e2e.backupkit import Daemon, declare, status, wait_for, write
-from tests.e2e.test_xmove_unpublished import build_shim
-
-# the application: one commit that grows the file by ~400 pages, held inside it
-APP = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
-conn.execute("PRAGMA synchronous=FULL")
-open(sys.argv[2], "w").close()  # arms the shim: this commit's -wal sync is held
-conn.execute("INSERT INTO notes (title) VALUES (?)", ("x" * 1_600_000,))
-"""
+from tests.e2e.holdkit import application_held
 
 
 def replica_titles(fleet: Fleet, out: Path) -> set[str]:
@@ -63,7 +50,6 @@ def restarted(fleet: Fleet) -> bool:
 
 def test_a_file_litestream_stopped_on_after_its_writer_died_mid_commit_is_replicated_again(
         fleet: Fleet, tmp_path: Path) -> None:
-    shim = build_shim(tmp_path)
     declare(fleet, {"aaron": {"region": "eu"}}, (tmp_path / "backups").as_uri(),
             interval="1s")
     daemon = Daemon(fleet)
@@ -71,20 +57,10 @@ def test_a_file_litestream_stopped_on_after_its_writer_died_mid_commit_is_replic
         daemon.replicated(1)
         path = fleet.path("aaron", "eu")
         write(fleet, "aaron.yoursaas.com", "before")
-        arm, held = tmp_path / "arm", tmp_path / "held"
-        app = subprocess.Popen(
-            [sys.executable, "-c", APP, str(path), str(arm)], stdout=subprocess.DEVNULL,
-            env={**os.environ, "LD_PRELOAD": str(shim),
-                 "HOLD_WAL_SYNC_PATH": os.path.realpath(f"{path}-wal"),
-                 "HOLD_WAL_SYNC_ARM": str(arm), "HOLD_WAL_SYNC_HELD": str(held)})
-        try:
-            wait_for(held.exists, what="the application held inside its commit")
+        with application_held(path, tmp_path):
             before = daemon.control.databases()[str(path)].txid
             wait_for(lambda: daemon.control.databases()[str(path)].txid > before,
                      what="Litestream shipping the unpublished commit")
-        finally:
-            app.send_signal(signal.SIGKILL)
-            app.wait()
         write(fleet, "aaron.yoursaas.com", "after")  # overwrites the unpublished frames
         wait_for(lambda: restarted(fleet), what="the daemon restarting the replication")
         write(fleet, "aaron.yoursaas.com", "later")

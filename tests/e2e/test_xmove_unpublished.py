@@ -20,20 +20,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler import litestream, walindex
+from tests.e2e.holdkit import application_held, build_shim, hold_env
 from tests.e2e.xmovekit import Host, Hosts, Writer, live_copies, settle, titles
-
-SHIM = Path(__file__).with_name("hold_wal_sync.c")
 
 
 @pytest.fixture
@@ -41,15 +37,6 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
     h = Hosts(tmp_path, f"file://{tmp_path / 'replica'}")
     yield h
     h.close()
-
-
-def build_shim(where: Path) -> Path:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    assert compiler, "a C compiler is needed to build the fsync-holding shim (gcc)"
-    out = where / "hold_wal_sync.so"
-    subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(out), str(SHIM), "-ldl"],
-                   check=True)
-    return out
 
 
 def copy_rows(host: Host, region: str, sql: str) -> list[tuple[object, ...]]:
@@ -88,9 +75,7 @@ def test_an_unpublished_handoff_that_litestream_shipped_is_never_taken_over(
     eu, us = hosts["eu"], hosts["us"]
     hosts.declare({"aaron": "eu", "acme": "us"})
     us.start()
-    eu.start(env={"LD_PRELOAD": str(shim),
-                  "HOLD_WAL_SYNC_PATH": os.path.realpath(f"{eu.central}-wal"),
-                  "HOLD_WAL_SYNC_ARM": str(arm), "HOLD_WAL_SYNC_HELD": str(held),
+    eu.start(env={**hold_env(shim, eu.central, arm, held),
                   "RECONCILE_MARK_AT": f"xmove:after-sync:{arm}"})
     settle(lambda: eu.status_of("aaron") == "active" and us.status_of("acme") == "active",
            "both created")
@@ -140,23 +125,11 @@ def test_an_unpublished_handoff_that_litestream_shipped_is_never_taken_over(
                            "outcome = 'ok'") == [(0,)]
 
 
-# an application's commit that grows the file by ~400 pages, held inside it by the shim
-APP = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
-conn.execute("PRAGMA synchronous=FULL")
-open(sys.argv[2], "w").close()  # arms the shim: this commit's -wal sync is held
-conn.execute("INSERT INTO notes (title) VALUES (?)", ("x" * 1_600_000,))
-"""
-
-
 def test_a_tenant_whose_application_died_inside_a_commit_still_moves_whole(
         hosts: Hosts, tmp_path: Path) -> None:
     # Litestream shipped the application's unpublished commit, then SQLite lost it: a
     # handoff at any txid of that replica would not be the file (the destination's
     # verify refuses it for ever) unless the source restarts its replication first
-    shim = build_shim(tmp_path)
-    arm, held = tmp_path / "arm", tmp_path / "held"
     eu, us = hosts["eu"], hosts["us"]
     hosts.declare({"aaron": "eu", "acme": "us"})
     hosts.start()
@@ -167,18 +140,9 @@ def test_a_tenant_whose_application_died_inside_a_commit_still_moves_whole(
     writer = Writer(eu, "aaron.yoursaas.com").start()
     settle(lambda: len(writer.acked) >= 20, "rows written on eu")
     settle(lambda: replicated(control, path), "aaron replicated")
-    app = subprocess.Popen(
-        [sys.executable, "-c", APP, str(path), str(arm)], stdout=subprocess.DEVNULL,
-        env={**os.environ, "LD_PRELOAD": str(shim),
-             "HOLD_WAL_SYNC_PATH": os.path.realpath(f"{path}-wal"),
-             "HOLD_WAL_SYNC_ARM": str(arm), "HOLD_WAL_SYNC_HELD": str(held)})
-    try:
-        settle(held.exists, "the application held inside its commit")
+    with application_held(path, tmp_path):
         settle(lambda: replication_past(control, path), "Litestream shipping what SQLite "
                "has not published")
-    finally:
-        app.send_signal(signal.SIGKILL)
-        app.wait()
     hosts.declare({"aaron": "us", "acme": "us"})
     settle(lambda: us.status_of("aaron") == "active" and eu.status_of("aaron") is None,
            "aaron moved to us", timeout=120)
