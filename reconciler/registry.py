@@ -30,7 +30,8 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from reconciler import ownership, readonly
-from reconciler.errors import PermanentError, RetryableError, is_busy
+from reconciler.errors import PermanentError
+from reconciler.registryconn import RegistryConnection, classify
 from reconciler.registryschema import UPGRADES as UPGRADES
 from reconciler.registryschema import VERSION as VERSION
 from reconciler.registryschema import has_column, has_table, split_script
@@ -84,13 +85,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Registry:
+class Registry(RegistryConnection):
     """A connection to central.db with the operations the reconciler needs."""
-
-    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool) -> None:
-        self.path = path
-        self.conn = conn
-        self.readonly = readonly
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -111,7 +107,7 @@ class Registry:
                     f"changes the fleet needs write access to it and to its folder (SQLite "
                     f"creates {path.name}-wal and -shm there); the "
                     f"{ownership.describe(path.parent)}") from exc
-            raise _classify(exc, f"opening registry {path}") from exc
+            raise classify(exc, f"opening registry {path}") from exc
         return reg
 
     @classmethod
@@ -182,27 +178,6 @@ class Registry:
                 for statement in split_script(UPGRADES[step]):
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {step + 1}")
-
-    @property
-    def version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def close(self) -> None:
-        self.conn.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _classify(exc, "registry transaction") from exc
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
 
     # ---------------------------------------------------------------- reading
     def snapshot(self) -> Snapshot:
@@ -500,18 +475,6 @@ class Registry:
     def delete_domains(self, tenant: str) -> None:
         self.conn.execute("DELETE FROM domains WHERE tenant = ?", (tenant,))
 
-    @contextmanager
-    def durable_transaction(self) -> Iterator[sqlite3.Connection]:
-        """A transaction whose commit also survives power loss: WAL with
-        ``synchronous=NORMAL`` may lose the last commits on power failure, which is fine
-        for events but not for the step that switches a tenant to another file."""
-        self.conn.execute("PRAGMA synchronous=FULL")
-        try:
-            with self.transaction() as conn:
-                yield conn
-        finally:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-
     def set_rollout(self, key: str, state: str | None, detail: Mapping[str, Any] | None = None
                     ) -> None:
         if state is None:
@@ -588,8 +551,3 @@ def _decode_keys(fmt: str, blob: bytes) -> dict[str, bytes]:
         return {}
     return keys if isinstance(keys, dict) else {}
 
-
-def _classify(exc: sqlite3.OperationalError, what: str) -> Exception:
-    if is_busy(exc):
-        return RetryableError(f"{what}: {exc}")
-    return PermanentError(f"{what}: {exc}")
