@@ -11,12 +11,15 @@ Invariants:
   once released: a new table or column is a new step APPENDED at the end;
 * ``VERSION`` is the number of steps: the ``PRAGMA user_version`` of an up-to-date registry;
 * a reader that may meet an older registry (read-only, not upgraded) asks ``has_table``
-  and ``has_column`` before reading what a later step added.
+  and ``has_column`` before reading what a later step added;
+* the TEXT timestamps it records (``*_at`` columns) are ``utcnow``'s: ISO 8601 in UTC
+  with milliseconds, so they sort as text.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from reconciler.state import STATUSES
 
@@ -191,6 +194,11 @@ UPGRADES: tuple[str, ...] = (
     """,
 )
 VERSION = len(UPGRADES)
+
+
+def utcnow() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
 def has_table(conn: sqlite3.Connection, table: str) -> bool:
