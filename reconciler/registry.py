@@ -32,6 +32,7 @@ from reconciler import ownership, readonly
 from reconciler.errors import PermanentError
 from reconciler.registryagents import SEQ_NOW, AgentRows
 from reconciler.registryconn import classify
+from reconciler.registryjournal import JournalRows
 from reconciler.registryschema import UPGRADES as UPGRADES
 from reconciler.registryschema import VERSION as VERSION
 from reconciler.registryschema import has_column, split_script
@@ -76,7 +77,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Registry(AgentRows):
+class Registry(AgentRows, JournalRows):
     """A connection to central.db with the operations the reconciler needs."""
 
     # ---------------------------------------------------------------- opening
@@ -336,38 +337,6 @@ class Registry(AgentRows):
             (utcnow(), revision, tenant, action, outcome,
              json.dumps(dict(detail or {}), sort_keys=True, default=str), duration_ms,
              f"*@{socket.gethostname()}"))
-
-    def journal_set(self, tenant: str, action: str, phase: str, *, source: str | None = None,
-                    dest: str | None = None, temp: str | None = None,
-                    detail: Mapping[str, Any] | None = None) -> None:
-        now = utcnow()
-        self.conn.execute(
-            "INSERT INTO journal (tenant, action, phase, source, dest, temp, started_at, "
-            "updated_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tenant) DO "
-            "UPDATE SET action=excluded.action, phase=excluded.phase, "
-            "source=COALESCE(excluded.source, source), dest=COALESCE(excluded.dest, dest), "
-            "temp=COALESCE(excluded.temp, temp), updated_at=excluded.updated_at, "
-            "detail=COALESCE(excluded.detail, detail)",
-            (tenant, action, phase, source, dest, temp, now, now,
-             json.dumps(dict(detail)) if detail is not None else None))
-
-    def journal_clear(self, tenant: str) -> None:
-        self.conn.execute("DELETE FROM journal WHERE tenant = ?", (tenant,))
-
-    def journal_row(self, tenant: str) -> JournalRow | None:
-        r = self.conn.execute("SELECT tenant, action, phase, source, dest, temp, started_at, "
-                              "detail FROM journal WHERE tenant = ?", (tenant,)).fetchone()
-        return JournalRow(*r) if r is not None else None
-
-    def journal_paths(self) -> set[str]:
-        """Every path an unfinished operation still refers to (gc must not touch them)."""
-        out: set[str] = set()
-        for source, dest, temp, detail in self.conn.execute(
-                "SELECT source, dest, temp, detail FROM journal"):
-            out.update(p for p in (source, dest, temp) if p)
-            extra = json.loads(detail) if detail else {}
-            out.update(str(v) for k, v in extra.items() if k.endswith("path") and v)
-        return out
 
     def set_fleet(self, values: Mapping[str, str]) -> None:
         """Record the fleet's identity (``fleet`` table: key → value)."""
