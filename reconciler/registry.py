@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import marshal
 import os
-import socket
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,6 +31,7 @@ from reconciler import ownership, readonly
 from reconciler.errors import PermanentError
 from reconciler.registryagents import SEQ_NOW, AgentRows
 from reconciler.registryconn import classify
+from reconciler.registryhistory import HistoryRows
 from reconciler.registryjournal import JournalRows
 from reconciler.registryschema import UPGRADES as UPGRADES
 from reconciler.registryschema import VERSION as VERSION
@@ -77,7 +77,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Registry(AgentRows, JournalRows):
+class Registry(AgentRows, JournalRows, HistoryRows):
     """A connection to central.db with the operations the reconciler needs."""
 
     # ---------------------------------------------------------------- opening
@@ -229,35 +229,6 @@ class Registry(AgentRows, JournalRows):
             "JOIN tenants AS t ON t.name = d.tenant WHERE d.domain = ?", (domain,)).fetchone()
         return None if r is None else (r[0], Path(r[1]), r[2], int(r[3]), r[4])
 
-    def events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        agent = has_column(self.conn, "events", "agent")  # issue 15: which agent did it
-        sql = ("SELECT id, at, revision, tenant, action, outcome, detail, duration_ms"
-               + (", agent" if agent else "") + " FROM events")
-        args: tuple[Any, ...] = ()
-        if tenant:
-            sql += " WHERE tenant = ?"
-            args = (tenant,)
-        sql += " ORDER BY id DESC LIMIT ?"
-        rows = self.conn.execute(sql, (*args, limit)).fetchall()
-        keys: tuple[str, ...] = ("id", "at", "revision", "tenant", "action", "outcome",
-                                 "detail", "duration_ms") + (("agent",) if agent else ())
-        out = []
-        for r in rows:
-            d = dict(zip(keys, r, strict=True))
-            d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
-            out.append(d)
-        return out
-
-    def last_run(self) -> dict[str, Any] | None:
-        if self.version < 2:
-            return None
-        r = self.conn.execute("SELECT started_at, finished_at, revision, summary, detail "
-                              "FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        if r is None:
-            return None
-        return {"started_at": r[0], "finished_at": r[1], "revision": r[2], "summary": r[3],
-                "detail": json.loads(r[4]) if r[4] else {}}
-
     def next_retry_at(self, after: float) -> float | None:
         """Earliest backoff expiry (epoch seconds) of a failed tenant later than ``after``:
         when the daemon must wake up to retry it."""
@@ -325,19 +296,6 @@ class Registry(AgentRows, JournalRows):
                               "ON CONFLICT(domain) DO UPDATE SET tenant = excluded.tenant",
                               (domain, tenant))
 
-    def event(self, *, revision: str, tenant: str | None, action: str, outcome: str,
-              detail: Mapping[str, Any] | None = None, duration_ms: int | None = None) -> None:
-        """Record an event, naming the agent from the ``agent`` row (``<region>@<host>``,
-        ``*@<host>`` for the agent of every region); before any agent row was recorded (a
-        one-shot pass on a single host), ``*@<this host>``."""
-        self.conn.execute(
-            "INSERT INTO events (at, revision, tenant, action, outcome, detail, duration_ms, "
-            "agent) VALUES (?, ?, ?, ?, ?, ?, ?, COALESCE((SELECT COALESCE(region, '*') || "
-            "'@' || COALESCE(host, '?') FROM agent WHERE id = 1), ?))",
-            (utcnow(), revision, tenant, action, outcome,
-             json.dumps(dict(detail or {}), sort_keys=True, default=str), duration_ms,
-             f"*@{socket.gethostname()}"))
-
     def set_fleet(self, values: Mapping[str, str]) -> None:
         """Record the fleet's identity (``fleet`` table: key → value)."""
         self.conn.executemany("INSERT INTO fleet (key, value) VALUES (?, ?) ON CONFLICT(key) "
@@ -379,31 +337,6 @@ class Registry(AgentRows, JournalRows):
             "INSERT INTO schema_keys (id, format, keys, updated_at) VALUES (1, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET format=excluded.format, keys=excluded.keys, "
             "updated_at=excluded.updated_at", (_KEYS_FORMAT, marshal.dumps(dict(keys)), now))
-
-    def notified(self) -> dict[str, str]:
-        """Webhook conditions already notified: key → event (issue 16)."""
-        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                             "name = 'notified'").fetchone() is None:
-            return {}  # an older registry, read-only (opened for writing, it is upgraded)
-        return dict(self.conn.execute("SELECT key, event FROM notified").fetchall())
-
-    def set_notified(self, added: Mapping[str, str], removed: set[str]) -> None:
-        """Remember notified conditions (key → event) and forget cleared ones."""
-        with self.transaction():
-            self.conn.executemany("INSERT OR REPLACE INTO notified (key, event, at) VALUES "
-                                  "(?, ?, ?)", [(k, e, utcnow()) for k, e in added.items()])
-            self.conn.executemany("DELETE FROM notified WHERE key = ?",
-                                  [(k,) for k in removed])
-
-    def record_run(self, started_at: str, revision: str, summary: str,
-                   detail: Mapping[str, Any]) -> None:
-        with self.transaction():
-            self.conn.execute("INSERT INTO runs (started_at, finished_at, revision, summary, "
-                              "detail) VALUES (?, ?, ?, ?, ?)",
-                              (started_at, utcnow(), revision, summary,
-                               json.dumps(dict(detail), default=str)))
-            # keep the table bounded: the events table is the long-term history
-            self.conn.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - 1000")
 
 
 # The remembered schema keys are one blob, not a row per file: at 10k tenants reading
