@@ -1,10 +1,15 @@
-"""The central registry ``central.db``: everything that touches it lives here.
+"""The central registry ``central.db``: opening it, upgrading it, and its tenants' rows.
 
 Why: applications route requests with it and read global settings from it, and the
 reconciler records what it did in it. Its tables (``tenants``, ``domains``,
 ``settings``, ``migrations``, ``events``) are a public contract (DESIGN §4); the rest
 (``journal``, ``runs``, ``rollout``) is the reconciler's own bookkeeping. The schema
 (``UPGRADES``, ``VERSION``) lives in ``registryschema`` and is re-exported here.
+``Registry`` is composed by concept: the connection and its transactions
+(``registryconn``), issue 15's agent rows and handoffs (``registryagents``), the journal
+of unfinished operations (``registryjournal``), the history (``registryhistory``) and
+the memory of schema drift (``registrydrift``); callers import ``Registry`` (and
+``utcnow``, the row values) from here.
 
 Invariants:
 * the registry is versioned by its own ``PRAGMA user_version`` and upgraded step by
@@ -17,11 +22,9 @@ Invariants:
 from __future__ import annotations
 
 import json
-import marshal
 import os
 import sqlite3
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -31,6 +34,7 @@ from reconciler import ownership, readonly
 from reconciler.errors import PermanentError
 from reconciler.registryagents import SEQ_NOW, AgentRows
 from reconciler.registryconn import classify
+from reconciler.registrydrift import DriftRows, decode_keys
 from reconciler.registryhistory import HistoryRows
 from reconciler.registryjournal import JournalRows
 from reconciler.registryschema import UPGRADES as UPGRADES
@@ -77,7 +81,7 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Registry(AgentRows, JournalRows, HistoryRows):
+class Registry(AgentRows, JournalRows, HistoryRows, DriftRows):
     """A connection to central.db with the operations the reconciler needs."""
 
     # ---------------------------------------------------------------- opening
@@ -203,7 +207,7 @@ class Registry(AgentRows, JournalRows, HistoryRows):
             drift: dict[str, str] = {}
             if "schema_checks" in have:
                 found = c.execute("SELECT format, keys FROM schema_keys").fetchone()
-                schema_keys = _decode_keys(*found) if found is not None else {}
+                schema_keys = decode_keys(*found) if found is not None else {}
                 drift = dict(c.execute("SELECT path, drift FROM schema_checks").fetchall())
         finally:
             c.execute("COMMIT")
@@ -317,41 +321,3 @@ class Registry(AgentRows, JournalRows, HistoryRows):
     def clear_rollouts(self, keep: str | None = None) -> int:
         """Forget finished rollouts (every row but ``keep``); returns how many."""
         return self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,)).rowcount
-
-    def record_schema_checks(self, drifted: Iterable[tuple[str, int, str]],
-                             clean: Iterable[str], keys: Mapping[str, bytes]) -> None:
-        """Remember drift: (path, version, differences as JSON) of each drifted file, no
-        row for ``clean`` ones, and ``keys`` (path → schema key) of every compared file,
-        replacing what was remembered (caller holds a transaction)."""
-        now = utcnow()
-        self.conn.executemany("DELETE FROM schema_checks WHERE path = ?",
-                              ((p,) for p in clean))
-        self.conn.executemany(
-            "INSERT INTO schema_checks (path, version, drift, checked_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(path) DO UPDATE SET version=excluded.version, drift=excluded.drift, "
-            "checked_at=excluded.checked_at", ((p, v, d, now) for p, v, d in drifted))
-        gone = [p for (p,) in self.conn.execute("SELECT path FROM schema_checks")
-                if p not in keys]  # drifted files only: a short list
-        self.conn.executemany("DELETE FROM schema_checks WHERE path = ?", ((p,) for p in gone))
-        self.conn.execute(
-            "INSERT INTO schema_keys (id, format, keys, updated_at) VALUES (1, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET format=excluded.format, keys=excluded.keys, "
-            "updated_at=excluded.updated_at", (_KEYS_FORMAT, marshal.dumps(dict(keys)), now))
-
-
-# The remembered schema keys are one blob, not a row per file: at 10k tenants reading
-# 10k rows costs a no-op pass ~10%, unmarshalling one dict well under 1%. ``marshal``'s
-# format may change between Python versions: the format names both, and a blob written
-# by another is ignored (every file is then compared once more, and remembered again).
-_KEYS_FORMAT = f"marshal-{marshal.version}-py{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-def _decode_keys(fmt: str, blob: bytes) -> dict[str, bytes]:
-    if fmt != _KEYS_FORMAT:
-        return {}
-    try:
-        keys = marshal.loads(blob)
-    except (EOFError, ValueError, TypeError):
-        return {}
-    return keys if isinstance(keys, dict) else {}
-
