@@ -61,7 +61,7 @@ from reconciler.context import Logger
 from reconciler.desired import GitSettings
 from reconciler.errors import InvalidInput, LockHeld, Problem, ReconcileError
 from reconciler.inputwatch import Watcher, WatchSet
-from reconciler.notify import Notifier, watchdog_interval
+from reconciler.notify import Notifier, Watchdog, watchdog_interval
 from reconciler.registry import Registry
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
@@ -82,30 +82,6 @@ class ForcedStop(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-class Watchdog:
-    """``WATCHDOG=1`` every half ``WATCHDOG_USEC``, from a thread of its own."""
-
-    def __init__(self, notifier: Notifier, interval: float) -> None:
-        self._notifier = notifier
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-
-    def start(self) -> Watchdog:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            if not threading.main_thread().is_alive():
-                return
-            self._notifier.watchdog()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1)
 
 
 class Daemon:
