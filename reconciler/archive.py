@@ -26,7 +26,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from reconciler import fleet, relocate, replication, tenantdb
+from reconciler import copyverify, fleet, relocate, replication, tenantdb
 from reconciler.actions import Action, Kind
 from reconciler.context import OK, Context, Outcome, Timer, crash_point, record
 from reconciler.errors import PermanentError
@@ -64,7 +64,7 @@ def archive(action: Action, ctx: Context) -> Outcome:
     replication.release(ctx.desired.settings, source)  # Litestream lets go first
     relocate.move_out(source, target, ctx.desired.settings.busy_timeout, "archive:during-move")
     crash_point("archive:after-move")
-    version = relocate.fingerprint_file(target, ctx.desired.settings.busy_timeout,
+    version = copyverify.fingerprint_file(target, ctx.desired.settings.busy_timeout,
                                         content=False).user_version
     outcome = Outcome(name, "archive", OK, version, version, timer.ms,
                       detail={"path": str(target), "from": str(source)})
@@ -104,13 +104,13 @@ def restore(action: Action, ctx: Context) -> Outcome:
     detail = journal.details()
     if journal.phase in ("copy", "link"):
         tenantdb.remove_quietly(temp)  # a killed run's copy, never in service
-        expected = relocate.fingerprint_file(source, timeout, content=False)
+        expected = copyverify.fingerprint_file(source, timeout, content=False)
         if os.path.lexists(dest):
             # placed by a killed run of ours (the start refused an existing file)
-            relocate.verify_copy(dest, expected, timeout, source)
+            copyverify.verify_copy(dest, expected, timeout, source)
         else:
             relocate.copy_into(source, temp, timeout, during="restore:during-copy")
-            relocate.verify_copy(temp, expected, timeout, source)
+            copyverify.verify_copy(temp, expected, timeout, source)
             relocate.set_journal_mode(temp, "wal", timeout)
             crash_point("restore:after-copy")
             with ctx.registry.durable_transaction():

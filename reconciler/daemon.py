@@ -8,7 +8,7 @@ command.
 
 When a pass runs: at start; after ``tenants.yaml`` or ``migrations/`` changed
 (watchfiles, watching the parent directories because editors and git replace files by
-rename; debounced); every ``settings.interval`` (resync, and in pull mode a fetch +
+rename; debounced: ``inputwatch``); every ``settings.interval`` (resync, and in pull mode a fetch +
 fast-forward first); on SIGHUP (re-read everything now); when a failed tenant's
 backoff expires; shortly after a pass that could not run (lock held, registry busy).
 
@@ -44,19 +44,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import selectors
 import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
-
-import watchfiles
 
 from reconciler import engine, follow, gitpull, lock, replicators
 from reconciler.apply import Result
@@ -64,15 +60,14 @@ from reconciler.backup import registry_url
 from reconciler.context import Logger
 from reconciler.desired import GitSettings
 from reconciler.errors import InvalidInput, LockHeld, Problem, ReconcileError
-from reconciler.notify import Notifier, watchdog_interval
+from reconciler.inputwatch import Watcher, WatchSet
+from reconciler.notify import Notifier, Watchdog, watchdog_interval
 from reconciler.registry import Registry
 from reconciler.revision import revision as revision_of
 from reconciler.revision import short
 from reconciler.telemetry import Telemetry
 
 DEFAULT_INTERVAL = 60.0
-DEBOUNCE_MS = 1000  # most time one burst of changes is grouped over
-STEP_MS = 200  # quiet time that ends a burst; also the watcher's sleep granularity
 RETRY_MIN, RETRY_MAX = 2.0, 60.0  # re-run after a pass that could not run
 PROGRESS_EVERY = 1.0  # seconds between STATUS= updates during a pass
 #: seconds between looks whether Litestream stopped on a commit its writer never
@@ -87,115 +82,6 @@ class ForcedStop(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-@dataclass(frozen=True)
-class WatchSet:
-    """What the watcher looks at: directories (non-recursive) and the paths that matter."""
-
-    config: Path
-    migrations: Path
-
-    @property
-    def migration_dirs(self) -> frozenset[Path]:
-        return frozenset((self.migrations, self.migrations / "checks"))
-
-    def directories(self) -> tuple[Path, ...]:
-        wanted = {self.config.parent, self.migrations.parent, *self.migration_dirs}
-        return tuple(sorted(d for d in wanted if d.is_dir()))
-
-    def relevant(self, change: watchfiles.Change, path: str) -> bool:
-        p = Path(path)
-        if p == self.config or p in self.migration_dirs:
-            return True
-        return (p.parent in self.migration_dirs and p.suffix in (".sql", ".py")
-                and not p.name.startswith("."))
-
-    def signature(self) -> tuple[Any, ...]:
-        """Cheap fingerprint of the watched files, to catch an event the watcher missed."""
-        out: list[Any] = []
-        for p in (self.config, *sorted(self.migration_dirs)):
-            with contextlib.suppress(OSError):
-                st = p.stat()
-                out.append((str(p), st.st_ino, st.st_size, st.st_mtime_ns))
-                if p.is_dir():
-                    out.extend((e.name, e.inode(), e.stat().st_size, e.stat().st_mtime_ns)
-                               for e in sorted(os.scandir(p), key=lambda e: e.name))
-        return tuple(out)
-
-
-class Watcher:
-    """watchfiles in a thread: each debounced batch of relevant changes wakes the loop."""
-
-    def __init__(self, watch: WatchSet, wake: Callable[[], None]) -> None:
-        self.watch = watch
-        self.directories = watch.directories()
-        self.events: queue.SimpleQueue[set[tuple[watchfiles.Change, str]] | Exception] = \
-            queue.SimpleQueue()
-        self._wake = wake
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watcher", daemon=True)
-
-    def start(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            for changes in watchfiles.watch(
-                    *self.directories, watch_filter=self.watch.relevant, debounce=DEBOUNCE_MS,
-                    step=STEP_MS, stop_event=self._stop, rust_timeout=0, recursive=False,
-                    raise_interrupt=False, ignore_permission_denied=True):
-                self.events.put(changes)
-                self._wake()
-        except Exception as exc:  # reported to the loop, which restarts the watcher
-            self.events.put(exc)
-            self._wake()
-
-    def drain(self) -> tuple[list[str], Exception | None]:
-        paths: list[str] = []
-        error: Exception | None = None
-        while True:
-            try:
-                item = self.events.get_nowait()
-            except queue.Empty:
-                return sorted(set(paths)), error
-            if isinstance(item, Exception):
-                error = item
-            else:
-                paths.extend(p for _, p in item)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2 * STEP_MS / 1000 + 1)
-
-
-class Watchdog:
-    """``WATCHDOG=1`` every half ``WATCHDOG_USEC``, from a thread of its own."""
-
-    def __init__(self, notifier: Notifier, interval: float) -> None:
-        self._notifier = notifier
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
-
-    def start(self) -> Watchdog:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            if not threading.main_thread().is_alive():
-                return
-            self._notifier.watchdog()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1)
 
 
 class Daemon:

@@ -13,13 +13,16 @@ Invariants:
   daemon down (systemd's watchdog notices a daemon that stops pinging anyway);
 * a value is always one line: systemd reads ``STATUS=`` up to the first newline, so
   newlines are replaced rather than letting a multi-line error swallow later fields;
-* safe to call from several threads (one datagram per call, sent atomically).
+* safe to call from several threads (one datagram per call, sent atomically);
+* ``Watchdog`` pings from a thread of its own, so a long pass does not get the service
+  killed, and stops pinging once the main thread has died.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 
@@ -108,3 +111,27 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class Watchdog:
+    """``WATCHDOG=1`` every half ``WATCHDOG_USEC``, from a thread of its own."""
+
+    def __init__(self, notifier: Notifier, interval: float) -> None:
+        self._notifier = notifier
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if not threading.main_thread().is_alive():
+                return
+            self._notifier.watchdog()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)

@@ -1,9 +1,15 @@
-"""The central registry ``central.db``: everything that touches it lives here.
+"""The central registry ``central.db``: opening it, upgrading it, and its tenants' rows.
 
 Why: applications route requests with it and read global settings from it, and the
 reconciler records what it did in it. Its tables (``tenants``, ``domains``,
 ``settings``, ``migrations``, ``events``) are a public contract (DESIGN §4); the rest
-(``journal``, ``runs``, ``rollout``) is the reconciler's own bookkeeping.
+(``journal``, ``runs``, ``rollout``) is the reconciler's own bookkeeping. The schema
+(``UPGRADES``, ``VERSION``) lives in ``registryschema`` and is re-exported here.
+``Registry`` is composed by concept: the connection and its transactions
+(``registryconn``), issue 15's agent rows and handoffs (``registryagents``), the journal
+of unfinished operations (``registryjournal``), the history (``registryhistory``) and
+the memory of schema drift (``registrydrift``); callers import ``Registry`` (and
+``utcnow``, the row values) from here.
 
 Invariants:
 * the registry is versioned by its own ``PRAGMA user_version`` and upgraded step by
@@ -16,219 +22,33 @@ Invariants:
 from __future__ import annotations
 
 import json
-import marshal
 import os
-import socket
 import sqlite3
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from reconciler import ownership, readonly
-from reconciler.errors import PermanentError, RetryableError, is_busy
+from reconciler.errors import PermanentError
+from reconciler.registryagents import SEQ_NOW, AgentRows
+from reconciler.registryconn import classify
+from reconciler.registrydrift import DriftRows, decode_keys
+from reconciler.registryhistory import HistoryRows
+from reconciler.registryjournal import JournalRows
+from reconciler.registryschema import UPGRADES as UPGRADES
+from reconciler.registryschema import VERSION as VERSION
+from reconciler.registryschema import has_column, split_script
+from reconciler.registryschema import utcnow as utcnow
 from reconciler.state import STATUSES as STATUSES
 from reconciler.state import AgentRow as AgentRow
-from reconciler.state import Handoff
 from reconciler.state import JournalRow as JournalRow
 from reconciler.state import RegionRow as RegionRow
 from reconciler.state import Snapshot as Snapshot
 from reconciler.state import TenantRow as TenantRow
 
 T = TypeVar("T")
-_STATUS_CHECK = ", ".join(f"'{s}'" for s in STATUSES)
-
-# Each entry upgrades the registry from version i to i+1. Never edit a released step.
-UPGRADES: tuple[str, ...] = (
-    f"""
-    CREATE TABLE tenants (
-        name           TEXT PRIMARY KEY,
-        region         TEXT NOT NULL,
-        path           TEXT NOT NULL,
-        schema_version INTEGER NOT NULL,
-        status         TEXT NOT NULL CHECK (status IN ({_STATUS_CHECK})),
-        created_at     TEXT NOT NULL,
-        updated_at     TEXT NOT NULL,
-        protected      INTEGER NOT NULL DEFAULT 0,
-        failure        TEXT,
-        failed_key     TEXT,
-        failures       INTEGER NOT NULL DEFAULT 0,
-        retry_at       REAL
-    );
-    CREATE TABLE domains (
-        domain TEXT PRIMARY KEY,
-        tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE
-    );
-    CREATE INDEX domains_tenant ON domains(tenant);
-    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
-    CREATE TABLE migrations (
-        version          INTEGER PRIMARY KEY,
-        name             TEXT NOT NULL,
-        sha256           TEXT NOT NULL,
-        first_applied_at TEXT NOT NULL
-    );
-    CREATE TABLE events (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        at          TEXT NOT NULL,
-        revision    TEXT,
-        tenant      TEXT,
-        action      TEXT NOT NULL,
-        outcome     TEXT NOT NULL,
-        detail      TEXT,
-        duration_ms INTEGER
-    );
-    CREATE INDEX events_tenant ON events(tenant, id);
-    """,
-    """
-    CREATE TABLE journal (
-        tenant     TEXT PRIMARY KEY,
-        action     TEXT NOT NULL,
-        phase      TEXT NOT NULL,
-        source     TEXT,
-        dest       TEXT,
-        temp       TEXT,
-        started_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        detail     TEXT
-    );
-    CREATE TABLE runs (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        started_at  TEXT NOT NULL,
-        finished_at TEXT,
-        revision    TEXT,
-        summary     TEXT,
-        detail      TEXT
-    );
-    CREATE TABLE rollout (
-        key        TEXT PRIMARY KEY,
-        state      TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        detail     TEXT
-    );
-    """,
-    # a migration's checksum is recorded before its first use (applied = 0) and confirmed
-    # once a tenant committed it: a kill in between cannot lose it (issue 11, item 5)
-    """
-    ALTER TABLE migrations ADD COLUMN applied INTEGER NOT NULL DEFAULT 1;
-    """,
-    # the fleet's identity (see reconciler/fleet.py): its id, where this registry was
-    # when last written (``central``), and the directories the fleet then declared
-    # (``dirs``, JSON) — so a copied or moved registry is recognised as such
-    """
-    CREATE TABLE fleet (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # schema drift: the differences found in each drifted tenant file (JSON), and, in one
-    # row, the schema key (cookie, user_version, inode) every compared file had then
-    """
-    CREATE TABLE schema_checks (
-        path       TEXT PRIMARY KEY,
-        version    INTEGER NOT NULL,
-        drift      TEXT NOT NULL,
-        checked_at TEXT NOT NULL
-    );
-    CREATE TABLE schema_keys (
-        id         INTEGER PRIMARY KEY CHECK (id = 1),
-        format     TEXT NOT NULL,
-        keys       BLOB NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    """,
-    # issue 16: webhook notifications already sent, one row per condition while it
-    # lasts (a halt, a failed tenant…), so a restarted daemon does not send them again
-    """
-    CREATE TABLE notified (
-        key   TEXT PRIMARY KEY,
-        event TEXT NOT NULL,
-        at    TEXT NOT NULL
-    );
-    """,
-    # issue 14: each tenant file that entered replication (a "lineage") and where
-    # Litestream copies it; rows are never deleted (restore points outlive the file)
-    """
-    CREATE TABLE backup_lineages (
-        tenant     TEXT NOT NULL,
-        lineage    TEXT NOT NULL,
-        path       TEXT NOT NULL,
-        inode      INTEGER NOT NULL,
-        url        TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        ended_at   TEXT,
-        PRIMARY KEY (tenant, lineage)
-    );
-    CREATE INDEX backup_lineages_path ON backup_lineages (path, inode);
-    """,
-    # issue 15: one agent per region host. A tenant's ``generation`` grows by one each
-    # time another region's agent registers it (highest wins across registries); the
-    # ``agent`` row says which agent writes this registry and how fresh it is (a
-    # follower's copy tells its age by it); ``regions`` what this host follows; a
-    # ``handoffs`` row is a tenant handed to another region (written by xmove); each
-    # event names the agent that recorded it
-    """
-    ALTER TABLE tenants ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
-    CREATE TABLE agent (
-        id           INTEGER PRIMARY KEY CHECK (id = 1),
-        region       TEXT,
-        host         TEXT,
-        revision     TEXT,
-        heartbeat_at REAL
-    );
-    CREATE TABLE regions (
-        name     TEXT PRIMARY KEY,
-        endpoint TEXT,
-        local    INTEGER NOT NULL,
-        registry TEXT
-    );
-    CREATE TABLE handoffs (
-        tenant         TEXT PRIMARY KEY,
-        to_region      TEXT NOT NULL,
-        replica_url    TEXT NOT NULL,
-        txid           INTEGER NOT NULL,
-        schema_version INTEGER NOT NULL,
-        digest         TEXT NOT NULL,
-        generation     INTEGER NOT NULL,
-        at             TEXT NOT NULL
-    );
-    ALTER TABLE events ADD COLUMN agent TEXT;
-    """,
-    # issue 15: a fact another region acts on must be *confirmed*. Litestream ships WAL
-    # frames as soon as they are in the -wal file; a writer killed between writing a
-    # commit's frames and publishing them in the wal-index leaves a transaction that
-    # the replica (and every follower) has and that SQLite here then discards: the next
-    # writer overwrites those frames (see ``confirm``). ``agent.seq`` grows with every
-    # heartbeat and every ``confirm``; a fact row records the ``seq`` it was written at,
-    # so a follower's copy that shows ``agent.seq`` past it shows a later commit of the
-    # same registry, which this one's frames could not have been overwritten before.
-    # ``taken_digest``: the content digest of the handoff a takeover registered.
-    """
-    ALTER TABLE agent ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE tenants ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE tenants ADD COLUMN taken_digest TEXT;
-    ALTER TABLE handoffs ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
-    """,
-)
-VERSION = len(UPGRADES)
-#: SQL for the agent row's ``seq`` now (0 without one): the ``seq`` a row peers act on is
-#: written at (see ``Registry.confirm``)
-_SEQ_NOW = "COALESCE((SELECT seq FROM agent WHERE id = 1), 0)"
-
-
-def _has_table(conn: sqlite3.Connection, table: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (table,)).fetchone() is not None
-
-
-def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
-    """Whether ``table`` has ``column`` (a read-only reader may see an older registry)."""
-    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
-
-
-def utcnow() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-
 
 _TENANT_COLS = ("name, region, path, schema_version, status, failure, failed_key, failures, "
                 "retry_at, protected")
@@ -261,13 +81,8 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-class Registry:
+class Registry(AgentRows, JournalRows, HistoryRows, DriftRows):
     """A connection to central.db with the operations the reconciler needs."""
-
-    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool) -> None:
-        self.path = path
-        self.conn = conn
-        self.readonly = readonly
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -288,7 +103,7 @@ class Registry:
                     f"changes the fleet needs write access to it and to its folder (SQLite "
                     f"creates {path.name}-wal and -shm there); the "
                     f"{ownership.describe(path.parent)}") from exc
-            raise _classify(exc, f"opening registry {path}") from exc
+            raise classify(exc, f"opening registry {path}") from exc
         return reg
 
     @classmethod
@@ -356,30 +171,9 @@ class Registry:
                                  f"this reconciler understands ({VERSION}); upgrade it")
         for step in range(version, VERSION):
             with self.transaction():
-                for statement in _split(UPGRADES[step]):
+                for statement in split_script(UPGRADES[step]):
                     self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {step + 1}")
-
-    @property
-    def version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def close(self) -> None:
-        self.conn.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _classify(exc, "registry transaction") from exc
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
 
     # ---------------------------------------------------------------- reading
     def snapshot(self) -> Snapshot:
@@ -398,7 +192,7 @@ class Registry:
                           c.execute("SELECT version, name, sha256 FROM migrations")}
             unconfirmed = frozenset(r[0] for r in c.execute(
                 "SELECT version FROM migrations WHERE applied = 0")) \
-                if _has_column(c, "migrations", "applied") else frozenset()
+                if has_column(c, "migrations", "applied") else frozenset()
             journal: dict[str, JournalRow] = {}
             rollout: dict[str, str] = {}
             fleet: dict[str, str] = {}
@@ -413,7 +207,7 @@ class Registry:
             drift: dict[str, str] = {}
             if "schema_checks" in have:
                 found = c.execute("SELECT format, keys FROM schema_keys").fetchone()
-                schema_keys = _decode_keys(*found) if found is not None else {}
+                schema_keys = decode_keys(*found) if found is not None else {}
                 drift = dict(c.execute("SELECT path, drift FROM schema_checks").fetchall())
         finally:
             c.execute("COMMIT")
@@ -439,35 +233,6 @@ class Registry:
             "JOIN tenants AS t ON t.name = d.tenant WHERE d.domain = ?", (domain,)).fetchone()
         return None if r is None else (r[0], Path(r[1]), r[2], int(r[3]), r[4])
 
-    def events(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        agent = _has_column(self.conn, "events", "agent")  # issue 15: which agent did it
-        sql = ("SELECT id, at, revision, tenant, action, outcome, detail, duration_ms"
-               + (", agent" if agent else "") + " FROM events")
-        args: tuple[Any, ...] = ()
-        if tenant:
-            sql += " WHERE tenant = ?"
-            args = (tenant,)
-        sql += " ORDER BY id DESC LIMIT ?"
-        rows = self.conn.execute(sql, (*args, limit)).fetchall()
-        keys: tuple[str, ...] = ("id", "at", "revision", "tenant", "action", "outcome",
-                                 "detail", "duration_ms") + (("agent",) if agent else ())
-        out = []
-        for r in rows:
-            d = dict(zip(keys, r, strict=True))
-            d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
-            out.append(d)
-        return out
-
-    def last_run(self) -> dict[str, Any] | None:
-        if self.version < 2:
-            return None
-        r = self.conn.execute("SELECT started_at, finished_at, revision, summary, detail "
-                              "FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        if r is None:
-            return None
-        return {"started_at": r[0], "finished_at": r[1], "revision": r[2], "summary": r[3],
-                "detail": json.loads(r[4]) if r[4] else {}}
-
     def next_retry_at(self, after: float) -> float | None:
         """Earliest backoff expiry (epoch seconds) of a failed tenant later than ``after``:
         when the daemon must wake up to retry it."""
@@ -483,7 +248,7 @@ class Registry:
         now = utcnow()
         self.conn.execute(
             "INSERT INTO tenants (name, region, path, schema_version, status, created_at, "
-            f"updated_at, protected, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {_SEQ_NOW}) "
+            f"updated_at, protected, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {SEQ_NOW}) "
             "ON CONFLICT(name) DO UPDATE SET region=excluded.region, path=excluded.path, "
             "schema_version=excluded.schema_version, status=excluded.status, "
             "updated_at=excluded.updated_at, protected=excluded.protected, seq=excluded.seq",
@@ -535,140 +300,6 @@ class Registry:
                               "ON CONFLICT(domain) DO UPDATE SET tenant = excluded.tenant",
                               (domain, tenant))
 
-    def event(self, *, revision: str, tenant: str | None, action: str, outcome: str,
-              detail: Mapping[str, Any] | None = None, duration_ms: int | None = None) -> None:
-        """Record an event, naming the agent from the ``agent`` row (``<region>@<host>``,
-        ``*@<host>`` for the agent of every region); before any agent row was recorded (a
-        one-shot pass on a single host), ``*@<this host>``."""
-        self.conn.execute(
-            "INSERT INTO events (at, revision, tenant, action, outcome, detail, duration_ms, "
-            "agent) VALUES (?, ?, ?, ?, ?, ?, ?, COALESCE((SELECT COALESCE(region, '*') || "
-            "'@' || COALESCE(host, '?') FROM agent WHERE id = 1), ?))",
-            (utcnow(), revision, tenant, action, outcome,
-             json.dumps(dict(detail or {}), sort_keys=True, default=str), duration_ms,
-             f"*@{socket.gethostname()}"))
-
-    # ---------------------------------------------------------------- agents (issue 15)
-    def set_agent(self, region: str | None, host: str, revision: str | None,
-                  heartbeat_at: float) -> None:
-        """Record which agent writes this registry (``region`` None: every region) and
-        its heartbeat (unix seconds). One short statement: the caller's transaction or
-        autocommit."""
-        self.conn.execute(
-            "INSERT INTO agent (id, region, host, revision, heartbeat_at, seq) VALUES "
-            "(1, ?, ?, ?, ?, 1) ON CONFLICT(id) DO UPDATE SET region=excluded.region, "
-            "host=excluded.host, revision=COALESCE(excluded.revision, revision), "
-            "heartbeat_at=excluded.heartbeat_at, seq=seq + 1",
-            (region, host, revision, heartbeat_at))
-
-    def confirm(self) -> None:
-        """Commit a later transaction than the caller's last one (autocommitted; the
-        caller holds none): ``agent.seq`` + 1.
-
-        Why (issue 15): Litestream replicates WAL frames as they reach the -wal file,
-        before SQLite publishes the commit in the wal-index; a writer killed in between
-        leaves a transaction that followers have and this registry then loses (SQLite
-        keeps the wal-index of a live connection, e.g. Litestream's, and the next writer
-        overwrites the frames: https://www.sqlite.org/walformat.html). A row written at
-        ``seq`` s is therefore trusted by peers only once their copy shows ``seq`` > s
-        (``PeerView.confirmed``): that commit began after this one was published. The
-        heartbeat also bumps ``seq`` (``set_agent``); this makes the wait one commit
-        instead of one beat. A registry without an agent row (one host) is unchanged."""
-        self.conn.execute("UPDATE agent SET seq = seq + 1 WHERE id = 1")
-
-    def truncate_wal(self) -> bool:
-        """``PRAGMA wal_checkpoint(TRUNCATE)``: every published commit into the file and
-        the -wal emptied. True when it completed (False: a reader kept it from finishing).
-
-        Why: run before Litestream starts on the registry (``replicators``). A writer
-        killed between writing a commit's frames and publishing them leaves those frames
-        in the -wal, where Litestream may already have shipped them (see ``confirm``);
-        Litestream 0.5.17 then stops replicating the file when that commit had grown it
-        ("sync: write ltx from db: read database page N: EOF", restarting it does not
-        help). Started on an emptied -wal, it takes a new snapshot and catches up (the
-        workaround in https://github.com/benbjohnson/litestream/issues/875)."""
-        row = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return row is not None and int(row[0]) == 0
-
-    def put_handoff(self, h: Handoff) -> None:
-        """Publish ``h`` for its destination (caller holds a transaction; ``confirm``
-        after it commits)."""
-        self.conn.execute(
-            "INSERT OR REPLACE INTO handoffs (tenant, to_region, replica_url, txid, "
-            f"schema_version, digest, generation, at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-            f"{_SEQ_NOW})", (h.tenant, h.to_region, h.replica_url, h.txid,
-                             h.schema_version, h.digest, h.generation, utcnow()))
-
-    def took_over(self, h: Handoff) -> None:
-        """Stamp the tenant row just registered by a takeover with ``h``'s generation and
-        content digest (caller holds a transaction; ``confirm`` after it commits)."""
-        self.conn.execute("UPDATE tenants SET generation = ?, taken_digest = ? WHERE "
-                          "name = ?", (h.generation, h.digest, h.tenant))
-
-    def heartbeat(self, at: float) -> None:
-        """Refresh the agent row's ``heartbeat_at`` (unix seconds), autocommitted: a
-        commit like any other, so it also confirms (``confirm``) what came before it."""
-        self.conn.execute("UPDATE agent SET heartbeat_at = ?, seq = seq + 1 WHERE id = 1",
-                          (at,))
-
-    def agent(self) -> AgentRow | None:
-        """The ``agent`` row, or None (never recorded, or an older registry)."""
-        if not _has_table(self.conn, "agent"):
-            return None
-        r = self.conn.execute("SELECT region, host, revision, heartbeat_at FROM agent "
-                              "WHERE id = 1").fetchone()
-        return None if r is None else AgentRow(*r)
-
-    def set_regions(self, rows: Iterable[RegionRow]) -> None:
-        """Replace the ``regions`` table with ``rows`` (caller holds a transaction)."""
-        rows = list(rows)
-        self.conn.execute("DELETE FROM regions WHERE name NOT IN (SELECT value FROM "
-                          "json_each(?))", (json.dumps([r.name for r in rows]),))
-        self.conn.executemany(
-            "INSERT INTO regions (name, endpoint, local, registry) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint, "
-            "local=excluded.local, registry=excluded.registry",
-            [(r.name, r.endpoint, int(r.local), r.registry) for r in rows])
-
-    def regions(self) -> list[RegionRow]:
-        """The ``regions`` table, by name ([] on an older registry)."""
-        if not _has_table(self.conn, "regions"):
-            return []
-        return [RegionRow(n, e, bool(loc), reg) for n, e, loc, reg in self.conn.execute(
-            "SELECT name, endpoint, local, registry FROM regions ORDER BY name")]
-
-    def journal_set(self, tenant: str, action: str, phase: str, *, source: str | None = None,
-                    dest: str | None = None, temp: str | None = None,
-                    detail: Mapping[str, Any] | None = None) -> None:
-        now = utcnow()
-        self.conn.execute(
-            "INSERT INTO journal (tenant, action, phase, source, dest, temp, started_at, "
-            "updated_at, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tenant) DO "
-            "UPDATE SET action=excluded.action, phase=excluded.phase, "
-            "source=COALESCE(excluded.source, source), dest=COALESCE(excluded.dest, dest), "
-            "temp=COALESCE(excluded.temp, temp), updated_at=excluded.updated_at, "
-            "detail=COALESCE(excluded.detail, detail)",
-            (tenant, action, phase, source, dest, temp, now, now,
-             json.dumps(dict(detail)) if detail is not None else None))
-
-    def journal_clear(self, tenant: str) -> None:
-        self.conn.execute("DELETE FROM journal WHERE tenant = ?", (tenant,))
-
-    def journal_row(self, tenant: str) -> JournalRow | None:
-        r = self.conn.execute("SELECT tenant, action, phase, source, dest, temp, started_at, "
-                              "detail FROM journal WHERE tenant = ?", (tenant,)).fetchone()
-        return JournalRow(*r) if r is not None else None
-
-    def journal_paths(self) -> set[str]:
-        """Every path an unfinished operation still refers to (gc must not touch them)."""
-        out: set[str] = set()
-        for source, dest, temp, detail in self.conn.execute(
-                "SELECT source, dest, temp, detail FROM journal"):
-            out.update(p for p in (source, dest, temp) if p)
-            extra = json.loads(detail) if detail else {}
-            out.update(str(v) for k, v in extra.items() if k.endswith("path") and v)
-        return out
-
     def set_fleet(self, values: Mapping[str, str]) -> None:
         """Record the fleet's identity (``fleet`` table: key → value)."""
         self.conn.executemany("INSERT INTO fleet (key, value) VALUES (?, ?) ON CONFLICT(key) "
@@ -676,18 +307,6 @@ class Registry:
 
     def delete_domains(self, tenant: str) -> None:
         self.conn.execute("DELETE FROM domains WHERE tenant = ?", (tenant,))
-
-    @contextmanager
-    def durable_transaction(self) -> Iterator[sqlite3.Connection]:
-        """A transaction whose commit also survives power loss: WAL with
-        ``synchronous=NORMAL`` may lose the last commits on power failure, which is fine
-        for events but not for the step that switches a tenant to another file."""
-        self.conn.execute("PRAGMA synchronous=FULL")
-        try:
-            with self.transaction() as conn:
-                yield conn
-        finally:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def set_rollout(self, key: str, state: str | None, detail: Mapping[str, Any] | None = None
                     ) -> None:
@@ -702,82 +321,3 @@ class Registry:
     def clear_rollouts(self, keep: str | None = None) -> int:
         """Forget finished rollouts (every row but ``keep``); returns how many."""
         return self.conn.execute("DELETE FROM rollout WHERE key IS NOT ?", (keep,)).rowcount
-
-    def record_schema_checks(self, drifted: Iterable[tuple[str, int, str]],
-                             clean: Iterable[str], keys: Mapping[str, bytes]) -> None:
-        """Remember drift: (path, version, differences as JSON) of each drifted file, no
-        row for ``clean`` ones, and ``keys`` (path → schema key) of every compared file,
-        replacing what was remembered (caller holds a transaction)."""
-        now = utcnow()
-        self.conn.executemany("DELETE FROM schema_checks WHERE path = ?",
-                              ((p,) for p in clean))
-        self.conn.executemany(
-            "INSERT INTO schema_checks (path, version, drift, checked_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(path) DO UPDATE SET version=excluded.version, drift=excluded.drift, "
-            "checked_at=excluded.checked_at", ((p, v, d, now) for p, v, d in drifted))
-        gone = [p for (p,) in self.conn.execute("SELECT path FROM schema_checks")
-                if p not in keys]  # drifted files only: a short list
-        self.conn.executemany("DELETE FROM schema_checks WHERE path = ?", ((p,) for p in gone))
-        self.conn.execute(
-            "INSERT INTO schema_keys (id, format, keys, updated_at) VALUES (1, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET format=excluded.format, keys=excluded.keys, "
-            "updated_at=excluded.updated_at", (_KEYS_FORMAT, marshal.dumps(dict(keys)), now))
-
-    def notified(self) -> dict[str, str]:
-        """Webhook conditions already notified: key → event (issue 16)."""
-        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                             "name = 'notified'").fetchone() is None:
-            return {}  # an older registry, read-only (opened for writing, it is upgraded)
-        return dict(self.conn.execute("SELECT key, event FROM notified").fetchall())
-
-    def set_notified(self, added: Mapping[str, str], removed: set[str]) -> None:
-        """Remember notified conditions (key → event) and forget cleared ones."""
-        with self.transaction():
-            self.conn.executemany("INSERT OR REPLACE INTO notified (key, event, at) VALUES "
-                                  "(?, ?, ?)", [(k, e, utcnow()) for k, e in added.items()])
-            self.conn.executemany("DELETE FROM notified WHERE key = ?",
-                                  [(k,) for k in removed])
-
-    def record_run(self, started_at: str, revision: str, summary: str,
-                   detail: Mapping[str, Any]) -> None:
-        with self.transaction():
-            self.conn.execute("INSERT INTO runs (started_at, finished_at, revision, summary, "
-                              "detail) VALUES (?, ?, ?, ?, ?)",
-                              (started_at, utcnow(), revision, summary,
-                               json.dumps(dict(detail), default=str)))
-            # keep the table bounded: the events table is the long-term history
-            self.conn.execute("DELETE FROM runs WHERE id <= (SELECT MAX(id) FROM runs) - 1000")
-
-
-# The remembered schema keys are one blob, not a row per file: at 10k tenants reading
-# 10k rows costs a no-op pass ~10%, unmarshalling one dict well under 1%. ``marshal``'s
-# format may change between Python versions: the format names both, and a blob written
-# by another is ignored (every file is then compared once more, and remembered again).
-_KEYS_FORMAT = f"marshal-{marshal.version}-py{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-def _decode_keys(fmt: str, blob: bytes) -> dict[str, bytes]:
-    if fmt != _KEYS_FORMAT:
-        return {}
-    try:
-        keys = marshal.loads(blob)
-    except (EOFError, ValueError, TypeError):
-        return {}
-    return keys if isinstance(keys, dict) else {}
-
-
-def _split(script: str) -> list[str]:
-    out, buf = [], ""
-    for part in script.split(";"):
-        buf += part + ";"
-        if sqlite3.complete_statement(buf):
-            if buf.strip(" \n;"):
-                out.append(buf.strip())
-            buf = ""
-    return out
-
-
-def _classify(exc: sqlite3.OperationalError, what: str) -> Exception:
-    if is_busy(exc):
-        return RetryableError(f"{what}: {exc}")
-    return PermanentError(f"{what}: {exc}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import engine, log, relocate
+from reconciler import copyverify, engine, log, relocate
 from reconciler.actions import Kind
 from reconciler.errors import PermanentError
 from reconciler.plan import plan
@@ -23,8 +23,8 @@ from tests.test_plan import catalog, desired, kinds, observed, row
 # --------------------------------------------------------------------------- fingerprints
 
 
-def _fp(path: Path) -> relocate.Fingerprint:
-    return relocate.fingerprint_file(path, 5.0)
+def _fp(path: Path) -> copyverify.Fingerprint:
+    return copyverify.fingerprint_file(path, 5.0)
 
 
 def test_backup_copy_has_the_same_fingerprint_and_passes_verification(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_backup_copy_has_the_same_fingerprint_and_passes_verification(tmp_path: 
     temp = tmp_path / "copy.db"
     relocate.copy_into(source, temp, 5.0)
     assert _fp(temp) == _fp(source)
-    relocate.verify_copy(temp, _fp(source), 5.0)  # does not raise
+    copyverify.verify_copy(temp, _fp(source), 5.0)  # does not raise
 
 
 def test_changed_row_with_the_same_counts_is_caught_by_the_checksum(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_changed_row_with_the_same_counts_is_caught_by_the_checksum(tmp_path: Pa
     conn.close()
     assert _fp(temp).tables == _fp(source).tables
     with pytest.raises(PermanentError, match="checksum"):
-        relocate.verify_copy(temp, _fp(source), 5.0)
+        copyverify.verify_copy(temp, _fp(source), 5.0)
 
 
 def test_missing_row_or_other_version_is_named_in_the_mismatch(tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def _copy_then(tmp_path: Path, sql: str, setup: str = "") -> tuple[Path, Path]:
         conn.close()
     temp = tmp_path / "copy.db"
     relocate.copy_into(source, temp, 5.0)
-    relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0, content=False), 5.0,
+    copyverify.verify_copy(temp, copyverify.fingerprint_file(source, 5.0, content=False), 5.0,
                          source)  # an exact copy passes
     conn = sqlite3.connect(temp)
     conn.executescript(sql)
@@ -259,23 +259,23 @@ def _copy_then(tmp_path: Path, sql: str, setup: str = "") -> tuple[Path, Path]:
 def test_sql_comparison_with_the_source_catches_any_changed_row(
         tmp_path: Path, setup: str, change: str) -> None:
     source, temp = _copy_then(tmp_path, change, setup)
-    expected = relocate.fingerprint_file(source, 5.0, content=False)
+    expected = copyverify.fingerprint_file(source, 5.0, content=False)
     assert expected.digest == ""
     with pytest.raises(PermanentError, match="content differs"):
-        relocate.verify_copy(temp, expected, 5.0, source)
+        copyverify.verify_copy(temp, expected, 5.0, source)
     with pytest.raises(PermanentError, match="checksum"):  # the hashing path agrees
-        relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0), 5.0)
+        copyverify.verify_copy(temp, copyverify.fingerprint_file(source, 5.0), 5.0)
 
 
 def test_sql_comparison_names_schema_and_count_differences(tmp_path: Path) -> None:
     source, temp = _copy_then(tmp_path, "CREATE INDEX t_v ON t (v);")
     with pytest.raises(PermanentError, match="schema differs"):
-        relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0, content=False), 5.0,
+        copyverify.verify_copy(temp, copyverify.fingerprint_file(source, 5.0, content=False), 5.0,
                              source)
     (tmp_path / "x").mkdir()
     source2, temp2 = _copy_then(tmp_path / "x", "DELETE FROM t WHERE id = 3;")
     with pytest.raises(PermanentError, match="row counts"):
-        relocate.verify_copy(temp2, relocate.fingerprint_file(source2, 5.0, content=False),
+        copyverify.verify_copy(temp2, copyverify.fingerprint_file(source2, 5.0, content=False),
                              5.0, source2)
 
 
@@ -287,7 +287,7 @@ def test_sql_comparison_works_when_columns_shadow_rowid_aliases(
              f"INSERT INTO s ({first}) VALUES (5); INSERT INTO s ({first}) VALUES (6);")
     source, temp = _copy_then(tmp_path, f"UPDATE s SET {first} = 7 WHERE {first} = 6;", setup)
     with pytest.raises(PermanentError, match="content differs in s"):
-        relocate.verify_copy(temp, relocate.fingerprint_file(source, 5.0, content=False), 5.0,
+        copyverify.verify_copy(temp, copyverify.fingerprint_file(source, 5.0, content=False), 5.0,
                              source)
 
 
@@ -304,8 +304,8 @@ def test_backup_copy_of_an_unchanged_source_is_page_identical(tmp_path: Path, wa
     writer.commit()
     temp = tmp_path / "copy.db"
     relocate.copy_into(source, temp, 5.0)
-    assert relocate.main_file_holds_content(source, 5.0)  # WAL: checkpointed passively
-    assert relocate.same_pages(temp, source)
+    assert copyverify.main_file_holds_content(source, 5.0)  # WAL: checkpointed passively
+    assert copyverify.same_pages(temp, source)
     writer.close()
 
 
@@ -323,11 +323,11 @@ def test_page_comparison_is_not_trusted_while_the_main_file_lags_the_wal(
     writer.commit()
     stale = tmp_path / "stale.db"
     stale.write_bytes(source.read_bytes())  # what a copy that ignored the -wal would hold
-    assert relocate.same_pages(stale, source)  # byte for byte, yet not the content:
-    assert not relocate.main_file_holds_content(source, 5.0)  # which is why this is asked
-    expected = relocate.fingerprint_file(source, 5.0, content=False)
+    assert copyverify.same_pages(stale, source)  # byte for byte, yet not the content:
+    assert not copyverify.main_file_holds_content(source, 5.0)  # which is why this is asked
+    expected = copyverify.fingerprint_file(source, 5.0, content=False)
     with pytest.raises(PermanentError, match="content differs in t"):
-        relocate.verify_copy(stale, expected, 5.0, source)
+        copyverify.verify_copy(stale, expected, 5.0, source)
     reader.close()
     writer.close()
 
@@ -338,33 +338,33 @@ def test_page_comparison_ignores_only_the_header_bytes_a_copy_may_change(
     temp = tmp_path / "copy.db"
     relocate.copy_into(source, temp, 5.0)
     data = bytearray(temp.read_bytes())
-    for offset in relocate.HEADER_VOLATILE:  # journal mode, change counter, versions
+    for offset in copyverify.HEADER_VOLATILE:  # journal mode, change counter, versions
         data[offset] ^= 0xFF
     temp.write_bytes(bytes(data))
-    assert relocate.same_pages(temp, source)
+    assert copyverify.same_pages(temp, source)
     for offset in (20, 28, 44, 60, 4096 + 100, len(data) - 1):  # reserved bytes, size,
         changed = bytearray(data)                              # format, user_version, pages
         changed[offset] ^= 0x01
         temp.write_bytes(bytes(changed))
-        assert not relocate.same_pages(temp, source), offset
+        assert not copyverify.same_pages(temp, source), offset
     temp.write_bytes(bytes(data) + b"\0" * 4096)  # one page longer
-    assert not relocate.same_pages(temp, source)
+    assert not copyverify.same_pages(temp, source)
 
 
 def test_a_changed_page_falls_back_to_the_row_comparison_which_decides(
         tmp_path: Path) -> None:
     source = make_db(tmp_path / "a.db", 2, rows=300)
-    expected = relocate.fingerprint_file(source, 5.0, content=False)
+    expected = copyverify.fingerprint_file(source, 5.0, content=False)
     temp = tmp_path / "copy.db"
     relocate.copy_into(source, temp, 5.0)
     conn = sqlite3.connect(temp)
     conn.execute("VACUUM")  # other pages, same rows
     conn.close()
-    assert not relocate.same_pages(temp, source)
-    relocate.verify_copy(temp, expected, 5.0, source)  # equal rows: passes
+    assert not copyverify.same_pages(temp, source)
+    copyverify.verify_copy(temp, expected, 5.0, source)  # equal rows: passes
     conn = sqlite3.connect(temp)
     conn.execute("UPDATE t SET v = 'x' WHERE id = 3")
     conn.commit()
     conn.close()
     with pytest.raises(PermanentError, match="content differs in t"):
-        relocate.verify_copy(temp, expected, 5.0, source)
+        copyverify.verify_copy(temp, expected, 5.0, source)
