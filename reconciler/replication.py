@@ -317,7 +317,7 @@ def handover(settings: Settings, registry: Registry, tenant: str, new: Path, old
         try:
             if lin is not None:
                 litestream.ensure_bucket(lin.url)
-                ctl.register(new, lin.url)
+                ctl.register_for_sync(new, lin.url)
                 ctl.sync(new, timeout)
         except litestream.LitestreamDown as exc:
             if exc.listening:

@@ -147,7 +147,7 @@ def handoff(action: Action, ctx: Context) -> Outcome:
         # destination's verify would refuse it for ever); a new snapshot first
         replication.restart(settings, ctl, name, path, ctx.log)
     if str(path) not in ctl.databases():  # a restarted Litestream skips fenced files
-        ctl.register(path, lineage.url)  # the same lineage, resumed from its own state
+        ctl.register_for_sync(path, lineage.url)  # the same lineage, resumed
     txid = ctl.sync(path)  # RetryableError while the replica store is down: resumed
     crash_point("xmove:after-sync")
     version, content = digest_file(path, settings.busy_timeout)
@@ -316,7 +316,7 @@ def _replicate(ctx: Context, name: str, dest: Path) -> None:
                                           dest, current)
         if lin is not None:
             litestream.ensure_bucket(lin.url)
-            ctl.register(dest, lin.url)
+            ctl.register_for_sync(dest, lin.url)
             ctl.sync(dest)
     except ReconcileError as exc:
         ctx.log.warning("takeover: new lineage not replicated yet", tenant=name,

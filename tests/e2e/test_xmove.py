@@ -117,7 +117,8 @@ def nats_hosts(tmp_path: Path) -> Iterator[tuple[Hosts, NatsServer]]:
     try:
         yield h, server
     finally:
-        h.close()
+        for host in h:
+            host.kill()  # a graceful stop waits ~30 s for a final sync to the store
         server.kill()
 
 
