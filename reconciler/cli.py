@@ -28,6 +28,7 @@ from typing import Any
 from reconciler import (
     agent,
     central_path,
+    claim,
     compact,
     engine,
     errors_json,
@@ -143,6 +144,8 @@ def _out(lines: Sequence[str] | str) -> None:
 
 def cmd_apply(args: argparse.Namespace, logger: Any) -> int:
     inputs = engine.load(engine.config_path(args.config), _agent_region(args))
+    if inputs.region is not None:  # issue 15: one agent per region
+        claim.claim(inputs.whole or inputs.desired, inputs.region)
     line = progress.ProgressLine(sys.stderr)  # draws only on a terminal
     try:
         result = engine.run_pass(inputs, progress.LineSafeLogger(logger, line) if line.enabled
@@ -404,7 +407,9 @@ def cmd_daemon(args: argparse.Namespace, logger: Any) -> int:
         ownership.require_owner(inputs.desired.settings.central)
     if inputs is not None and (region is not None or inputs.region is not None):
         # a wrong --region, or none on a region agent's registry: at once, not every pass
-        engine.load(engine.config_path(args.config), region, adopt=False)
+        agent_inputs = engine.load(engine.config_path(args.config), region, adopt=False)
+        if agent_inputs.region is not None:  # another agent for the same region
+            claim.claim(agent_inputs.whole or agent_inputs.desired, agent_inputs.region)
     return daemon.run(engine.config_path(args.config), logger, git_pull=args.git_pull,
                       metrics_addr=args.metrics_addr, region=region)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RECONCILE, REPO, Fleet
+from tests.e2e.xmovekit import Hosts
 
 USER = "reconcile-test"
 
@@ -114,3 +115,12 @@ def listing(root: Path) -> dict[str, tuple[int, int, int, int, str]]:
         out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns,
                                           digest)
     return out
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    """Two region hosts, eu and us (``xmovekit``), sharing a file:// replica store
+    (test_multihost has its own ``hosts``, from ``hostkit``)."""
+    h = Hosts(tmp_path, f"file://{tmp_path / 'replica'}")
+    yield h
+    h.close()

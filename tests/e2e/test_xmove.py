@@ -19,13 +19,6 @@ from tests.e2e.backupkit import NatsServer
 from tests.e2e.xmovekit import Hosts, Writer, live_copies, settle, titles
 
 
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    h = Hosts(tmp_path, f"file://{tmp_path / 'replica'}")
-    yield h
-    h.close()
-
-
 def test_each_region_creates_its_tenants_only_on_its_host(hosts: Hosts) -> None:
     hosts.declare({"aaron": "eu", "acme": "us"})
     hosts.start()

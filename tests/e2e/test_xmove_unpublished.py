@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,6 @@ import pytest
 from reconciler import litestream, walindex
 from tests.e2e.holdkit import application_held, build_shim, hold_env
 from tests.e2e.xmovekit import Host, Hosts, Writer, live_copies, settle, titles
-
-
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    h = Hosts(tmp_path, f"file://{tmp_path / 'replica'}")
-    yield h
-    h.close()
 
 
 def copy_rows(host: Host, region: str, sql: str) -> list[tuple[object, ...]]:
