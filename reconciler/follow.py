@@ -236,7 +236,8 @@ class Follower(Respawned):
                              region=self.region, retired=str(self._retire()), reason=ahead)
         return subprocess.Popen(self._command(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent,
+                                umask=litestream.PRIVATE_UMASK)
 
     def _ahead(self) -> str | None:
         """Why the copy cannot continue from the replica — its saved position

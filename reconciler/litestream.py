@@ -234,10 +234,16 @@ def terminate(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int:
     return int(proc.returncode)
 
 
+#: the umask of the Litestream processes that write files here (restores, followers)
+PRIVATE_UMASK = 0o077
+
+
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     try:
+        # umask: a restored tenant file (a takeover's, a point-in-time restore's) is
+        # private like every file the reconciler creates (0600), whatever the caller's
         return subprocess.run([binary(), *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+                              timeout=timeout, check=False, umask=PRIVATE_UMASK)
     except subprocess.TimeoutExpired as exc:
         raise RetryableError(f"litestream {args[0]} timed out after {timeout:g}s") from exc
     except OSError as exc:

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,10 @@ def test_relocation_eu_to_us_under_a_concurrent_writer_keeps_every_acknowledged_
     assert set(acked) <= set(titles(us.path("aaron")))
     assert live_copies(hosts, "aaron") == ["us"]
     assert us.generation("aaron") == 2
+    # restored by Litestream, yet private like every file the reconciler makes (the
+    # tests run under umask 022)
+    for private in (us.path("aaron"), us.fleet.data / "_follow" / "eu.db"):
+        assert stat.S_IMODE(os.stat(private).st_mode) == 0o600, private
     assert not eu.path("aaron").exists()
     assert list((eu.fleet.data / "_retired").glob("aaron-*.db"))
     assert us.status_of("acme") == "active"  # the rest of the region never stopped
