@@ -258,13 +258,14 @@ def _arriving(name: str, journal: JournalRow, declared: str | None,
         return dataclasses.replace(base, kind=Kind.ABANDON, status=None,
                                    detail=f"{name} is now declared "
                                    f"{'in ' + declared if declared else 'nowhere'} — staged"
-                                   " copy discarded, not registered")
+                                   " copy set aside in _retired/, not registered")
     if shown == handed:
         return base
     if view is not None and view.fresh(stale_after):
         return dataclasses.replace(base, kind=Kind.ABANDON, status=None,
                                    detail=f"{source} no longer hands {name} off at txid "
-                                   f"{handed.txid} — staged copy discarded, not registered")
+                                   f"{handed.txid} — staged copy set aside in _retired/, "
+                                   "not registered")
     return dataclasses.replace(base, kind=Kind.WAIT, status=None,
                                detail=f"takeover interrupted (phase {journal.phase}); "
                                f"waiting for {source}'s view (it is "

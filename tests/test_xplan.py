@@ -245,7 +245,7 @@ def test_an_interrupted_takeover_is_abandoned_once_the_tenant_is_declared_elsewh
         p = agent_plan(declared, with_peers(
             observed(journal=j), peer(tenants={"aaron": (1, "relocating")}, handoffs=(h,))))
         assert acts(p) == {"aaron": "abandon-takeover"}
-        assert "staged copy discarded, not registered" in p.actions[0].detail
+        assert "staged copy set aside in _retired/, not registered" in p.actions[0].detail
 
 
 def test_tenants_of_this_region_at_rest_are_planned_as_on_one_host() -> None:
