@@ -115,6 +115,11 @@ def _detail(h: Handoff, **extra: Any) -> dict[str, Any]:
     return {**d, **extra}
 
 
+#: seconds a handoff waits for Litestream's sync of the fenced file (quiesced: only what
+#: it had not shipped yet) before it is retried at the next pass
+SYNC_TIMEOUT = 10
+
+
 def handoff(action: Action, ctx: Context) -> Outcome:
     """Fence the tenant, bring its replica to the final txid and publish the handoff."""
     name, settings = action.tenant, ctx.desired.settings
@@ -147,8 +152,10 @@ def handoff(action: Action, ctx: Context) -> Outcome:
         # destination's verify would refuse it for ever); a new snapshot first
         replication.restart(settings, ctl, name, path, ctx.log)
     if str(path) not in ctl.databases():  # a restarted Litestream skips fenced files
-        ctl.register_for_sync(path, lineage.url)  # the same lineage, resumed
-    txid = ctl.sync(path)  # RetryableError while the replica store is down: resumed
+        ctl.register_for_sync(path, lineage.url, SYNC_TIMEOUT)  # the same lineage
+    # RetryableError while the replica store is down: resumed next pass (a short wait:
+    # the pass holds the fleet lock, the rest of the region waits behind it)
+    txid = ctl.sync(path, SYNC_TIMEOUT)
     crash_point("xmove:after-sync")
     version, content = digest_file(path, settings.busy_timeout)
     generation = _generation(ctx, name) + 1
