@@ -30,13 +30,14 @@ from bench import (
     relocate,
     routing,
     scrape,
+    walcheck,
     xmove,
 )
 from bench.timing import Row, markdown, print_row
 
 SIZES = {"1k": 1_000, "10k": 10_000, "50k": 50_000, "100k": 100_000}
 SCENARIOS = ("noop", "drift", "migrate", "relocate", "routing", "daemon", "scrape",
-             "backups", "follow", "xmove")
+             "backups", "follow", "xmove", "walcheck")
 
 
 def machine() -> str:
@@ -138,6 +139,9 @@ def runners(args: argparse.Namespace) -> list[tuple[str, Callable[[], list[Row]]
         for size in sizes:
             out.append(("follow", partial(follow.run, size, args.repeats, args.root,
                                           minutes=args.follow_minutes)))
+    if "walcheck" in only:  # the unpublished-commit check's cost per pass (issue 15)
+        for size in sizes:
+            out.append(("walcheck", partial(walcheck.run, size, args.repeats)))
     if "xmove" in only:  # a tenant moved between two region hosts (issue 15)
         out.append(("xmove", partial(xmove.run, args.xmove_rows, min(3, args.repeats),
                                      args.root)))
