@@ -386,7 +386,12 @@ def cmd_route(args: argparse.Namespace, logger: Any) -> int:
              else fleetview.elsewhere_lines(exc))
         return EXIT_OK
     except routing.RoutingError as exc:
-        _err(f"error: {exc}")
+        if args.json:  # every outcome one object on stdout (errors_json), as --json says
+            _out(render.dumps((errors_json.invalid(exc) if isinstance(exc, InvalidInput)
+                               else errors_json.error(exc))
+                              | {"host": args.host, "http_status": exc.http_status}))
+        else:
+            _err(f"error: {exc}")
         return EXIT_ERROR
     tenant, reason = found.tenant, found.reason
     if args.json:

@@ -1,7 +1,7 @@
 """What the one-shot commands say on a region agent's host (issue 15), through the real
 CLI on two real hosts (``hostkit``: own clones, own data roots, agents running, a shared
 ``file://`` replica store): ``validate`` and ``status`` describe the whole file and what
-this host holds."""
+this host holds, ``route`` answers every outcome under ``--json``."""
 
 from __future__ import annotations
 
@@ -52,3 +52,15 @@ def test_status_on_a_region_host_says_what_it_holds_of_the_whole_fleet(hosts: Ho
     assert first.startswith("Fleet: 5 tenants in 2 regions; this host (eu): 2 tenants,"), first
     declared = json.loads(eu.run("status", "--json").stdout)["declared"]
     assert declared == {"tenants": 5, "regions": 2, "region": "eu"}
+
+
+@pytest.mark.parametrize("host", ["nobody.yoursaas.com", "Not A Host!"])
+def test_route_with_json_answers_an_error_as_a_json_object(hosts: Hosts, host: str) -> None:
+    result = hosts.host("eu").run("--json", "route", host)
+    assert result.returncode == 1, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["ok"] is False and answer["host"] == host
+    assert answer["error"] == ("tenant_not_found" if "nobody" in host else "invalid_input")
+    assert answer["http_status"] == (404 if "nobody" in host else 400)
+    plain = hosts.host("eu").run("route", host)  # without --json: a line on stderr
+    assert plain.returncode == 1 and plain.stdout == "" and plain.stderr.startswith("error: ")
