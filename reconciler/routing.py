@@ -205,16 +205,18 @@ class TenantElsewhere(RoutingError):
     """The tenant lives in another region (issue 15): answer 307 to ``endpoint`` (the
     ``regions.<name>.endpoint`` declared for it; None when none was) or proxy there.
     ``tenant`` is the row as that region's registry holds it, ``region`` that region,
-    ``age`` how many seconds old this host's view of that registry is."""
+    ``age`` how many seconds old this host's view of that registry is, ``generation``
+    the tenant's generation in that registry (None when not known)."""
 
     http_status = 307
 
-    def __init__(self, tenant: Tenant, region: str, endpoint: str | None, age: float | None
-                 ) -> None:
+    def __init__(self, tenant: Tenant, region: str, endpoint: str | None, age: float | None,
+                 generation: int | None = None) -> None:
         self.tenant = tenant
         self.region = region
         self.endpoint = endpoint
         self.age = age
+        self.generation = generation
         where = f" at {endpoint}" if endpoint else " (no endpoint declared for it)"
         seen = f"; this host's view of its registry is {age:.0f} s old" \
             if age is not None else ""
@@ -284,7 +286,7 @@ def across(host: str, local: tuple[Tenant, int] | None, seen: list[peers.Sightin
     if t.status not in SERVABLE:
         raise TenantUnavailable(tenant, f"in region {best.region}: "
                                 + (tenant.unavailable_reason() or t.status))
-    raise TenantElsewhere(tenant, best.region, best.endpoint, best.age)
+    raise TenantElsewhere(tenant, best.region, best.endpoint, best.age, t.generation)
 
 
 # --------------------------------------------------------------------------- hosts

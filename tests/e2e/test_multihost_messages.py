@@ -1,7 +1,8 @@
 """What the one-shot commands say on a region agent's host (issue 15), through the real
 CLI on two real hosts (``hostkit``: own clones, own data roots, agents running, a shared
 ``file://`` replica store): ``validate`` and ``status`` describe the whole file and what
-this host holds, ``route`` answers every outcome under ``--json``."""
+this host holds, ``route`` answers every outcome under ``--json`` and names the
+generation another region's registry holds a tenant at."""
 
 from __future__ import annotations
 
@@ -64,3 +65,13 @@ def test_route_with_json_answers_an_error_as_a_json_object(hosts: Hosts, host: s
     assert answer["http_status"] == (404 if "nobody" in host else 400)
     plain = hosts.host("eu").run("route", host)  # without --json: a line on stderr
     assert plain.returncode == 1 and plain.stdout == "" and plain.stderr.startswith("error: ")
+
+
+def test_route_to_a_tenant_on_another_host_names_its_generation(hosts: Hosts) -> None:
+    eu, us = hosts.host("eu"), hosts.host("us")
+    [(generation,)] = us.registry("SELECT generation FROM tenants WHERE name = 'acme'")
+    result = eu.run("route", "acme.yoursaas.com")
+    assert result.returncode == 0, result.stderr
+    assert f"status   active (generation {generation} as registered there)" in result.stdout
+    as_json = json.loads(eu.run("--json", "route", "acme.yoursaas.com").stdout)
+    assert as_json["generation"] == generation
