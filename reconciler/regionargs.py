@@ -9,13 +9,16 @@ suggest writing something ``tenants.yaml`` itself would refuse (``regions: {EU: 
 Invariants:
 * a hint only ever names valid region names: a declared one, or the name given when it
   is itself a valid label (then declaring it is a real option);
-* an invalid name is said to be invalid, with the declared regions listed.
+* an invalid name is said to be invalid, with the declared regions listed;
+* a region agent's replica must be one every host reaches: a relative path
+  (``replica: backups``) is private to each host's checkout (``shared_replica``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from reconciler.desired import Desired
 from reconciler.errors import Problem
 from reconciler.yamlnodes import LABEL, suggest_label
 
@@ -44,3 +47,23 @@ def undeclared(region: str, declared: Iterable[str], source: str) -> Problem:
     return Problem(OPTION, None, None, message,
                    f"{source} declares no region: declare one first, e.g. "
                    "`regions: {eu: {path: ...}}`")
+
+
+def shared_replica(desired: Desired, region: str) -> Problem | None:
+    """The problem with a region agent (``--region region``) whose ``settings.backup``
+    replica was written as a relative path (``backups``): it resolves against each
+    host's own checkout of tenants.yaml, so every host would replicate into a private
+    folder and wait for ever for the others' registries. None when the replica is a URL
+    or an absolute path (a shared mount is the operator's word), or there is none."""
+    backup = desired.settings.backup
+    if backup is None or backup.relative_at is None:
+        return None
+    line, column, text = backup.relative_at
+    return Problem(str(desired.source), line, column,
+                   f"settings.backup.replica {text!r} is a relative path ({backup.replica}"
+                   f" here): each host resolves it in its own checkout, so with {OPTION} "
+                   f"{region} the "
+                   "region hosts cannot reach each other's replicas (tenants and "
+                   "registries travel through them)",
+                   "write a replica every host reaches: nats://HOST:4222/BUCKET, "
+                   "s3://BUCKET/PATH, or file:///PATH on a mount every host shares")

@@ -152,3 +152,22 @@ def test_a_valid_undeclared_region_may_be_declared(declared: Fleet) -> None:
     assert f"region 'mars' is not declared in {declared.config} (declared: eu, us)" \
         in result.stderr
     assert "declare `regions: {mars: {path: ...}}` first" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("plan",), ("apply",), ("daemon",)])
+def test_an_agent_refuses_a_relative_replica_path_naming_where_it_is_written(
+        fleet: Fleet, command: tuple[str, ...]) -> None:
+    fleet.use_shipped_migrations()
+    fleet.declare({"aaron": {"region": "eu"}}, backup={"replica": "backups"})
+    line = next(n for n, text in enumerate(fleet.config.read_text().splitlines(), 1)
+                if "replica: backups" in text)
+    before = listing(fleet.root)
+    result = fleet.run(*command, "--region", "eu", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"{fleet.config}:{line}:" in result.stderr
+    assert "settings.backup.replica 'backups' is a relative path" in result.stderr
+    assert "write a replica every host reaches: nats://HOST:4222/BUCKET" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert listing(fleet.root) == before
+    single = fleet.run("plan", timeout=60)  # one host serving every region: still fine
+    assert single.returncode == 2, single.stderr
