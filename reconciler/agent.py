@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from types import MappingProxyType
 
+from reconciler import regionargs
 from reconciler.desired import Desired
 from reconciler.errors import InvalidInput, Problem
 
@@ -48,12 +49,7 @@ def check(desired: Desired, region: str) -> None:
     problems = []
     source = str(desired.source)
     if region not in desired.regions:
-        known = ", ".join(sorted(desired.regions)) or "none"
-        problems.append(Problem(OPTION, None, None,
-                                f"region {region!r} is not declared in {source} (declared: "
-                                f"{known})",
-                                f"write one of those, or declare `regions: {{{region}: "
-                                "{path: ...}}` first"))
+        problems.append(regionargs.undeclared(region, desired.regions, source))
     if desired.settings.backup is None:
         problems.append(Problem(source, None, None,
                                 f"{OPTION} {region} needs settings.backup: region hosts hand "

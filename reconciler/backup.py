@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -61,6 +61,11 @@ class BackupSettings:
     sync_interval: float = DEFAULT_SYNC_INTERVAL
     lag_threshold: float | None = None  # None: LAG_FACTOR × sync_interval
     processes: int | None = None  # Litestream processes; None: from the fleet size
+    # issue 15: (line, column, text) in tenants.yaml where ``replica`` was written as a
+    # relative path (resolved against tenants.yaml's folder, so private to each host's checkout:
+    # ``regionargs.shared_replica`` refuses it for a region agent); None otherwise.
+    # Not part of the value (repr/compare): where it was written is no setting.
+    relative_at: tuple[int, int, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def scheme(self) -> str:

@@ -266,6 +266,7 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     checked = inputs.desired.settings.drift != "ignore"
     counts = status_mod.schema_counts(rows, checked) if args.schema else []
     regions = _regions(inputs)
+    scope = _scope(inputs)
     if args.json:
         _out(render.dumps({"in_sync": in_sync, "revision": inputs.revision, "last_run": last,
                            "fleet": status_mod.counts_json(fleet), "drifted": len(drifted),
@@ -274,11 +275,12 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
                                        for r in rows]}
                           | ({"schema": [c.__dict__ for c in counts]} if args.schema else {})
                           | ({"backups": backups.__dict__} if backups else {})
-                          | ({"regions": fleetview.regions_json(regions)} if regions else {})))
+                          | ({"regions": fleetview.regions_json(regions)} if regions else {})
+                          | ({"declared": scope._asdict()} if scope else {})))
         return EXIT_OK if in_sync else EXIT_CHANGES
     style = terminal.style_for(sys.stdout)
     _out(compact.status_lines(fleet, rows, target=the_plan.target,
-                              show_all=args.all_tenants, style=style))
+                              show_all=args.all_tenants, style=style, here=scope))
     if backups is not None:
         _out(backups.line())
     if regions:
@@ -293,6 +295,15 @@ def cmd_status(args: argparse.Namespace, logger: Any) -> int:
     _out(f"desired state: {inputs.config.name} @ {short(inputs.revision)} — "
          + (style.paint("in sync", "green") if in_sync else style.paint("out of sync", "yellow")))
     return EXIT_OK if in_sync else EXIT_CHANGES
+
+
+def _scope(inputs: engine.Inputs) -> compact.HostScope | None:
+    """Issue 15: on a region agent's host, the whole file's size and this host's region
+    (None on a host serving every region)."""
+    if inputs.region is None or inputs.whole is None:
+        return None
+    return compact.HostScope(len(inputs.whole.tenants), len(inputs.whole.regions),
+                             inputs.region)
 
 
 def _regions(inputs: engine.Inputs) -> list[peers.RegionStatus]:
@@ -330,7 +341,7 @@ def cmd_validate(args: argparse.Namespace, logger: Any) -> int:
             problems.extend(exc.problems)
     if problems:
         raise InvalidInput(problems)
-    d = inputs.desired
+    d = inputs.whole or inputs.desired  # the whole file, also on a region agent's host
     if args.json:
         _out(render.dumps({"ok": True, "config": str(inputs.config),
                            "revision": inputs.revision, "tenants": len(d.tenants),
@@ -378,7 +389,12 @@ def cmd_route(args: argparse.Namespace, logger: Any) -> int:
              else fleetview.elsewhere_lines(exc))
         return EXIT_OK
     except routing.RoutingError as exc:
-        _err(f"error: {exc}")
+        if args.json:  # every outcome one object on stdout (errors_json), as --json says
+            _out(render.dumps((errors_json.invalid(exc) if isinstance(exc, InvalidInput)
+                               else errors_json.error(exc))
+                              | {"host": args.host, "http_status": exc.http_status}))
+        else:
+            _err(f"error: {exc}")
         return EXIT_ERROR
     tenant, reason = found.tenant, found.reason
     if args.json:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from reconciler import render
 from reconciler.apply import Result
@@ -36,6 +37,15 @@ _DONE = {"create": "created", "adopt": "adopted", "restore": "restored",
          "relocate": "relocated", "migrate": "migrated", "archive": "archived",
          "correct": "corrected"}
 _NOT_DONE = {FAILED: "failed", RETRY: "to retry (busy)", SKIPPED: "skipped"}
+
+
+class HostScope(NamedTuple):
+    """A region agent's host (issue 15): the tenants and regions tenants.yaml declares
+    in all, and the one region this host holds."""
+
+    tenants: int
+    regions: int
+    region: str
 
 
 def result_lines(result: Result, summary: str) -> list[str]:
@@ -74,11 +84,17 @@ def outcome_counts(result: Result) -> str:
 
 
 def status_lines(fleet: FleetCounts, rows: Sequence[StatusRow], *, target: int,
-                 show_all: bool, style: Style = PLAIN) -> list[str]:
+                 show_all: bool, style: Style = PLAIN, here: HostScope | None = None
+                 ) -> list[str]:
     """``reconcile status``: the fleet in numbers, then the tenants that need a person
-    and what the next pass will change (``show_all``: a table of every tenant)."""
-    lines = [f"Fleet: {plural(fleet.total, 'tenant')} in "
-             f"{plural(len(fleet.by_region), 'region')}, target schema v{target}"]
+    and what the next pass will change (``show_all``: a table of every tenant).
+    ``here``: on a region agent's host (issue 15), what tenants.yaml declares in all
+    and which region this host holds (``fleet`` and ``rows`` are that region's)."""
+    held = f"{plural(fleet.total, 'tenant')} in {plural(len(fleet.by_region), 'region')}"
+    if here is not None:
+        held = f"{plural(here.tenants, 'tenant')} in {plural(here.regions, 'region')}; " \
+            f"this host ({here.region}): {plural(fleet.total, 'tenant')}"
+    lines = [f"Fleet: {held}, target schema v{target}"]
     lines.extend("  " + line for line in _version_table(fleet))
     lines.append("  " + " · ".join(_painted_count(label, n, style) for label, n in fleet.counts
                                    if n or label != "waiting"))  # only region agents wait

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import agent, drift, follow, ownership, peers, replication, xplan
+from reconciler import agent, drift, follow, ownership, peers, regionargs, replication, xplan
 from reconciler import desired as desired_mod
 from reconciler import fleet as fleet_mod
 from reconciler import migrations as migrations_mod
@@ -88,6 +88,9 @@ def load(config: Path, region: str | None = None, *, adopt: bool = True,
     if region is None:
         return inputs
     agent.check(inputs.desired, region)
+    private = regionargs.shared_replica(inputs.desired, region)
+    if private is not None:
+        raise InvalidInput([private])
     return Inputs(config, agent.scoped(inputs.desired, region), inputs.catalog,
                   inputs.revision, region, inputs.desired)
 

@@ -48,15 +48,17 @@ def regions_json(regions: Sequence[RegionStatus]) -> list[dict[str, Any]]:
 def elsewhere_lines(exc: TenantElsewhere) -> list[str]:
     """``route HOST`` for a tenant another region's host holds."""
     t = exc.tenant
+    generation = "" if exc.generation is None else f"generation {exc.generation} "
     return [f"tenant   {t.name}", f"region   {exc.region} (another host)",
             f"endpoint {exc.endpoint or '(none declared: regions.' + exc.region + '.endpoint)'}",
-            f"status   {t.status} (generation as registered there)",
+            f"status   {t.status} ({generation}as registered there)",
             f"view     {_age(exc.age)} (this host's copy of {exc.region}'s registry)"]
 
 
 def elsewhere_json(exc: TenantElsewhere) -> dict[str, Any]:
     t = exc.tenant
     return {"tenant": t.name, "region": exc.region, "endpoint": exc.endpoint,
-            "status": t.status, "schema_version": t.schema_version, "here": False,
+            "status": t.status, "schema_version": t.schema_version,
+            "generation": exc.generation, "here": False,
             "view_age": exc.age, "available": False,
             "reason": f"lives in region {exc.region}"}

@@ -105,8 +105,9 @@ def isolate(action: int, arg1: str | None, arg2: str | None, db: str | None,
     """The authorizer of every connection the router hands out (``sqlite3_set_authorizer``,
     https://sqlite.org/c3ref/set_authorizer.html): ``SQLITE_DENY`` for ``ATTACH``,
     ``DETACH`` (``VACUUM INTO`` attaches its target, so it is denied too), any write to
-    the attached registry ``central``, ``load_extension()`` and the pragmas in
-    ``_DENIED_PRAGMAS``; ``SQLITE_OK`` for everything else. A denied statement fails to
+    the attached registry ``central``, ``load_extension()``, the pragmas in
+    ``_DENIED_PRAGMAS`` and the ``journal_mode`` / ``wal_checkpoint`` uses ``_pragma``
+    refuses; ``SQLITE_OK`` for everything else. A denied statement fails to
     prepare with ``sqlite3.DatabaseError: not authorized``.
 
     Called for each statement an application prepares, several times per statement, so it
@@ -116,9 +117,27 @@ def isolate(action: int, arg1: str | None, arg2: str | None, db: str | None,
     if action in (_ATTACH, _DETACH):
         return _DENY
     if action == _PRAGMA:
-        return _DENY if arg1 is not None and arg1.lower() in _DENIED_PRAGMAS else _OK
+        return _pragma(arg1.lower() if arg1 is not None else "", arg2, db)
     if action == _FUNCTION and arg2 is not None and arg2.lower() == "load_extension":
         return _DENY
+    return _OK
+
+
+def _pragma(name: str, value: str | None, db: str | None) -> int:
+    """A ``PRAGMA [db.]name[=value]`` on a router connection: ``SQLITE_DENY`` for
+    ``_DENIED_PRAGMAS``; for ``journal_mode`` set to anything but ``wal`` (reading it,
+    and the no-op ``=WAL`` many applications run at connect, stay allowed: tenant files
+    stay in the WAL mode the reconciler and Litestream rely on; unqualified, the change
+    would also reach the read-only registry and fail as "disk I/O error"); and for
+    ``wal_checkpoint`` not limited to ``main`` (unqualified it also checkpoints the
+    read-only registry, which SQLite refuses with "disk I/O error":
+    ``PRAGMA main.wal_checkpoint(TRUNCATE)`` is the allowed form)."""
+    if name in _DENIED_PRAGMAS:
+        return _DENY
+    if name == "journal_mode":
+        return _OK if value is None or value.lower() == "wal" else _DENY
+    if name == "wal_checkpoint":
+        return _OK if db == "main" else _DENY
     return _OK
 
 
@@ -205,16 +224,18 @@ class TenantElsewhere(RoutingError):
     """The tenant lives in another region (issue 15): answer 307 to ``endpoint`` (the
     ``regions.<name>.endpoint`` declared for it; None when none was) or proxy there.
     ``tenant`` is the row as that region's registry holds it, ``region`` that region,
-    ``age`` how many seconds old this host's view of that registry is."""
+    ``age`` how many seconds old this host's view of that registry is, ``generation``
+    the tenant's generation in that registry (None when not known)."""
 
     http_status = 307
 
-    def __init__(self, tenant: Tenant, region: str, endpoint: str | None, age: float | None
-                 ) -> None:
+    def __init__(self, tenant: Tenant, region: str, endpoint: str | None, age: float | None,
+                 generation: int | None = None) -> None:
         self.tenant = tenant
         self.region = region
         self.endpoint = endpoint
         self.age = age
+        self.generation = generation
         where = f" at {endpoint}" if endpoint else " (no endpoint declared for it)"
         seen = f"; this host's view of its registry is {age:.0f} s old" \
             if age is not None else ""
@@ -284,7 +305,7 @@ def across(host: str, local: tuple[Tenant, int] | None, seen: list[peers.Sightin
     if t.status not in SERVABLE:
         raise TenantUnavailable(tenant, f"in region {best.region}: "
                                 + (tenant.unavailable_reason() or t.status))
-    raise TenantElsewhere(tenant, best.region, best.endpoint, best.age)
+    raise TenantElsewhere(tenant, best.region, best.endpoint, best.age, t.generation)
 
 
 # --------------------------------------------------------------------------- hosts

@@ -15,6 +15,7 @@ file system only to judge those paths (``layout``); the values do no I/O.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -354,6 +355,9 @@ class SettingsChecker(NotifyChecker):
                     url, message, hint = backup_mod.check_replica(text, base)
                     if url is None:
                         self.error(v, message, hint)
+                    elif "://" not in text and not os.path.isabs(text):  # issue 15
+                        b["relative_at"] = (v.start_mark.line + 1, v.start_mark.column + 1,
+                                          text)
                     b["replica"] = url
             elif key == "retention":
                 b[key] = self.duration(v, what, 3650 * 86400.0, allow_zero=False)

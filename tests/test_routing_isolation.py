@@ -91,6 +91,26 @@ def test_pragmas_and_functions_that_reach_other_files_are_not_authorized(
         db.execute(sql)
 
 
+@pytest.mark.parametrize("sql", [
+    "PRAGMA journal_mode=DELETE",
+    "PRAGMA main.journal_mode = truncate",
+    "PRAGMA journal_mode=OFF",
+    "PRAGMA wal_checkpoint(TRUNCATE)",
+    "PRAGMA wal_checkpoint",
+    "PRAGMA central.wal_checkpoint(FULL)",
+])
+def test_leaving_wal_or_checkpointing_the_registry_is_refused_as_not_authorized(
+        reg: Registry, router: Router, sql: str) -> None:
+    path = add_tenant(reg, "aaron")
+    with router.connect("aaron.yoursaas.com") as db:
+        with pytest.raises(sqlite3.DatabaseError, match=r"^not authorized$"):
+            db.execute(sql)  # was "disk I/O error", or main left WAL mode silently
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    check.close()
+
+
 def test_the_application_keeps_full_use_of_its_own_file_and_reads_the_registry(
         reg: Registry, router: Router) -> None:
     path = add_tenant(reg, "aaron")
@@ -102,6 +122,9 @@ def test_the_application_keeps_full_use_of_its_own_file_and_reads_the_registry(
         db.execute("CREATE TRIGGER t AFTER INSERT ON notes BEGIN SELECT 1; END")
         db.execute("ALTER TABLE notes ADD COLUMN color TEXT")
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)  # a no-op
+        db.commit()
+        assert db.execute("PRAGMA main.wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
         assert db.execute("PRAGMA user_version").fetchone() == (3,)
         assert db.execute("SELECT value FROM central.settings WHERE key = 'support_email'"
                           ).fetchone() == ("help@yoursaas.com",)

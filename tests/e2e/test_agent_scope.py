@@ -122,3 +122,52 @@ def test_status_and_route_on_a_region_host_say_what_waits_and_what_cannot_be_tol
     assert route.returncode == 1
     assert "cannot tell where acme.yoursaas.com lives: region us's registry view is " \
            "missing" in route.stderr
+
+
+@pytest.mark.parametrize("name", ["", "eu;rm", "Mars"])
+def test_an_invalid_region_name_is_said_invalid_and_only_declared_regions_are_suggested(
+        declared: Fleet, name: str) -> None:
+    before = listing(declared.root)
+    result = declared.run("plan", "--region", name, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"--region: {name!r} is not a valid region name (a lowercase DNS label" \
+        in result.stderr
+    assert f"write one of the regions {declared.config} declares: eu, us" in result.stderr
+    assert "regions: {" not in result.stderr  # never `regions: {eu;rm: …}`
+    assert "Traceback" not in result.stderr
+    assert listing(declared.root) == before
+
+
+def test_a_declared_region_in_the_wrong_case_suggests_that_region(declared: Fleet) -> None:
+    result = declared.run("plan", "--region", "EU", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "--region: 'EU' is not a valid region name" in result.stderr
+    assert "write `--region eu`" in result.stderr
+    assert "regions: {EU" not in result.stderr
+
+
+def test_a_valid_undeclared_region_may_be_declared(declared: Fleet) -> None:
+    result = declared.run("plan", "--region", "mars", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"region 'mars' is not declared in {declared.config} (declared: eu, us)" \
+        in result.stderr
+    assert "declare `regions: {mars: {path: ...}}` first" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("plan",), ("apply",), ("daemon",)])
+def test_an_agent_refuses_a_relative_replica_path_naming_where_it_is_written(
+        fleet: Fleet, command: tuple[str, ...]) -> None:
+    fleet.use_shipped_migrations()
+    fleet.declare({"aaron": {"region": "eu"}}, backup={"replica": "backups"})
+    line = next(n for n, text in enumerate(fleet.config.read_text().splitlines(), 1)
+                if "replica: backups" in text)
+    before = listing(fleet.root)
+    result = fleet.run(*command, "--region", "eu", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"{fleet.config}:{line}:" in result.stderr
+    assert "settings.backup.replica 'backups' is a relative path" in result.stderr
+    assert "write a replica every host reaches: nats://HOST:4222/BUCKET" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert listing(fleet.root) == before
+    single = fleet.run("plan", timeout=60)  # one host serving every region: still fine
+    assert single.returncode == 2, single.stderr
