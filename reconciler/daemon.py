@@ -328,6 +328,9 @@ class Daemon:
                           revision=found.revision, before=applied,
                           tenants=len(found.desired.tenants))
             self.inputs = found
+            # what is watched follows that commit's settings: the resync's look for
+            # missed changes must not see one at every tick (and walk again)
+            self._signature = self.watch_set.signature()
 
     def _reject(self, problems: tuple[Problem, ...] | list[Problem],
                 headline: str | None = None) -> None:

@@ -176,7 +176,7 @@ def checkout(top: Path, commit: str) -> Iterator[Checkout]:
     private index file: nothing of ``top`` (files, index, HEAD, refs) changes. Raises
     ``GitError``."""
     with tempfile.TemporaryDirectory(prefix="reconcile-commit-") as temp:
-        index, tree = Path(temp) / "index", Path(temp) / "tree"
+        index, tree = Path(temp).resolve() / "index", Path(temp).resolve() / "tree"
         _git(top, "read-tree", commit, index=index)
         _git(top, "checkout-index", "--all", f"--prefix={tree}/", index=index)
         tree.mkdir(exist_ok=True)  # an empty commit writes nothing

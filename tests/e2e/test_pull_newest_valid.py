@@ -5,7 +5,9 @@ each), a real bare remote, a ``file://`` replica store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Any
 
 from tests.e2e.hostkit import Host, Hosts, git, wait_for
 from tests.e2e.test_multihost import hosts  # noqa: F401 - the two-host fixture (file://)
@@ -13,6 +15,15 @@ from tests.e2e.test_multihost import hosts  # noqa: F401 - the two-host fixture 
 
 def at_revision(host: Host, sha: str) -> bool:
     return host.registry("SELECT revision FROM agent") == [(sha,)]
+
+
+def events(host: Host, since: int) -> list[dict[str, Any]]:
+    """The agent's JSON log lines from line ``since`` on."""
+    out = []
+    for line in host.log().splitlines()[since:]:
+        with contextlib.suppress(ValueError):  # Litestream's lines, a line being written
+            out.append(json.loads(line))
+    return [e for e in out if isinstance(e, dict)]
 
 
 def tenants(host: Host) -> set[str]:
@@ -55,7 +66,20 @@ def test_agent_started_after_a_valid_then_an_invalid_push_applies_the_valid_one(
         # the work tree stays at the head, clean: the next pull fast-forwards
         assert git(host.root, "rev-parse", "HEAD") == b
         assert git(host.root, "status", "--porcelain") == ""
-    assert '"applying the newest valid commit before the invalid head"' in us.log()
+    fell_back = '"applying the newest valid commit before the invalid head"'
+    assert us.log().count(fell_back) == 1 and eu.log().count(fell_back) == 0
+    # each walk happened once, not at every 1 s resync since
+    assert us.log().count('"commit invalid too') == 1 and eu.log().count('"commit invalid too') == 1
+
+    # restarted on the invalid head itself (nothing loaded yet): it walks back to A again
+    us.stop()
+    before = len(us.log().splitlines())
+    us.start()
+    wait_for(lambda: us.log().count(fell_back) == 2, what="us falls back to A after restart")
+    wait_for(lambda: any(e.get("event") == "pass starting" and e.get("revision") == a
+                         for e in events(us, since=before)), what="us passes at A again")
+    assert not any(e.get("event") == "pass starting" and e.get("revision") != a
+                   for e in events(us, since=before))
 
     fixed = hosts.push({"aaron": {"region": "eu"}, "acme": {"region": "us"},
                         "bravo": {"region": "eu"}, "bella": {"region": "us"},
