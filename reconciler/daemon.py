@@ -20,7 +20,8 @@ Invariants:
   cannot leak in), logs every problem with file:line:column, puts it in ``STATUS=``
   and in the pass summary stored in the registry, and is retried on the next change;
 * in pull mode only committed states are applied: a working tree with local edits is
-  refused like an invalid file, and the git work tree is only ever fast-forwarded;
+  refused like an invalid file, and the git work tree is only ever fast-forwarded; an
+  invalid head is reported and the newest valid commit before it applied (``lastvalid``);
 * SIGTERM/SIGINT stop between actions (an action in flight completes), exit 0;
 * a second one stops right after the transaction in flight commits: no new transaction
   starts — a migration ends after its current step (the file and the registry both at
@@ -54,7 +55,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler import engine, follow, gitpull, lock, replicators
+from reconciler import engine, follow, gitpull, lastvalid, lock, replicators
 from reconciler.apply import Result
 from reconciler.backup import registry_url
 from reconciler.context import Logger
@@ -288,6 +289,8 @@ class Daemon:
             inputs = engine.load(self.config, self.region, adopt=False, held=True)
         except InvalidInput as exc:
             self._signature = before
+            if self.git is not None:
+                self._newest_valid()
             self._reject(exc.problems)
             return
         after = WatchSet(self.config, inputs.desired.settings.migrations_dir.resolve()
@@ -316,6 +319,21 @@ class Daemon:
                           tenants=len(inputs.desired.tenants),
                           latest_migration=inputs.catalog.latest)
         self.inputs = inputs
+
+    def _newest_valid(self) -> None:
+        """Pull mode, invalid head: apply the newest valid commit between the applied
+        revision and the head instead (``lastvalid``), so every host converges on the
+        same commit whenever it pulled. The head is still reported (``_reject``)."""
+        applied = self.inputs.revision if self.inputs is not None else None
+        found = lastvalid.newest_valid(self.config, self.region, applied, self.log)
+        if found is not None:
+            self.log.info("applying the newest valid commit before the invalid head",
+                          revision=found.revision, before=applied,
+                          tenants=len(found.desired.tenants))
+            self.inputs = found
+            # what is watched follows that commit's settings: the resync's look for
+            # missed changes must not see one at every tick (and walk again)
+            self._signature = self.watch_set.signature()
 
     def _reject(self, problems: tuple[Problem, ...] | list[Problem],
                 headline: str | None = None) -> None:

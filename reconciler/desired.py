@@ -152,9 +152,12 @@ class Desired:
 # --------------------------------------------------------------------------- loading
 
 
-def load(path: Path, latest_for: Callable[[Path], int | None]) -> Desired:
+def load(path: Path, latest_for: Callable[[Path], int | None], *,
+         base: Path | None = None) -> Desired:
     """Parse and validate ``path``. ``latest_for(migrations_dir)`` gives the highest
     migration (None if the catalog is invalid: pins are then checked for sign only).
+    ``base``: the directory relative paths are resolved against (default: ``path``'s;
+    pull mode reads an older commit from a temporary copy as if it were in place).
 
     Raises ``InvalidInput`` with every problem found (never anything else).
     """
@@ -165,7 +168,7 @@ def load(path: Path, latest_for: Callable[[Path], int | None]) -> Desired:
         directory=f"pass the file itself, e.g. -c {Path(file) / 'tenants.yaml'}",
         not_regular="pass the tenants.yaml file itself"))
     checker = _Checker(file, text)
-    desired = checker.document(path.resolve().parent, latest_for, path)
+    desired = checker.document(base or path.resolve().parent, latest_for, path)
     if checker.problems or desired is None:
         raise InvalidInput(_capped(checker.problems, file))
     return desired

@@ -30,6 +30,7 @@ from reconciler.apply import Result, apply
 from reconciler.context import Context, Logger, never
 from reconciler.desired import Desired
 from reconciler.errors import InvalidInput, PermanentError, Problem
+from reconciler.gitpull import Checkout
 from reconciler.lock import FleetLock
 from reconciler.migrations import Catalog
 from reconciler.observe import Observed, observe
@@ -60,7 +61,7 @@ def config_path(arg: str | None) -> Path:
 
 
 def load(config: Path, region: str | None = None, *, adopt: bool = True,
-         held: bool = False) -> Inputs:
+         held: bool = False, commit: Checkout | None = None) -> Inputs:
     """Validate ``tenants.yaml`` and the migrations together. Raises ``InvalidInput``
     listing every problem in both. ``region``: the agent's (``--region``), checked
     against tenants.yaml (``agent.check``) and the desired state scoped to it.
@@ -70,9 +71,12 @@ def load(config: Path, region: str | None = None, *, adopt: bool = True,
     (``adopt``) — a plain ``reconcile`` there must never create the other regions'
     tenants — or, for the daemon (``adopt=False``), is refused; another ``region`` is
     refused (``InvalidInput``). ``held``: this process may hold the registry open (the
-    daemon's heartbeat), see ``_registry_region``."""
+    daemon's heartbeat), see ``_registry_region``. ``commit``: read tenants.yaml and
+    the migrations from that commit's checkout instead of the work tree (pull mode's
+    fallback, ``lastvalid``); paths still mean the same places, the revision is the
+    commit's."""
     with collector_paused():  # the YAML node tree: 2.5 s → 0.9 s at 100k tenants
-        inputs = _load(config)
+        inputs = _load(config) if commit is None else _load_commit(config, commit)
     central = inputs.desired.settings.central
     owner = _registry_region(central, in_daemon=held)
     if owner is not None and region != owner and (region is not None or not adopt):
@@ -116,26 +120,54 @@ def _registry_region(central: Path, in_daemon: bool) -> str | None:
 
 
 def _load(config: Path) -> Inputs:
+    desired, catalog = _read(config, lambda p: p)
+    return Inputs(config, desired, catalog,
+                  revision_of(config, desired.settings.migrations_dir))
+
+
+def _load_commit(config: Path, commit: Checkout) -> Inputs:
+    """``_load`` of ``commit``'s tenants.yaml and migrations (what lies inside the
+    repository is read from its checkout; the migrations, once read, keep their real
+    paths, as the compiled steps no longer need the files)."""
+    top, tree = commit.top.resolve(), commit.tree
+
+    def there(path: Path) -> Path:
+        path = path.resolve()
+        return tree / path.relative_to(top) if path.is_relative_to(top) else path
+
+    def here(path: Path) -> Path:
+        return top / path.relative_to(tree) if path.is_relative_to(tree) else path
+
+    desired, catalog = _read(there(config), there, base=config.resolve().parent)
+    catalog = dataclasses.replace(
+        catalog, directory=here(catalog.directory),
+        migrations=tuple(dataclasses.replace(m, path=here(m.path)) for m in catalog.migrations),
+        checks=tuple(dataclasses.replace(c, path=here(c.path)) for c in catalog.checks))
+    return Inputs(config, dataclasses.replace(desired, source=config), catalog, commit.commit)
+
+
+def _read(config: Path, where: Callable[[Path], Path], base: Path | None = None
+          ) -> tuple[Desired, Catalog]:
+    """tenants.yaml and the migrations it names (read from ``where(directory)``),
+    validated together: ``InvalidInput`` lists every problem in both."""
     found: dict[str, Catalog] = {}
     catalog_problems: list[Problem] = []
 
     def latest_for(directory: Path) -> int | None:
         try:
-            found["catalog"] = migrations_mod.load(directory)
+            found["catalog"] = migrations_mod.load(where(directory))
         except InvalidInput as exc:
             catalog_problems.extend(exc.problems)
             return None
         return found["catalog"].latest
 
     try:
-        desired = desired_mod.load(config, latest_for)
+        desired = desired_mod.load(config, latest_for, base=base)
     except InvalidInput as exc:
         raise InvalidInput([*exc.problems, *catalog_problems]) from None
     if catalog_problems or "catalog" not in found:
         raise InvalidInput(catalog_problems)
-    catalog = found["catalog"]
-    return Inputs(config, desired, catalog,
-                  revision_of(config, desired.settings.migrations_dir))
+    return desired, found["catalog"]
 
 
 def verify_catalog(inputs: Inputs, snapshot: Snapshot) -> None:

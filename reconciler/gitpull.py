@@ -13,13 +13,20 @@ Invariants:
 * the remote-tracking ref is the only thing a fetch changes (``+`` refspec: it mirrors
   the remote, even after a force-push, so the refusal can name the new commit);
 * git runs with a timeout, without prompts (``GIT_TERMINAL_PROMPT=0``), and names
-  come from validated settings (they cannot start with ``-``).
+  come from validated settings (they cannot start with ``-``);
+* reading an older commit (``first_parent``, ``checkout``: the newest valid commit
+  when the head is invalid, see ``lastvalid``) writes only into a temporary directory,
+  through its own index file: the work tree, its index and HEAD stay as they are, so
+  the next ``pull`` fast-forwards as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +57,11 @@ class GitError(Exception):
     pass
 
 
-def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _git(root: Path, *args: str, check: bool = True, index: Path | None = None
+         ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    if index is not None:  # a private index: the work tree's own stays untouched
+        env["GIT_INDEX_FILE"] = str(index)
     try:
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                              timeout=GIT_TIMEOUT, env=env, check=False)
@@ -130,3 +140,44 @@ def _is_ancestor(root: Path, ancestor: str, descendant: str) -> bool:
     if out.returncode not in (0, 1):
         raise GitError(f"git merge-base: {out.stderr.strip()}")
     return out.returncode == 0
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """Commit ``commit`` of the repository whose work tree is ``top``, written out under
+    ``tree`` (``tree / p`` holds what ``top / p`` holds at that commit)."""
+
+    commit: str  # full SHA
+    top: Path
+    tree: Path
+
+
+def toplevel(root: Path) -> Path:
+    """The work tree holding ``root``. Raises ``GitError``."""
+    return Path(_git(root, "rev-parse", "--show-toplevel").stdout.strip())
+
+
+def first_parent(top: Path, since: str | None, limit: int) -> list[str]:
+    """HEAD and its first parents, newest first, down to (not including) ``since`` — when
+    that names a commit of this repository — and at most ``limit`` commits. First
+    parents only: a merge counts as the one state the branch was in, never the states
+    of the branch merged into it. Raises ``GitError``."""
+    bound: list[str] = []
+    if since is not None and _git(top, "rev-parse", "--verify", "--quiet",
+                                  f"{since}^{{commit}}", check=False).returncode == 0:
+        bound = [f"^{since}"]
+    out = _git(top, "rev-list", "--first-parent", f"--max-count={limit}", "HEAD", *bound)
+    return out.stdout.split()
+
+
+@contextlib.contextmanager
+def checkout(top: Path, commit: str) -> Iterator[Checkout]:
+    """``commit``'s files in a temporary directory (removed on exit), written through a
+    private index file: nothing of ``top`` (files, index, HEAD, refs) changes. Raises
+    ``GitError``."""
+    with tempfile.TemporaryDirectory(prefix="reconcile-commit-") as temp:
+        index, tree = Path(temp).resolve() / "index", Path(temp).resolve() / "tree"
+        _git(top, "read-tree", commit, index=index)
+        _git(top, "checkout-index", "--all", f"--prefix={tree}/", index=index)
+        tree.mkdir(exist_ok=True)  # an empty commit writes nothing
+        yield Checkout(commit, top, tree)
