@@ -62,7 +62,7 @@ def test_a_file_litestream_stopped_on_after_its_writer_died_mid_commit_is_replic
             wait_for(lambda: daemon.control.databases()[str(path)].txid > before,
                      what="Litestream shipping the unpublished commit")
         write(fleet, "aaron.yoursaas.com", "after")  # overwrites the unpublished frames
-        wait_for(lambda: restarted(fleet), what="the daemon restarting the replication")
+        wait_for(lambda: restarted(fleet), 90, "the daemon restarting the replication")
         write(fleet, "aaron.yoursaas.com", "later")
         wait_for(lambda: {"before", "after", "later"} <= replica_titles(
             fleet, tmp_path / "restored.db"), what="the replica holding every row")
