@@ -92,6 +92,9 @@ def claim(desired: Desired, region: str) -> None:
            f"a registry this host does not have ({desired.settings.central} "
            + ("is new" if not desired.settings.central.exists() else "has no fleet id")
            + ")"),
-        "one agent per region: stop the other agent and run this one, or, to rebuild a "
-        f"lost host, restore its registry first (`litestream restore -o "
-        f"{desired.settings.central} {url}`) and start the agent then")])
+        "one agent per region: stop the other agent and run this one; or, to rebuild a "
+        "lost host by hand (not automated): restore its registry (`umask 077; litestream "
+        f"restore -o {desired.settings.central} {url}`), start the agent (its tenants "
+        "show `missing`: their files are in the replica store), then put each back "
+        "(`reconcile restore NAME --at TIME --to FILE`, then `reconcile restore NAME "
+        "--from FILE`; README: rebuilding a lost region host)")])

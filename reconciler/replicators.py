@@ -117,6 +117,7 @@ class Supervisor:
         tenantdb.ensure_dir(where)
         temp = where / f"{PROCESSES_FILE}.tmp"
         temp.write_text(f"{self.count}\n")
+        os.chmod(temp, 0o600)  # private like every file here
         os.replace(temp, where / PROCESSES_FILE)
         # lineages recorded once, before any process builds its config: processes that
         # raced for the lock would start with partial configs and then register the
