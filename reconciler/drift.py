@@ -90,13 +90,16 @@ class Check:
         return bool(self.differences)
 
 
-# A schema key is 32 bytes: header bytes 40…64 (schema cookie, schema format, default
-# cache size, largest root page, text encoding, user_version: none moves on a data write),
-# then the inode. Read through SQLite (a -wal beside the file) only the cookie and the
-# user_version are known: the 16 bytes between are zero there, so a file read one way
-# after the other is compared once more — never wrongly taken as unchanged.
+# A schema key is 32 bytes: the schema cookie (header bytes 40…44: SQLite bumps it on
+# every schema change), 16 zero bytes, the user_version (60…64), then the inode. The
+# same bytes whether read from the header (an idle file) or asked of SQLite (a -wal
+# beside it, whose header may lag): a file an application opens and closes is not
+# compared again each time it switches. (Header bytes 44…60 — schema format, cache size,
+# largest root page, encoding — were in the key once and made the two forms differ; no
+# schema change leaves the cookie where it was.)
 INODE = struct.Struct("<Q")
 VERSION_AT = slice(20, 24)  # where a key holds the file's user_version
+_BETWEEN = bytes(16)
 
 
 def make_key(user_version: int, cookie: int, inode: int) -> bytes:
@@ -108,7 +111,7 @@ def make_key(user_version: int, cookie: int, inode: int) -> bytes:
 def key_from_header(header: bytes, inode: int, _pack: Callable[[int], bytes] = INODE.pack
                     ) -> bytes:
     """The schema key of a file from its first 100 bytes and its inode."""
-    return header[40:64] + _pack(inode)
+    return header[40:44] + _BETWEEN + header[60:64] + _pack(inode)
 
 
 def read_key(path: str, busy_timeout: float, mode: str = "rw") -> bytes | None:

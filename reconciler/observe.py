@@ -143,7 +143,7 @@ def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
                      keys: dict[str, bytes], mode: str = "rw") -> dict[str, Read]:
     """``_read_many`` that also fills ``keys`` (a copy of its loop, so the pass without
     drift checks pays nothing for them)."""
-    pack_inode = drift_keys.INODE.pack
+    pack_inode, between = drift_keys.INODE.pack, bytes(16)
     listings: dict[str, Listing | None] = {}
     out: dict[str, Read] = {}
     for text in texts:
@@ -172,7 +172,7 @@ def _read_many_keyed(texts: Iterable[str], busy_timeout: float,
                 if len(header) == 100 and header.startswith(MAGIC):
                     out[text] = int.from_bytes(header[60:64], "big", signed=True)
                     # drift.key_from_header, inlined: this runs for every file every pass
-                    keys[text] = header[40:64] + pack_inode(inode)
+                    keys[text] = header[40:44] + between + header[60:64] + pack_inode(inode)
                 else:
                     out[text] = _from_header(Path(text), header)
                 continue
