@@ -27,10 +27,10 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from reconciler import fleet, litestream
+from reconciler import fleet, litestream, readonly
 from reconciler.backup import registry_url
 from reconciler.desired import Desired
-from reconciler.errors import InvalidInput, PermanentError, Problem, ReconcileError
+from reconciler.errors import InvalidInput, Problem, ReconcileError
 from reconciler.registry import Registry
 
 OPTION = "--region"
@@ -40,20 +40,12 @@ _NOTHING = ("no matching backup files", "no snapshots available", "no generation
 
 
 def _fleet_id(path: Path) -> str | None:
-    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    """The fleet id the registry at ``path`` recorded (None: none yet, or unreadable),
+    whatever the registry's version (a replica written by a newer reconciler counts)."""
     try:
-        row = conn.execute("SELECT value FROM fleet WHERE key = 'id'").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    return None if row is None else str(row[0])
-
-
-def _local_id(central: Path) -> str | None:
-    try:
-        return Registry.read(central, lambda reg: fleet.stored(reg).get("id"), None)
-    except (PermanentError, OSError, sqlite3.Error):
+        return readonly.read(path.absolute(), lambda conn: fleet.stored(
+            Registry(path, conn, readonly=True)).get("id"))
+    except (ReconcileError, OSError, sqlite3.Error):
         return None
 
 
@@ -66,7 +58,7 @@ def claim(desired: Desired, region: str) -> None:
     if backup is None:
         return
     url = registry_url(backup.replica, region)
-    here = _local_id(desired.settings.central)
+    here = _fleet_id(desired.settings.central)
     with tempfile.TemporaryDirectory(prefix=".claim-") as tmp:
         copy = Path(tmp) / "registry.db"
         try:

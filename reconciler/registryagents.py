@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from reconciler import walindex
 from reconciler.registryconn import RegistryConnection
 from reconciler.registryschema import has_table, utcnow
 from reconciler.state import AgentRow, Handoff, RegionRow
@@ -70,8 +71,7 @@ class AgentRows(RegistryConnection):
         ("sync: write ltx from db: read database page N: EOF", restarting it does not
         help). Started on an emptied -wal, it takes a new snapshot and catches up (the
         workaround in https://github.com/benbjohnson/litestream/issues/875)."""
-        row = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return row is not None and int(row[0]) == 0
+        return walindex.empty(self.conn)
 
     def put_handoff(self, h: Handoff) -> None:
         """Publish ``h`` for its destination (caller holds a transaction; ``confirm``

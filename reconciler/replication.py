@@ -362,17 +362,11 @@ _STUCK = re.compile(r"read database page \d+: EOF")
 RECHECK = 2.0
 
 
-def _ahead(states: Mapping[str, BackupState], want: Mapping[str, Path]) -> set[str]:
-    """Tenants whose Litestream has synced past the end of what SQLite published."""
-    out = set()
-    for tenant, state in states.items():
-        path = want.get(tenant)
-        if path is None or state.synced_offset is None:
-            continue
-        end = walindex.published_end(path)
-        if end is not None and state.synced_offset > end:
-            out.add(tenant)
-    return out
+def _ahead(offsets: Mapping[str, int | None], want: Mapping[str, Path]) -> set[str]:
+    """Tenants whose Litestream (``offsets``: tenant → its last synced -wal offset) has
+    synced past the end of what SQLite published."""
+    return {t for t, offset in offsets.items()
+            if (path := want.get(t)) is not None and walindex.past_published(path, offset)}
 
 
 def unstick(settings: Settings, registry: Registry,
@@ -403,10 +397,11 @@ def unstick(settings: Settings, registry: Registry,
     if not (stuck or check_wal):
         return []  # the steady state: nothing read
     want = in_service(registry.snapshot())
-    if check_wal and (ahead := _ahead(backups, want)):
+    if check_wal and (ahead := _ahead({t: b.synced_offset for t, b in backups.items()},
+                                      want)):
         time.sleep(RECHECK)
-        again = observe_paths(settings, {t: want[t] for t in ahead})
-        stuck |= _ahead(again, want)
+        stuck |= {t for t in ahead if (ctl := control(settings, t)) is not None
+                  and _still_past(ctl, want[t])}
     done = []
     for tenant in sorted(stuck):
         path, ctl = want.get(tenant), control(settings, tenant)
@@ -421,9 +416,15 @@ def past_published(ctl: litestream.Control, path: Path) -> bool:
     (see ``unstick``). For a file no writer can be committing to (fenced and quiesced):
     one look is enough then. Raises ``RetryableError`` when Litestream does not answer."""
     rep = ctl.databases().get(str(path))
-    end = walindex.published_end(path)
-    return (rep is not None and rep.synced_offset is not None and end is not None
-            and rep.synced_offset > end)
+    return rep is not None and walindex.past_published(path, rep.synced_offset)
+
+
+def _still_past(ctl: litestream.Control, path: Path) -> bool:
+    """``past_published``, False when Litestream does not answer (looked at next time)."""
+    try:
+        return past_published(ctl, path)
+    except RetryableError:
+        return False
 
 
 def restart(settings: Settings, ctl: litestream.Control, tenant: str, path: Path,
@@ -436,7 +437,7 @@ def restart(settings: Settings, ctl: litestream.Control, tenant: str, path: Path
     try:
         conn = tenantdb.connect(path, settings.busy_timeout)
         try:
-            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            emptied = walindex.empty(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -445,21 +446,8 @@ def restart(settings: Settings, ctl: litestream.Control, tenant: str, path: Path
         return False
     log.warning("backups: Litestream had stopped on a commit its writer never finished; "
                 "-wal emptied, registered again", tenant=tenant,
-                emptied=row is not None and int(row[0]) == 0, error=error)
+                emptied=emptied, error=error)
     return True
-
-
-def observe_paths(settings: Settings, paths: Mapping[str, Path]
-                  ) -> Mapping[str, BackupState]:
-    """Litestream's state of these tenants' files now (those it does not answer for are
-    left out)."""
-    running: dict[str, litestream.Replicated] = {}
-    for ctl in controls(settings).values():
-        with contextlib.suppress(RetryableError):
-            running.update(ctl.databases())
-    return {t: BackupState(t, None, rep.txid, rep.synced_at, None, rep.error,
-                           rep.synced_offset)
-            for t, p in paths.items() if (rep := running.get(str(p))) is not None}
 
 
 def has_lineages(reg: Registry) -> bool:

@@ -21,6 +21,7 @@ POSIX locks on the ``-shm`` (the daemon calls it after its pass, with no tenant 
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -45,3 +46,19 @@ def published_end(path: Path) -> int | None:
         return None
     page = 65536 if page == 1 else page
     return WAL_HEADER + int(frames) * (FRAME_HEADER + int(page))
+
+
+def past_published(path: Path, synced_offset: int | None) -> bool:
+    """Whether a replicator that synced ``path``'s -wal up to ``synced_offset`` (bytes;
+    None: unknown) is past the end SQLite published: it shipped frames SQLite never
+    published. False when either side is unknown."""
+    end = published_end(path)
+    return synced_offset is not None and end is not None and synced_offset > end
+
+
+def empty(conn: sqlite3.Connection) -> bool:
+    """``PRAGMA wal_checkpoint(TRUNCATE)`` on ``conn``: every published commit into the
+    file and the -wal emptied, frames never published with it. True when it completed
+    (False: a reader kept it from finishing)."""
+    row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return row is not None and int(row[0]) == 0
