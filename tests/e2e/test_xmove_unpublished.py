@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import litestream, walindex
+from reconciler import litestream, replication
 from tests.e2e.holdkit import application_held, build_shim, hold_env
 from tests.e2e.xmovekit import Host, Hosts, Writer, live_copies, settle, titles
 
@@ -156,9 +156,6 @@ def replicated(control: litestream.Control, path: Path) -> bool:
 def replication_past(control: litestream.Control, path: Path) -> bool:
     """Litestream's last sync of ``path`` ended past what SQLite published."""
     try:
-        rep = control.databases().get(str(path))
+        return replication.past_published(control, path)
     except litestream.LitestreamDown:
         return False
-    end = walindex.published_end(path)
-    return (rep is not None and rep.synced_offset is not None and end is not None
-            and rep.synced_offset > end)
